@@ -1,0 +1,5 @@
+"""``python -m eightys`` is the same as the ``eightys`` command."""
+
+from eightys.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,123 @@
+"""Command line: ``eightys [ENTRY.lua] [-p PORT] [-h HOST] [-6] [-c N] ...`` -> a Config.
+
+``-h`` is the bind host (as in 80s), so help is ``--help`` only. Every usage
+mistake is one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import NoReturn, Sequence
+
+from eightys import __version__
+from eightys.config import Address, Config
+
+DEFAULT_ENTRY = "server/simple_http.lua"
+DEFAULT_PORT = 8080
+USAGE_EXIT = 2
+
+
+class UsageError(Exception):
+    """A command-line or start-up mistake the user can fix; reported in one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # argparse would print usage + message
+        raise UsageError(f"{message} (see eightys --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; exposed for documentation and tests."""
+    p = _Parser(
+        prog="eightys",
+        add_help=False,
+        description="Serve a Lua application over HTTP or raw TCP from N worker processes.",
+    )
+    p.add_argument("entry", nargs="?", default=DEFAULT_ENTRY, metavar="ENTRY.lua",
+                   help=f"entry script run in every worker (default {DEFAULT_ENTRY})")
+    p.add_argument("-p", dest="port", type=int, default=DEFAULT_PORT, metavar="PORT",
+                   help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free one)")
+    p.add_argument("-h", dest="host", default=None, metavar="HOST",
+                   help="bind address: IPv4 (default 0.0.0.0), IPv6 as v6:ADDR or a bare "
+                        "IPv6 literal, or unix:/path/to.sock")
+    p.add_argument("-6", dest="ipv6", action="store_true",
+                   help="bind IPv6; the default host becomes ::")
+    p.add_argument("-c", dest="workers", type=int, default=os.cpu_count() or 1, metavar="N",
+                   help="number of worker processes (default: CPU count)")
+    p.add_argument("-m", dest="modules", default="", metavar="MOD.py,...",
+                   help="comma-separated Python extension modules loaded in every worker")
+    p.add_argument("-n", dest="node", default=None, metavar="NODE",
+                   help="node name, the Lua global NODE (default $HOSTNAME or localhost)")
+    p.add_argument("--lua", choices=("luajit", "lua54"), default="luajit",
+                   help="Lua engine: LuaJIT 2.1 (default) or Lua 5.4")
+    p.add_argument("--shared-socket", action="store_true",
+                   help="workers share one inherited listening socket instead of one "
+                        "SO_REUSEPORT socket each (see README, 'Workers and sockets')")
+    p.add_argument("--graceful-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="on SIGTERM/SIGINT, how long open connections get to finish (default 10)")
+    p.add_argument("--help", action="help", help="show this help and exit")
+    p.add_argument("--version", action="version", version=f"eightys {__version__}")
+    return p
+
+
+def parse_address(host: str | None, port: int, ipv6: bool) -> Address:
+    """Turn ``-h``/``-p``/``-6`` into an Address, validating each part."""
+    if not 0 <= port <= 65535:
+        raise UsageError(f"port {port} is out of range 0-65535")
+    if host is None:
+        return Address("inet6", "::", port) if ipv6 else Address("inet", "0.0.0.0", port)
+    if host.startswith("unix:"):
+        path = host[len("unix:"):]
+        if not path:
+            raise UsageError("unix: needs a socket path, e.g. unix:/tmp/eightys.sock")
+        return Address("unix", path=path)
+    if host.startswith("v6:"):
+        host = host[len("v6:"):]
+        ipv6 = True
+    if ":" in host:
+        ipv6 = True
+    if ipv6:
+        if "." in host and ":" not in host:
+            raise UsageError(f"-6 was given with the IPv4 address {host}")
+        return Address("inet6", host.strip("[]") or "::", port)
+    return Address("inet", host, port)
+
+
+def config_from_args(argv: Sequence[str]) -> Config:
+    """Parse ``argv`` (without the program name) into a validated Config."""
+    args = build_parser().parse_args(list(argv))
+    if args.workers < 1:
+        raise UsageError(f"-c needs at least 1 worker, got {args.workers}")
+    if not os.path.isfile(args.entry):
+        raise UsageError(f"entry script {args.entry} does not exist")
+    modules = tuple(m.strip() for m in args.modules.split(",") if m.strip())
+    for module in modules:
+        if not os.path.isfile(module):
+            raise UsageError(f"module {module} does not exist")
+    if args.graceful_timeout < 0:
+        raise UsageError("--graceful-timeout must be >= 0")
+    node = args.node or os.environ.get("HOSTNAME") or "localhost"
+    return Config(
+        entry=os.path.abspath(args.entry),
+        address=parse_address(args.host, args.port, args.ipv6),
+        workers=args.workers,
+        node=node,
+        modules=tuple(os.path.abspath(m) for m in modules),
+        lua=args.lua,
+        reuseport=not args.shared_socket,
+        graceful_timeout=args.graceful_timeout,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point: parse, then run the master until it stops. Returns the exit code."""
+    from eightys import master
+
+    try:
+        config = config_from_args(sys.argv[1:] if argv is None else argv)
+        return master.run(config)
+    except UsageError as exc:
+        print(f"eightys: error: {exc}", file=sys.stderr)
+        return USAGE_EXIT

@@ -1,0 +1,55 @@
+"""The server's configuration: one frozen value built by the CLI, shipped to every worker."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where the server listens: a TCP host/port (IPv4 or IPv6) or a Unix socket path."""
+
+    family: str  # "inet", "inet6" or "unix"
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    def describe(self) -> str:
+        """Human-readable form for log lines, e.g. ``0.0.0.0:8080`` or ``[::1]:80``."""
+        if self.family == "unix":
+            return f"unix:{self.path}"
+        if self.family == "inet6":
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a master needs to start workers, and a worker needs to run one.
+
+    The master sends it to each worker as JSON (``to_json``/``from_json``), so every
+    field must be plain data.
+    """
+
+    entry: str
+    address: Address
+    workers: int
+    node: str = "localhost"
+    modules: tuple[str, ...] = ()
+    lua: str = "luajit"
+    reuseport: bool = True
+    graceful_timeout: float = 10.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """Serialise for the worker's command line."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Config":
+        """Inverse of :meth:`to_json`."""
+        data = json.loads(text)
+        data["address"] = Address(**data["address"])
+        data["modules"] = tuple(data["modules"])
+        return cls(**data)

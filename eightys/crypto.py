@@ -1,0 +1,146 @@
+"""Hashing, MACs, randomness and authenticated encryption behind Lua's
+``crypto.*`` table.
+
+Inputs are bytes (``str`` is accepted and UTF-8 encoded); outputs are raw
+bytes. ``decrypt`` reports bad tokens as ``(None, b"decryption failed")``,
+which the Lua runtime unpacks into ``nil, err``; misuse (short keys, bad
+sizes) raises ``ValueError``.
+
+Token layout: one version byte, then
+
+* ``0x01`` (randomised): 12-byte nonce + AES-256-GCM ciphertext + 16-byte tag
+* ``0x02`` (deterministic): AES-SIV output (16-byte synthetic IV + ciphertext)
+
+The version byte is also authenticated as associated data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from functools import lru_cache
+from typing import Union
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+__all__ = [
+    "sha1",
+    "sha256",
+    "hmac_sha256",
+    "random_bytes",
+    "encrypt",
+    "decrypt",
+]
+
+BytesLike = Union[bytes, bytearray, memoryview, str]
+
+MIN_KEY_LENGTH = 16
+MAX_RANDOM_BYTES = 65536
+
+_GCM = b"\x01"
+_SIV = b"\x02"
+_NONCE_SIZE = 12
+_TAG_SIZE = 16
+_FAILED = (None, b"decryption failed")
+
+
+def _b(value: BytesLike) -> bytes:
+    if type(value) is bytes:
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"expected bytes or str, got {type(value).__name__}")
+
+
+def sha1(data: BytesLike) -> bytes:
+    """Return the raw 20-byte SHA-1 digest of ``data``."""
+    return hashlib.sha1(_b(data)).digest()
+
+
+def sha256(data: BytesLike) -> bytes:
+    """Return the raw 32-byte SHA-256 digest of ``data``."""
+    return hashlib.sha256(_b(data)).digest()
+
+
+def hmac_sha256(data: BytesLike, key: BytesLike) -> bytes:
+    """Return the raw 32-byte HMAC-SHA256 of ``data`` under ``key``."""
+    return hmac.digest(_b(key), _b(data), "sha256")
+
+
+def random_bytes(n: Union[int, float]) -> bytes:
+    """Return ``n`` (0..65536) cryptographically secure random bytes.
+
+    Integral floats are accepted because Lua numbers may arrive as floats.
+    """
+    if isinstance(n, float) and n.is_integer():
+        n = int(n)
+    if type(n) is not int or not 0 <= n <= MAX_RANDOM_BYTES:
+        raise ValueError(f"random_bytes: n must be an integer in 0..{MAX_RANDOM_BYTES}")
+    return secrets.token_bytes(n)
+
+
+# Encrypted URLs decrypt on every request, so HKDF and cipher setup are cached
+# per (key, mode). Bounded so that many distinct keys cannot grow memory.
+@lru_cache(maxsize=256)
+def _cipher(key: bytes, mode: bytes) -> Union[AESGCM, AESSIV]:
+    if mode == _GCM:
+        length, info, cls = 32, b"eightys aes-256-gcm", AESGCM
+    else:
+        length, info, cls = 64, b"eightys aes-siv", AESSIV
+    derived = HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(key)
+    return cls(derived)
+
+
+def _key(key: BytesLike) -> bytes:
+    key = _b(key)
+    if len(key) < MIN_KEY_LENGTH:
+        raise ValueError(f"encryption key must be at least {MIN_KEY_LENGTH} bytes")
+    return key
+
+
+def encrypt(plaintext: BytesLike, key: BytesLike, deterministic: bool = False) -> bytes:
+    """Encrypt and authenticate ``plaintext`` under ``key`` (>= 16 bytes).
+
+    By default each call uses a fresh random nonce (AES-256-GCM), so equal
+    plaintexts give different tokens. With ``deterministic=True`` the same
+    plaintext and key always give the same token (AES-SIV), which makes
+    encrypted URLs cacheable but reveals when two plaintexts are equal.
+    Raises ``ValueError`` for a short key.
+    """
+    plaintext = _b(plaintext)
+    key = _key(key)
+    if deterministic:
+        return _SIV + _cipher(key, _SIV).encrypt(plaintext, [_SIV])
+    nonce = secrets.token_bytes(_NONCE_SIZE)
+    return _GCM + nonce + _cipher(key, _GCM).encrypt(nonce, plaintext, _GCM)
+
+
+def decrypt(token: BytesLike, key: BytesLike) -> Union[bytes, tuple[None, bytes]]:
+    """Verify and decrypt a token made by :func:`encrypt`.
+
+    Returns the plaintext, or ``(None, b"decryption failed")`` if the token is
+    tampered with, truncated, of an unknown version or made with another key.
+    Raises ``ValueError`` only for a short key.
+    """
+    key = _key(key)
+    token = _b(token)
+    mode = token[:1]
+    try:
+        if mode == _GCM:
+            if len(token) < 1 + _NONCE_SIZE + _TAG_SIZE:
+                return _FAILED
+            nonce = token[1 : 1 + _NONCE_SIZE]
+            return _cipher(key, _GCM).decrypt(nonce, token[1 + _NONCE_SIZE :], _GCM)
+        if mode == _SIV:
+            if len(token) < 1 + _TAG_SIZE:
+                return _FAILED
+            return _cipher(key, _SIV).decrypt(token[1:], [_SIV])
+    except (InvalidTag, ValueError):
+        pass
+    return _FAILED

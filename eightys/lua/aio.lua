@@ -1,0 +1,748 @@
+-- aio: promises, coroutines, timers, sockets, caching and mail for eightys apps.
+--
+-- The API follows 80s (github.com/diznq/80s, aio/aio.lua): a promise is callable,
+-- `promise(callback)` subscribes; errors are values (`nil, err`), there is no
+-- rejection channel. Differences from 80s, all deliberate:
+--   * a promise takes any number of subscribers and resolves once;
+--   * aio:async returns a promise of the function's results;
+--   * every coroutine is resumed through one place (resume() below), so a
+--     coroutine can aio:await inside aio:cor / aio:buffered_cor without losing
+--     socket data, and an error in it is logged with its traceback;
+--   * timers (aio:sleep, set_timeout, set_interval), which 80s lacks.
+--
+-- Lua cannot yield across a Python frame, so nothing here ever yields inside a
+-- call into Python: Python work returns a promise at once and resolves it later.
+
+local setmetatable = setmetatable
+local getmetatable = getmetatable
+local select = select
+local type = type
+local error = error
+local tostring = tostring
+local xpcall = xpcall
+local pairs = pairs
+local traceback = debug.traceback
+local co_create = coroutine.create
+local co_resume = coroutine.resume
+local co_yield = coroutine.yield
+local co_running = coroutine.running
+local co_status = coroutine.status
+local str_find = string.find
+local str_sub = string.sub
+local unpack = unpack or table.unpack
+local net = net
+
+local aio = aio or {}
+_G.aio = aio
+
+aio.fds = aio.fds or {}              -- fd -> aiosocket, for sockets aio owns
+aio.cache = aio.cache or {}          -- cache name -> cache state (aio:cached)
+aio.max_cache_size = aio.max_cache_size or 10000
+aio.max_buffer = aio.max_buffer or 1048576 -- default byte cap of aio:buffered_cor reads
+
+local host -- private host functions, set by aio:_attach
+
+local function report(where, err)
+    if host then
+        host.log_error(where .. ": " .. tostring(err))
+    else
+        print(where .. ": " .. tostring(err))
+    end
+end
+
+local function pack(...)
+    return { n = select("#", ...), ... }
+end
+
+---------------------------------------------------------------------------
+-- Promises
+---------------------------------------------------------------------------
+
+--- @class aiopromise
+local Promise = {}
+Promise.__index = Promise
+
+local resume -- forward declaration (coroutines below)
+
+local function deliver(callback, values)
+    if type(callback) == "thread" then
+        resume(callback, unpack(values, 1, values.n))
+        return
+    end
+    local ok, err = xpcall(callback, traceback, unpack(values, 1, values.n))
+    if not ok then report("promise callback", err) end
+end
+
+--- Subscribe: `promise(callback)`. Runs at once if the promise is already resolved.
+--- A coroutine may be given instead of a function: it is resumed with the values.
+function Promise.__call(self, callback)
+    if self.values then
+        deliver(callback, self.values)
+    elseif self.first == nil then
+        self.first = callback
+    else
+        local rest = self.rest
+        if rest == nil then
+            rest = {}
+            self.rest = rest
+        end
+        rest[#rest + 1] = callback
+    end
+    return self
+end
+
+--- Promise:next(callback) is the same as promise(callback).
+Promise.next = Promise.__call
+
+--- Whether the promise already has its values.
+function Promise:is_resolved()
+    return self.values ~= nil
+end
+
+local function new_promise()
+    local promise = setmetatable({}, Promise)
+    local function resolve(...)
+        if promise.values then return end -- the first resolution wins
+        local values = pack(...)
+        promise.values = values
+        local first = promise.first
+        if first ~= nil then
+            promise.first = nil
+            deliver(first, values)
+        end
+        local rest = promise.rest
+        if rest ~= nil then
+            promise.rest = nil
+            for i = 1, #rest do
+                deliver(rest[i], values)
+            end
+        end
+    end
+    return resolve, promise
+end
+
+--- Is v something aio can wait on: an aio promise, or an 80s-style `fun(callback)`?
+local function is_awaitable(v)
+    local t = type(v)
+    return t == "function" or (t == "table" and getmetatable(v) == Promise)
+end
+
+--- Create a promise.
+--- @return fun(...) resolve call with the values once they are known
+--- @return aiopromise promise `promise(function(...) end)` receives them
+function aio:prepare_promise()
+    return new_promise()
+end
+
+--- A promise already resolved with the given values.
+--- @return aiopromise
+function aio:resolved(...)
+    local resolve, promise = new_promise()
+    resolve(...)
+    return promise
+end
+
+--- Is v an aio promise?
+function aio:is_promise(v)
+    return type(v) == "table" and getmetatable(v) == Promise
+end
+
+--- Wait for all promises; resolves with each one's first value, in argument order.
+--- Plain (non-promise) arguments count as already resolved values.
+--- @return aiopromise
+function aio:gather(...)
+    local n = select("#", ...)
+    local resolve, promise = new_promise()
+    if n == 0 then
+        resolve()
+        return promise
+    end
+    local tasks = pack(...)
+    local results, left = {}, n
+    for i = 1, n do
+        local task = tasks[i]
+        if is_awaitable(task) then
+            local seen = false
+            task(function(value)
+                if seen then return end
+                seen = true
+                results[i] = value
+                left = left - 1
+                if left == 0 then resolve(unpack(results, 1, n)) end
+            end)
+        else
+            results[i] = task
+            left = left - 1
+            if left == 0 then resolve(unpack(results, 1, n)) end
+        end
+    end
+    return promise
+end
+
+--- Run steps one after another. `first` is a promise or a plain value; each
+--- following function gets the previous step's values and returns a promise
+--- (awaited) or plain values. Resolves with the last step's values. A step that
+--- raises is logged and the chain resolves with `nil, err`.
+--- @return aiopromise
+function aio:chain(first, ...)
+    local steps = pack(...)
+    local resolve, promise = new_promise()
+    local at = 0
+    local step
+    local function on_values(...)
+        -- iterate rather than recurse while steps return plain values
+        local values = pack(...)
+        while true do
+            at = at + 1
+            if at > steps.n then
+                return resolve(unpack(values, 1, values.n))
+            end
+            local result = pack(xpcall(steps[at], traceback, unpack(values, 1, values.n)))
+            if not result[1] then
+                report("aio:chain step " .. at, result[2])
+                return resolve(nil, result[2])
+            end
+            if is_awaitable(result[2]) then
+                return result[2](step)
+            end
+            values = pack(unpack(result, 2, result.n))
+        end
+    end
+    step = on_values
+    if is_awaitable(first) then
+        first(step)
+    else
+        step(first)
+    end
+    return promise
+end
+
+--- Array map (80s): a new array of fn(array[i], ...).
+--- @param array table
+--- @param fn fun(item: any, ...): any
+function aio:map(array, fn, ...)
+    local out = {}
+    for i = 1, #array do
+        out[i] = fn(array[i], ...)
+    end
+    return out
+end
+
+---------------------------------------------------------------------------
+-- Coroutines
+---------------------------------------------------------------------------
+
+-- Per-coroutine state, weak so finished coroutines are collected.
+local drivers = setmetatable({}, { __mode = "k" })   -- co -> fn(dead, ...yielded)
+local on_errors = setmetatable({}, { __mode = "k" }) -- co -> fn(err)
+local awaiting = setmetatable({}, { __mode = "k" })  -- co -> true while in aio:await
+
+local function after_resume(co, ok, ...)
+    if not ok then
+        local err = ...
+        report("coroutine", traceback(co, tostring(err)))
+        local handler = on_errors[co]
+        if handler then handler(err) end
+        return false, err
+    end
+    if not awaiting[co] then
+        local driver = drivers[co]
+        if driver then driver(co_status(co) == "dead", ...) end
+    end
+    return true, ...
+end
+
+--- Resume co; errors are logged with the coroutine's traceback and passed to
+--- its error handler. Every resume in aio goes through here.
+resume = function(co, ...)
+    return after_resume(co, co_resume(co, ...))
+end
+
+--- Resume a coroutine the aio way (errors logged, drivers honoured).
+function aio:resume(co, ...)
+    return resume(co, ...)
+end
+
+--- coroutine.create (80s).
+function aio:cor0(fn)
+    return co_create(fn)
+end
+
+--- Run fn(...) in a new coroutine so it can aio:await. Returns a promise of fn's
+--- return values; if fn raises, the error is logged, on_error(err) is called and
+--- the promise resolves with `nil, err`.
+--- @param fn fun(...): ...
+--- @param on_error? fun(err: any)
+--- @return aiopromise
+function aio:async(fn, on_error, ...)
+    local resolve, promise = new_promise()
+    local co = co_create(function(...)
+        resolve(fn(...))
+    end)
+    on_errors[co] = function(err)
+        if on_error then on_error(err) end
+        resolve(nil, err)
+    end
+    resume(co, ...)
+    return promise
+end
+
+--- Wait for a promise inside aio:async (or any aio-driven coroutine) and return
+--- its values. A plain value is returned as is; a coroutine is resumed once and
+--- its yielded values returned (80s).
+function aio:await(promise)
+    local co, is_main = co_running()
+    if co == nil or is_main then
+        error("aio:await must run inside aio:async (or a coroutine aio drives)", 2)
+    end
+    if type(promise) == "thread" then
+        local result = pack(co_resume(promise))
+        if not result[1] then error(result[2], 2) end
+        return unpack(result, 2, result.n)
+    end
+    if type(promise) == "table" and getmetatable(promise) == Promise then
+        local values = promise.values
+        if values then return unpack(values, 1, values.n) end
+    elseif type(promise) ~= "function" then
+        return promise
+    end
+    local early
+    local suspended = false
+    promise(function(...)
+        if suspended then
+            awaiting[co] = nil
+            resume(co, ...)
+        else
+            early = pack(...)
+        end
+    end)
+    if early then return unpack(early, 1, early.n) end
+    suspended = true
+    awaiting[co] = true
+    return co_yield()
+end
+
+--- Turn a socket's on_data/on_close events into a stream read by a coroutine.
+--- fn(stream, resolve): `stream()` returns the next chunk (waiting for it), or
+--- nil once the socket closed, so `for chunk in stream do ... end` reads all.
+--- Returns a promise resolved by resolve(...).
+--- @return aiopromise
+function aio:cor2(target, event_name, close_name, fn)
+    local resolve, promise = new_promise()
+    local chunks, head, tail = {}, 1, 0
+    local closed, waiting = false, false
+    local co
+
+    local function stream()
+        while head > tail do
+            if closed then return nil end
+            waiting = true
+            co_yield()
+        end
+        local chunk = chunks[head]
+        chunks[head] = nil
+        head = head + 1
+        return unpack(chunk, 1, chunk.n)
+    end
+
+    local function wake()
+        if waiting and not awaiting[co] and co_status(co) == "suspended" then
+            waiting = false
+            resume(co)
+        end
+    end
+
+    target[event_name] = function(self, elfd, fd, ...)
+        tail = tail + 1
+        chunks[tail] = pack(...)
+        wake()
+    end
+    if close_name then
+        target[close_name] = function()
+            closed = true
+            wake()
+        end
+    end
+    co = co_create(fn)
+    on_errors[co] = function(err)
+        if target.close then target:close() end
+        resolve(nil, err)
+    end
+    drivers[co] = function(dead)
+        -- a bare coroutine.yield() in fn (the 80s idiom) also waits for data
+        if not dead then waiting = true end
+    end
+    resume(co, stream, resolve)
+    return promise
+end
+
+--- aio:cor2 without a close event.
+function aio:cor1(target, event_name, fn)
+    return self:cor2(target, event_name, nil, fn)
+end
+
+--- aio:cor2(sock, "on_data", "on_close", fn).
+function aio:cor(target, fn)
+    return self:cor2(target, "on_data", "on_close", fn)
+end
+
+--- Framed reader over a socket. Inside fn(resolve):
+---   coroutine.yield(n)               -> exactly n bytes
+---   coroutine.yield("delim"[, cap])  -> the bytes before delim (delim consumed)
+--- A read that would need more than `cap` bytes (default aio.max_buffer) returns
+--- nil, "overflow"; a read the stream can no longer satisfy returns nil, "eof".
+--- fn may aio:await between reads. Returns a promise resolved by resolve(...).
+--- @return aiopromise
+function aio:buffered_cor(target, fn)
+    local resolve, promise = new_promise()
+    local buf, pos = "", 1   -- unread bytes are buf[pos..]
+    local searched = 1       -- delimiter search resumes here (keeps scanning O(n))
+    local want, cap = nil, nil
+    local eof, pumping = false, false
+    local co
+
+    -- Try to answer the pending read; returns the value(s) to resume with, or nil.
+    local function take()
+        local available = #buf - pos + 1
+        if type(want) == "number" then
+            if want > cap then return nil, "overflow" end
+            if available >= want then
+                local out = str_sub(buf, pos, pos + want - 1)
+                pos = pos + want
+                return out
+            end
+        else
+            local from = searched > pos and searched or pos
+            local s, e = str_find(buf, want, from, true)
+            if s and s - pos > cap then return nil, "overflow" end
+            if s then
+                local out = str_sub(buf, pos, s - 1)
+                pos = e + 1
+                searched = pos
+                return out
+            end
+            if available > cap then return nil, "overflow" end
+            -- a delimiter may straddle the next packet: rescan its last #want-1 bytes
+            local next_from = #buf - #want + 2
+            searched = next_from > pos and next_from or pos
+        end
+        if eof then return nil, "eof" end
+        return false
+    end
+
+    local function pump()
+        if pumping then return end
+        pumping = true
+        while want ~= nil and co_status(co) == "suspended" and not awaiting[co] do
+            local value, err = take()
+            if value == false then break end
+            want = nil
+            resume(co, value, err)
+        end
+        pumping = false
+        if pos > 4096 and pos > #buf / 2 then -- drop consumed bytes now and then
+            buf = str_sub(buf, pos)
+            searched = searched - pos + 1
+            pos = 1
+        end
+    end
+
+    target.on_data = function(self, elfd, fd, data)
+        if co_status(co) == "dead" then return end
+        buf = buf .. data
+        if want == nil and #buf - pos + 1 > 4 * aio.max_buffer then
+            -- nobody is reading (fn is awaiting something): bound what a peer can pile up
+            report("aio:buffered_cor", "unread input exceeds " .. 4 * aio.max_buffer .. " bytes; closing")
+            if target.close then target:close() end
+            return
+        end
+        pump()
+    end
+    target.on_close = function()
+        eof = true
+        pump()
+    end
+
+    co = co_create(fn)
+    on_errors[co] = function(err)
+        if target.close then target:close() end
+        resolve(nil, err)
+    end
+    drivers[co] = function(dead, request, limit)
+        if dead then
+            want = nil
+            return
+        end
+        local kind = type(request)
+        if kind == "number" or (kind == "string" and request ~= "") then
+            want = request
+            cap = limit or aio.max_buffer
+            pump()
+        elseif request ~= nil then
+            error("aio:buffered_cor: yield a byte count or a non-empty delimiter, got "
+                .. tostring(request), 0)
+        end
+    end
+    resume(co, resolve)
+    return promise
+end
+
+---------------------------------------------------------------------------
+-- Caching
+---------------------------------------------------------------------------
+
+local function is_failure(v)
+    return v == nil or (type(v) == "table" and getmetatable(v) == nil and v.error ~= nil)
+end
+
+--- Memoise producer()'s result under (cache_name, key). A promise is cached too,
+--- so concurrent callers share one in-flight promise; a promise that resolves
+--- with nil or {error=...} is dropped from the cache rather than kept.
+--- @param ttl? number|boolean seconds to keep the value (nil: until evicted);
+---   false bypasses the cache for this call (80s `condition`)
+--- Each cache holds at most aio.max_cache_size entries; the oldest go first.
+function aio:cached(cache_name, key, producer, ttl, expire)
+    if ttl == false then return producer() end
+    if type(ttl) ~= "number" then ttl = expire end
+    local cache = self.cache[cache_name]
+    if cache == nil then
+        -- order is a FIFO of entries, oldest first; it may hold stale entries
+        -- (expired or replaced), skipped on eviction and dropped on compaction
+        cache = { entries = {}, order = {}, head = 1, tail = 0, size = 0 }
+        self.cache[cache_name] = cache
+    end
+    local entries = cache.entries
+    local now = net.clock()
+    local entry = entries[key]
+    if entry ~= nil then
+        if entry.expires == nil or entry.expires > now then
+            return entry.value
+        end
+        entries[key] = nil
+        cache.size = cache.size - 1
+    end
+    local value = producer()
+    entry = { key = key, value = value, expires = ttl and now + ttl or nil }
+    entries[key] = entry
+    cache.size = cache.size + 1
+    local order = cache.order
+    cache.tail = cache.tail + 1
+    order[cache.tail] = entry
+    while cache.size > self.max_cache_size do
+        local old = order[cache.head]
+        order[cache.head] = nil
+        cache.head = cache.head + 1
+        if entries[old.key] == old then
+            entries[old.key] = nil
+            cache.size = cache.size - 1
+        end
+    end
+    if cache.tail - cache.head > 2 * cache.size + 64 then
+        local live, n = {}, 0
+        for i = cache.head, cache.tail do
+            local e = order[i]
+            if entries[e.key] == e then
+                n = n + 1
+                live[n] = e
+            end
+        end
+        cache.order, cache.head, cache.tail = live, 1, n
+    end
+    if is_awaitable(value) then
+        value(function(first)
+            if is_failure(first) and entries[key] == entry then
+                entries[key] = nil
+                cache.size = cache.size - 1
+            end
+        end)
+    end
+    return value
+end
+
+--- Set the largest number of entries one aio:cached cache holds.
+function aio:set_max_cache_size(n)
+    if type(n) ~= "number" or n < 1 then error("bad cache size " .. tostring(n), 2) end
+    self.max_cache_size = n
+end
+
+---------------------------------------------------------------------------
+-- Timers
+---------------------------------------------------------------------------
+
+--- @class aiotimer
+local Timer = {}
+Timer.__index = Timer
+
+--- Stop the timer; a cancelled timer never fires again. Returns true if it was pending.
+function Timer:cancel()
+    if self.cancelled then return false end
+    self.cancelled = true
+    if self.id then
+        local pending = host.cancel_timer(self.id)
+        self.id = nil
+        return pending
+    end
+    return false
+end
+
+local function check_delay(seconds)
+    if type(seconds) ~= "number" or seconds < 0 or seconds ~= seconds then
+        error("bad delay " .. tostring(seconds) .. " (seconds >= 0 expected)", 3)
+    end
+end
+
+--- Call fn() once after `seconds`. Returns a timer with :cancel().
+--- @return aiotimer
+function aio:set_timeout(fn, seconds)
+    check_delay(seconds)
+    local timer = setmetatable({}, Timer)
+    timer.id = host.start_timer(seconds, function()
+        timer.id = nil
+        if not timer.cancelled then fn() end
+    end)
+    return timer
+end
+
+--- Call fn() every `seconds` until the timer is cancelled.
+--- @return aiotimer
+function aio:set_interval(fn, seconds)
+    check_delay(seconds)
+    local timer = setmetatable({}, Timer)
+    local function tick()
+        timer.id = nil
+        if timer.cancelled then return end
+        timer.id = host.start_timer(seconds, tick) -- re-arm first: fn may cancel
+        fn()
+    end
+    timer.id = host.start_timer(seconds, tick)
+    return timer
+end
+
+--- Cancel a timer from set_timeout/set_interval (nil is ignored).
+function aio:clear_timeout(timer)
+    if timer then return timer:cancel() end
+    return false
+end
+aio.clear_interval = aio.clear_timeout
+
+--- A promise resolved (with true) after `seconds`.
+--- @return aiopromise
+function aio:sleep(seconds)
+    check_delay(seconds)
+    local resolve, promise = new_promise()
+    host.start_timer(seconds, function() resolve(true) end)
+    return promise
+end
+
+---------------------------------------------------------------------------
+-- Sockets
+---------------------------------------------------------------------------
+
+--- @class aiosocket
+aiosocket = aiosocket or {}
+aiosocket.__index = aiosocket
+
+--- Wrap a connection handle. Events for fd go to the object's methods from now on.
+--- @return aiosocket
+function aiosocket:new(elfd, fd, connected)
+    local sock = setmetatable({ elfd = elfd, fd = fd, connected = connected ~= false,
+                                closed = false }, self)
+    aio.fds[fd] = sock
+    return sock
+end
+
+--- Queue data for sending; returns true, or false and an error if the socket is closed.
+--- With close=true the socket is closed once everything is sent.
+function aiosocket:write(data, close)
+    if self.closed then return false, "closed" end
+    local ok, err = net.write(self.elfd, self.fd, data)
+    if close then self:close() end
+    return ok, err
+end
+
+--- Close after pending data is sent; on_close follows.
+function aiosocket:close()
+    if self.closed then return false end
+    self.closed = true
+    return net.close(self.elfd, self.fd)
+end
+
+--- Called with each chunk of received data. Override it (or use aio:cor).
+function aiosocket:on_data(elfd, fd, data, length) end
+
+--- Called once the connection is closed; err says why when it failed.
+function aiosocket:on_close(elfd, fd, err) end
+
+--- Called once an outgoing connection is established.
+function aiosocket:on_connect(elfd, fd) end
+
+--- Called when the socket can take more data; the first call of an outgoing
+--- socket means it connected.
+function aiosocket:on_write(elfd, fd)
+    if not self.connected then
+        self.connected = true
+        self:on_connect(elfd, fd)
+    end
+end
+
+--- Open an outgoing TCP connection (host name lookup does not block). Writes
+--- before the connection is up are queued. Returns an aiosocket, or nil, err.
+--- host may be "v6:addr" or "unix:/path".
+--- @return aiosocket|nil, string|nil
+function aio:connect(elfd, host_name, port)
+    local fd, err = net.connect(elfd, host_name, port)
+    if not fd then return nil, err end
+    return aiosocket:new(elfd, fd, false)
+end
+
+--- Take over an accepted connection (e.g. in on_accept): its events go to the
+--- returned aiosocket instead of the global hooks.
+--- @return aiosocket
+function aio:wrap(fd)
+    return aiosocket:new(ELFD, fd, true)
+end
+
+---------------------------------------------------------------------------
+-- Workers
+---------------------------------------------------------------------------
+
+--- Send a message (string or plain table) to worker `worker` ("*" for every
+--- worker), delivered to its on_message hook. Returns true, or nil, err.
+function aio:mail(params)
+    if type(params) ~= "table" or params.message == nil then
+        error("aio:mail{worker=N, message=...} expected", 2)
+    end
+    return net.mail(params.worker or WORKERID, params.message, params.fd or params.target)
+end
+
+--- Send a message to every worker (this one included).
+function aio:broadcast(message)
+    return net.mail("*", message)
+end
+
+--- Reload the Lua code of every worker (each re-runs its entry script in place).
+function aio:reload()
+    return host.reload_all()
+end
+
+--- Stop the whole server gracefully.
+function aio:quit()
+    return net.quit()
+end
+
+-- 80s helpers
+function iserror(v) return type(v) == "table" and v.error ~= nil end
+function ispresent(...)
+    for i = 1, select("#", ...) do
+        if select(i, ...) == nil then return false end
+    end
+    return true
+end
+function make_error(msg) return { error = msg } end
+
+--- Internal: called once by bootstrap.lua with the host's private functions.
+function aio:_attach(private)
+    host = private
+end
+
+return aio

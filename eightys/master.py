@@ -1,0 +1,354 @@
+"""The master process: binds the listening socket(s), runs N workers, restarts the
+ones that die, relays mail between them and turns signals into actions.
+
+Signals: SIGINT/SIGTERM stop the server (workers stop accepting, finish what is
+open within ``--graceful-timeout``, exit; then the master exits 0). SIGHUP makes
+every worker reload its Lua code in place.
+
+Sockets: by default each worker gets its own listening socket, all bound to the
+same port with SO_REUSEPORT, and the kernel spreads new connections evenly over
+them. The master keeps every socket open, so connections that arrive while a
+worker restarts wait in that socket's backlog for its replacement instead of
+being refused. ``--shared-socket`` makes all workers accept from one inherited
+socket instead (the only option for Unix sockets). README, "Workers and
+sockets", has the measurements behind the default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from eightys import channel
+from eightys.cli import UsageError
+from eightys.config import Address, Config
+from eightys.log import setup_logging
+
+log = logging.getLogger("master")
+
+BACKLOG = 4096
+#: A worker that dies within this many seconds of starting counts as crashing at once.
+CRASH_WINDOW = 3.0
+#: After this many such crashes in a row the master gives up and exits 1.
+MAX_QUICK_CRASHES = 5
+#: Extra time, beyond the graceful timeout, before stragglers get SIGKILL.
+KILL_MARGIN = 5.0
+
+
+@dataclass
+class WorkerSlot:
+    """One worker position (WORKERID); its process is replaced when it dies."""
+
+    worker_id: int
+    sock: socket.socket
+    process: subprocess.Popen[bytes] | None = None
+    channel: "MasterChannel | None" = None
+    started_at: float = 0.0
+    ready: bool = False
+    ever_ready: bool = False
+    fatal: str | None = None
+    quick_crashes: int = 0
+    pending_mail: list[bytes] = field(default_factory=list)
+
+
+class MasterChannel(asyncio.Protocol):
+    """The master's end of one worker's control channel."""
+
+    def __init__(self, master: "Master", slot: WorkerSlot) -> None:
+        self.master = master
+        self.slot = slot
+        self.decoder = channel.FrameDecoder()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self.decoder.feed(data)
+        except channel.FrameError as exc:
+            log.error("worker %d sent a bad frame (%s); closing its channel",
+                      self.slot.worker_id, exc)
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        for message in messages:
+            self.master.on_worker_message(self.slot, message)
+
+    def send_frame(self, frame: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(frame)
+
+
+class Master:
+    """Supervises the workers until stopped; ``serve()`` returns the exit code."""
+
+    def __init__(self, config: Config, sockets: list[socket.socket]) -> None:
+        self.config = config
+        self.sockets = sockets
+        self.slots = [WorkerSlot(i, sockets[i % len(sockets)]) for i in range(config.workers)]
+        self.starting = True
+        self.stopping = False
+        self.exit_code = 0
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.done: asyncio.Future[int] = None  # type: ignore[assignment]
+        self._config_json = config.to_json()
+
+    async def serve(self) -> int:
+        """Start every worker, then supervise until stopped."""
+        self.loop = asyncio.get_running_loop()
+        self.done = self.loop.create_future()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.loop.add_signal_handler(sig, self.stop, 0)
+        self.loop.add_signal_handler(signal.SIGHUP, self.reload_all)
+        for slot in self.slots:
+            self.spawn(slot)
+        code = await self.done
+        self._close_sockets()
+        return code
+
+    # -- workers ------------------------------------------------------------------
+
+    def spawn(self, slot: WorkerSlot) -> None:
+        """Start a worker process for ``slot``."""
+        if self.stopping:
+            return
+        ours, theirs = socket.socketpair()
+        listen_fd = slot.sock.fileno()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "eightys.worker", self._config_json,
+             str(slot.worker_id), str(listen_fd), str(theirs.fileno())],
+            pass_fds=(listen_fd, theirs.fileno()),
+        )
+        theirs.close()
+        slot.process = process
+        slot.started_at = time.monotonic()
+        slot.ready = False
+        slot.fatal = None
+        slot.channel = MasterChannel(self, slot)
+        self.loop.create_task(self._attach_channel(slot, slot.channel, ours))
+        pidfd = os.pidfd_open(process.pid)
+        self.loop.add_reader(pidfd, self._on_exit, slot, process, pidfd)
+
+    async def _attach_channel(self, slot: WorkerSlot, chan: MasterChannel,
+                              sock: socket.socket) -> None:
+        await self.loop.connect_accepted_socket(lambda: chan, sock=sock)
+
+    def on_worker_message(self, slot: WorkerSlot, message: tuple[Any, ...]) -> None:
+        """Handle one control message from a worker."""
+        kind = message[0]
+        if kind == channel.Kind.MAIL:
+            _, target, sender_fd, receiver_fd, payload = message
+            frame = channel.encode((channel.Kind.MAIL, slot.worker_id, sender_fd,
+                                    receiver_fd, payload))
+            targets = self.slots if target == "*" else [self.slots[target]]
+            for t in targets:
+                if t.ready and t.channel is not None:
+                    t.channel.send_frame(frame)
+                else:
+                    t.pending_mail.append(frame)  # delivered once it is ready
+        elif kind == channel.Kind.READY:
+            slot.ready = slot.ever_ready = True
+            log.info("worker %d ready (pid %d)", slot.worker_id, slot.process.pid)  # type: ignore[union-attr]
+            for frame in slot.pending_mail:
+                slot.channel.send_frame(frame)  # type: ignore[union-attr]
+            slot.pending_mail.clear()
+            if self.starting and all(s.ready for s in self.slots):
+                self.starting = False
+                log.info("serving %s on %s with %d worker(s)%s", self.config.entry,
+                         self._describe_address(), len(self.slots),
+                         " (SO_REUSEPORT)" if len(self.sockets) > 1 else "")
+        elif kind == channel.Kind.FATAL:
+            slot.fatal = message[1]
+        elif kind == channel.Kind.RELOAD:
+            self.reload_all()
+        elif kind == channel.Kind.QUIT:
+            log.info("worker %d asked the server to quit", slot.worker_id)
+            self.stop(0)
+
+    def _on_exit(self, slot: WorkerSlot, process: subprocess.Popen[bytes], pidfd: int) -> None:
+        self.loop.remove_reader(pidfd)
+        os.close(pidfd)
+        code = process.wait()
+        if slot.channel is not None and slot.channel.transport is not None:
+            slot.channel.transport.close()
+        slot.ready = False
+        if slot.process is process:
+            slot.process = None
+        if self.stopping:
+            self._maybe_finish()
+            return
+        reason = _exit_reason(code)
+        if slot.fatal:
+            log.error("worker %d failed to load:\n%s", slot.worker_id, slot.fatal)
+        if self.starting and not slot.ever_ready:
+            log.error("worker %d (pid %d) %s during start-up; stopping", slot.worker_id,
+                      process.pid, reason)
+            self.stop(1)
+            return
+        lived = time.monotonic() - slot.started_at
+        slot.quick_crashes = slot.quick_crashes + 1 if lived < CRASH_WINDOW else 0
+        if slot.quick_crashes >= MAX_QUICK_CRASHES:
+            log.error("worker %d (pid %d) %s; it died within %.0f s of starting %d times "
+                      "in a row, giving up", slot.worker_id, process.pid, reason,
+                      CRASH_WINDOW, slot.quick_crashes)
+            self.stop(1)
+            return
+        delay = 0.0 if slot.quick_crashes <= 1 else min(0.1 * 2 ** slot.quick_crashes, 2.0)
+        log.warning("worker %d (pid %d) %s; restarting", slot.worker_id, process.pid, reason)
+        self.loop.call_later(delay, self.spawn, slot)
+
+    # -- control ------------------------------------------------------------------
+
+    def reload_all(self) -> None:
+        """Ask every worker to reload its Lua code in place."""
+        frame = channel.encode((channel.Kind.RELOAD,))
+        for slot in self.slots:
+            if slot.ready and slot.channel is not None:
+                slot.channel.send_frame(frame)
+        log.info("reload requested for %d worker(s)", len(self.slots))
+
+    def stop(self, code: int = 0) -> None:
+        """Stop gracefully: workers drain, then the master exits with ``code``."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.exit_code = code
+        if code == 0:
+            log.info("stopping: draining connections (up to %.1f s)", self.config.graceful_timeout)
+        for slot in self.slots:
+            if slot.process is not None:
+                slot.process.send_signal(signal.SIGTERM)
+        self.loop.call_later(self.config.graceful_timeout + KILL_MARGIN, self._kill_stragglers)
+        self._maybe_finish()
+
+    def _kill_stragglers(self) -> None:
+        for slot in self.slots:
+            if slot.process is not None:
+                log.warning("worker %d did not stop in time; killing it", slot.worker_id)
+                slot.process.kill()
+
+    def _maybe_finish(self) -> None:
+        if all(s.process is None for s in self.slots) and not self.done.done():
+            self.done.set_result(self.exit_code)
+
+    def _close_sockets(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        if self.config.address.family == "unix":
+            try:
+                os.unlink(self.config.address.path)
+            except OSError:
+                pass
+
+    def _describe_address(self) -> str:
+        address = self.config.address
+        if address.family == "unix":
+            return address.describe()
+        port = self.sockets[0].getsockname()[1]
+        return Address(address.family, address.host, port).describe()
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+# -- listening sockets ----------------------------------------------------------------
+
+def bind_listeners(config: Config) -> list[socket.socket]:
+    """Bind and listen: one socket per worker with SO_REUSEPORT, or one shared socket.
+    Raises UsageError (one clear line, exit 2) if the address cannot be used."""
+    address = config.address
+    if address.family == "unix":
+        return [_bind_unix(address.path)]
+    family = socket.AF_INET6 if address.family == "inet6" else socket.AF_INET
+    if address.port:
+        _check_port_free(family, address)
+    count = config.workers if config.reuseport else 1
+    sockets: list[socket.socket] = []
+    port = address.port
+    try:
+        for _ in range(count):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if config.reuseport:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((address.host, port))
+            port = sock.getsockname()[1]  # port 0: the others join the one picked
+            sock.listen(BACKLOG)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise UsageError(f"cannot listen on {Address(address.family, address.host, port).describe()}: "
+                         f"{_os_error_text(exc)}") from None
+    return sockets
+
+
+def _check_port_free(family: int, address: Address) -> None:
+    # Without this, a second eightys on the same port would silently join the first
+    # one's SO_REUSEPORT group (same user), and the two would split the traffic.
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((address.host, address.port))
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {address.describe()}: {_os_error_text(exc)}") from None
+    finally:
+        probe.close()
+
+
+def _bind_unix(path: str) -> socket.socket:
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(mode):
+            raise UsageError(f"cannot listen on unix:{path}: a file that is not a socket is there")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # a stale socket left by a process that died
+        else:
+            raise UsageError(f"cannot listen on unix:{path}: another server is using it")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on unix:{path}: {_os_error_text(exc)}") from None
+    return sock
+
+
+def _os_error_text(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use"
+    return exc.strerror or str(exc)
+
+
+def run(config: Config) -> int:
+    """Bind, start the workers and supervise them; return the process exit code."""
+    import uvloop
+
+    setup_logging()
+    sockets = bind_listeners(config)
+    return uvloop.run(Master(config, sockets).serve())

@@ -1,0 +1,1 @@
+"""asyncio Protocols, one per kind of connection a worker serves."""

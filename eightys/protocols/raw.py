@@ -1,0 +1,120 @@
+"""Raw TCP connections: bytes go to the 80s hooks ``on_data``/``on_write``/``on_close``.
+
+Used for accepted connections when the entry script defines ``on_data`` or
+``on_accept`` (a raw app such as ``server/echo.lua``), and for every outgoing
+``net.connect``/``aio:connect`` socket.
+
+Flow control lives here: when the kernel cannot take what Lua writes, reading
+stops until the buffer drains (then ``on_write`` fires), so a client that does
+not read its replies holds at most ``WRITE_HIGH_WATER`` bytes of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from eightys.worker import Worker
+
+#: Pause reading from a peer once this much output is waiting for it.
+WRITE_HIGH_WATER = 256 * 1024
+
+
+class RawProtocol(asyncio.Protocol):
+    """One raw connection, accepted or outgoing. Its handle in Lua is ``self.fd``."""
+
+    __slots__ = ("worker", "fd", "transport", "outbound", "closing", "_batch", "_pending")
+
+    def __init__(self, worker: "Worker", fd: int, outbound: bool = False) -> None:
+        self.worker = worker
+        self.fd = fd
+        self.outbound = outbound
+        self.transport: asyncio.Transport | None = None
+        self.closing = False
+        # Writes made while Lua handles one read are joined into one transport.write.
+        self._batch: list[bytes] | None = None
+        # Writes made before an outgoing connection is up.
+        self._pending: list[bytes] = []
+
+    # -- asyncio callbacks -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self.worker.connections[self.fd] = self
+        runtime = self.worker.runtime
+        if self.outbound:
+            if self._pending:
+                transport.write(b"".join(self._pending))
+                self._pending.clear()
+            if self.closing:
+                transport.close()
+                return
+            runtime.dispatch_write(self.fd)  # 80s: a completed connect fires on_write
+        elif not runtime.dispatch_accept(self.fd):
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        batch: list[bytes] = []
+        self._batch = batch
+        ok = self.worker.runtime.dispatch_data(self.fd, data)
+        self._batch = None
+        if batch:
+            self.transport.write(batch[0] if len(batch) == 1 else b"".join(batch))  # type: ignore[union-attr]
+        if not ok or self.closing:
+            # a Lua error in the handler closes this connection only
+            self.close()
+
+    def eof_received(self) -> bool:
+        return False  # close our side too; on_close follows
+
+    def pause_writing(self) -> None:
+        self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def resume_writing(self) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
+            self.worker.runtime.dispatch_write(self.fd)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.worker.forget(self.fd)
+        self.worker.runtime.dispatch_close(self.fd, str(exc).encode() if exc else None)
+
+    # -- called for net.* ----------------------------------------------------------
+
+    def write(self, data: bytes) -> bool:
+        """Queue ``data``; False if the connection is closing."""
+        if self.closing:
+            return False
+        batch = self._batch
+        if batch is not None:
+            batch.append(data)
+        elif self.transport is None:
+            self._pending.append(data)
+        else:
+            self.transport.write(data)
+        return True
+
+    def close(self) -> None:
+        """Close once queued data is sent; ``on_close`` follows."""
+        self.closing = True
+        transport = self.transport
+        if transport is None or self._batch is not None:
+            return  # closed when the connection comes up / when the batch is written
+        transport.close()
+
+    def shutdown(self) -> None:
+        """The worker is draining: raw connections end when either side closes them."""
+
+    def connect_failed(self, exc: BaseException) -> None:
+        """An outgoing connection could not be made: report it as a close with a reason."""
+        self.closing = True
+        self.worker.forget(self.fd)
+        reason = str(exc) or type(exc).__name__
+        self.worker.runtime.dispatch_close(self.fd, reason.encode())
+
+    def peer(self) -> Any:
+        """``(host, port)`` of the other end, or None."""
+        return self.transport.get_extra_info("peername") if self.transport else None

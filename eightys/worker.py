@@ -1,0 +1,341 @@
+"""One worker process: one uvloop loop, one Lua state, the listening protocol.
+
+Started by the master as ``python -m eightys.worker CONFIG_JSON WORKER_ID LISTEN_FD
+CHANNEL_FD``. It inherits the listening socket and one end of a socketpair to the
+master (the control channel: mail, reload, quit, readiness). Nothing is shared
+with other workers.
+
+The worker is the Lua runtime's :class:`~eightys.lua_runtime.Host`: its methods
+are what ``net.*`` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any, Callable
+
+from eightys import __version__, channel
+from eightys.config import Config
+from eightys.log import setup_logging
+from eightys.lua_runtime import LuaLoadError, LuaRuntime
+from eightys.modules import ExtensionModule, load_modules
+from eightys.protocols.raw import RawProtocol
+
+#: Exit code of a worker whose Lua code or modules failed to load at start-up.
+EXIT_LOAD_FAILED = 3
+#: How long an outgoing connect (including the name lookup) may take.
+CONNECT_TIMEOUT = 30.0
+BACKLOG = 4096
+
+
+class ChannelProtocol(asyncio.Protocol):
+    """The worker's end of the control channel to the master."""
+
+    def __init__(self, on_message: Callable[[tuple[Any, ...]], None],
+                 on_lost: Callable[[], None]) -> None:
+        self.decoder = channel.FrameDecoder()
+        self.on_message = on_message
+        self.on_lost = on_lost
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        for message in self.decoder.feed(data):
+            self.on_message(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.on_lost()
+
+    def send(self, *message: Any) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(channel.encode(message))
+
+
+class Worker:
+    """The state of one worker process; implements ``net.*`` for Lua."""
+
+    def __init__(self, config: Config, worker_id: int, listen_sock: socket.socket,
+                 channel_sock: socket.socket) -> None:
+        self.config = config
+        self.worker_id = worker_id
+        self.listen_sock = listen_sock
+        self.channel_sock = channel_sock
+        self.log = logging.getLogger(f"worker {worker_id}")
+        self.connections: dict[int, Any] = {}
+        self._fd_ids = itertools.count(1)
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._timer_ids = itertools.count(1)
+        self.modules: list[ExtensionModule] = []
+        self.runtime: LuaRuntime = None  # type: ignore[assignment]
+        self.server: asyncio.AbstractServer | None = None
+        self.channel: ChannelProtocol | None = None
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.stopping: asyncio.Event | None = None
+        self.protocol_factory: Callable[[], asyncio.Protocol] = self._raw_factory
+        self._last_reload_error = ""
+
+    # -- life cycle ------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Load the code, serve until told to stop, drain, return the exit code."""
+        self.loop = asyncio.get_running_loop()
+        self.stopping = asyncio.Event()
+        _, self.channel = await self.loop.connect_accepted_socket(
+            lambda: ChannelProtocol(self._on_master_message, self.begin_shutdown),
+            sock=self.channel_sock)
+        try:
+            self._load()
+        except Exception as exc:  # noqa: BLE001 - any start-up failure is reported to the master
+            text = str(exc) if isinstance(exc, LuaLoadError) else _describe(exc)
+            self.channel.send(channel.Kind.FATAL, text)
+            await asyncio.sleep(0)  # let the frame go out
+            return EXIT_LOAD_FAILED
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.begin_shutdown)
+        self.loop.add_signal_handler(signal.SIGHUP, self.reload_lua)
+        self.server = await self.loop.create_server(
+            lambda: self.protocol_factory(), sock=self.listen_sock, backlog=BACKLOG)
+        self.channel.send(channel.Kind.READY)
+        await self.stopping.wait()
+        await self._drain()
+        for module in self.modules:
+            module.unload(reload=False)
+        return 0
+
+    def _load(self) -> None:
+        config = self.config
+        self.runtime = LuaRuntime(
+            self, engine=config.lua, entry=config.entry, worker_id=self.worker_id,
+            workers=config.workers, port=self.listen_port(), node=config.node,
+        )
+        self.modules = load_modules(config.modules, self)
+        for module in self.modules:
+            module.load(reload=False)
+        self.runtime.run_entry()
+        self._choose_protocol()
+        self.runtime.call_hook("on_init", 0, 0)
+
+    def listen_port(self) -> int:
+        """The TCP port the worker serves (0 for a Unix socket)."""
+        name = self.listen_sock.getsockname()
+        return name[1] if isinstance(name, tuple) else 0
+
+    def _choose_protocol(self) -> None:
+        # A script that handles raw bytes itself gets raw connections; anything
+        # else is an HTTP app (aio:http_get & co., or the content server).
+        if self.runtime.defines("on_data") or self.runtime.defines("on_accept"):
+            self.protocol_factory = self._raw_factory
+        else:
+            from eightys.protocols.http import HttpProtocol  # noqa: PLC0415 - optional import
+
+            self.protocol_factory = lambda: HttpProtocol(self, next(self._fd_ids))
+
+    def _raw_factory(self) -> asyncio.Protocol:
+        return RawProtocol(self, next(self._fd_ids))
+
+    def begin_shutdown(self) -> None:
+        """SIGTERM/SIGINT or the master went away: stop accepting and drain."""
+        if self.stopping is not None and not self.stopping.is_set():
+            self.stopping.set()
+
+    async def _drain(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.connections.values()):
+            conn.shutdown()
+        deadline = self.loop.time() + self.config.graceful_timeout
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections.values()):
+            if conn.transport is not None:
+                conn.transport.abort()
+        if self.connections:
+            self.log.warning("closed %d connection(s) still open after the %.1f s grace period",
+                             len(self.connections), self.config.graceful_timeout)
+
+    def forget(self, fd: int) -> None:
+        """A connection ended: drop its handle."""
+        self.connections.pop(fd, None)
+
+    def new_fd(self) -> int:
+        """A fresh connection handle (never reused, unlike OS file descriptors)."""
+        return next(self._fd_ids)
+
+    # -- master messages --------------------------------------------------------------
+
+    def _on_master_message(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == channel.Kind.MAIL:
+            _, sender, sender_fd, receiver_fd, payload = message
+            self.runtime.dispatch_message(sender, sender_fd, receiver_fd,
+                                          self.runtime.to_lua(payload))
+        elif kind == channel.Kind.RELOAD:
+            self.reload_lua()
+
+    def reload_lua(self) -> bool:
+        """Re-run the entry script in the existing Lua state (globals survive).
+        On failure the error is logged with file:line and the code already loaded
+        keeps serving."""
+        try:
+            self.runtime.run_entry()
+        except LuaLoadError as exc:
+            self.log.error("reload failed, previous code keeps serving: %s", exc)
+            self._last_reload_error = str(exc)
+            return False
+        self._choose_protocol()
+        self.log.info("reloaded %s", self.runtime.entry)
+        return True
+
+    # -- net.* --------------------------------------------------------------------------
+
+    def write(self, elfd: Any, fd: Any, data: Any = None, offset: Any = None, *rest: Any) -> Any:
+        """``net.write(elfd, fd, data[, offset])``; the 80s form with fdtype
+        (``net.write(elfd, fd, fdtype, data, offset)``) is accepted too."""
+        if type(data) is not bytes:
+            data, offset = offset, rest[0] if rest else None
+            if type(data) is not bytes:
+                raise TypeError("net.write: data must be a string")
+        conn = self.connections.get(fd)
+        if conn is None:
+            return False, b"closed"
+        if offset:
+            data = data[int(offset):]
+        if not conn.write(data):
+            return False, b"closed"
+        return True, len(data)
+
+    def close(self, elfd: Any, fd: Any, *rest: Any) -> bool:
+        """``net.close(elfd, fd)``: close after pending output is sent."""
+        conn = self.connections.get(fd)
+        if conn is None:
+            return False
+        conn.close()
+        return True
+
+    def connect(self, elfd: Any, host: Any, port: Any = None, *rest: Any) -> Any:
+        """``net.connect(elfd, host, port)`` -> fd, or nil, err. Name lookup and
+        connect happen in the background; on_write fires when connected, on_close
+        (with a reason) if it fails. ``v6:addr`` and ``unix:/path`` hosts work."""
+        if type(host) is not bytes:
+            raise TypeError("net.connect: host must be a string")
+        text = host.decode()
+        if text.startswith("unix:"):
+            target: tuple[str, int | None] = (text[5:], None)
+        else:
+            if text.startswith("v6:"):
+                text = text[3:]
+            if not isinstance(port, int) or not 0 < port < 65536:
+                return None, b"bad port"
+            target = (text, port)
+        fd = self.new_fd()
+        protocol = RawProtocol(self, fd, outbound=True)
+        self.connections[fd] = protocol
+        self.loop.create_task(self._connect(protocol, *target))
+        return fd
+
+    async def _connect(self, protocol: RawProtocol, host: str, port: int | None) -> None:
+        try:
+            if port is None:
+                coro = self.loop.create_unix_connection(lambda: protocol, host)
+            else:
+                coro = self.loop.create_connection(lambda: protocol, host, port)
+            await asyncio.wait_for(coro, CONNECT_TIMEOUT)
+        except (OSError, asyncio.TimeoutError) as exc:
+            protocol.connect_failed(exc)
+
+    def reload(self, *args: Any) -> Any:
+        """``net.reload()``: re-run the entry script in this worker only."""
+        if self.reload_lua():
+            return True
+        return False, self._last_reload_error.encode()
+
+    def reload_all(self) -> bool:
+        """``aio:reload()``: every worker reloads (through the master)."""
+        assert self.channel is not None
+        self.channel.send(channel.Kind.RELOAD)
+        return True
+
+    def quit(self, *args: Any) -> bool:
+        """``net.quit()``: stop the whole server gracefully."""
+        assert self.channel is not None
+        self.channel.send(channel.Kind.QUIT)
+        return True
+
+    def mail(self, target: Any, message: Any = None, receiver_fd: Any = None,
+             sender_fd: Any = None) -> Any:
+        """``net.mail(worker, message[, receiver_fd])``: deliver a string or plain
+        table to worker ``worker``'s on_message ("*": every worker)."""
+        if target == b"*":
+            target = "*"
+        elif not isinstance(target, int) or not 0 <= target < self.config.workers:
+            return None, f"no worker {target!r} (0..{self.config.workers - 1})".encode()
+        try:
+            payload = self.runtime.to_python(message)
+        except TypeError as exc:
+            return None, f"cannot mail this value: {exc}".encode()
+        assert self.channel is not None
+        self.channel.send(channel.Kind.MAIL, target, sender_fd, receiver_fd, payload)
+        return True
+
+    def info(self) -> bytes:
+        """``net.info()``: a one-line description of this build and worker."""
+        return (f"eightys {__version__}; engine: {self.config.lua}; "
+                f"worker: {self.worker_id}/{self.config.workers}; pid: {os.getpid()}; "
+                f"flags: uvloop, httptools, lupa").encode()
+
+    def start_timer(self, delay: Any, callback: Any) -> int:
+        """Run the Lua function ``callback`` after ``delay`` seconds; returns its id."""
+        timer_id = next(self._timer_ids)
+        self._timers[timer_id] = self.loop.call_later(float(delay), self._fire_timer,
+                                                      timer_id, callback)
+        return timer_id
+
+    def _fire_timer(self, timer_id: int, callback: Any) -> None:
+        del self._timers[timer_id]
+        self.runtime.dispatch_call(callback)
+
+    def cancel_timer(self, timer_id: Any) -> bool:
+        """Cancel a pending timer; False if it already fired or never existed."""
+        handle = self._timers.pop(timer_id, None)
+        if handle is None:
+            return False
+        handle.cancel()
+        return True
+
+    def log_error(self, text: bytes) -> None:
+        """Errors from Lua code (with their tracebacks)."""
+        self.log.error("%s", text.decode("utf-8", "replace"))
+
+    def log_output(self, text: bytes) -> None:
+        """Lua's print()."""
+        sys.stdout.write(text.decode("utf-8", "replace") + "\n")
+        sys.stdout.flush()
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def main(argv: list[str]) -> int:
+    """Worker process entry point (see module docstring for the arguments)."""
+    import uvloop
+
+    config_json, worker_id, listen_fd, channel_fd = argv
+    config = Config.from_json(config_json)
+    setup_logging()
+    listen_sock = socket.socket(fileno=int(listen_fd))
+    channel_sock = socket.socket(fileno=int(channel_fd))
+    worker = Worker(config, int(worker_id), listen_sock, channel_sock)
+    return uvloop.run(worker.run())
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
