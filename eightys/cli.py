@@ -28,6 +28,26 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see eightys --help)")
 
 
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"${name} must be an integer, got {value!r}") from None
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise UsageError(f"${name} must be a number, got {value!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; exposed for documentation and tests."""
     p = _Parser(
@@ -57,6 +77,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "SO_REUSEPORT socket each (see README, 'Workers and sockets')")
     p.add_argument("--graceful-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="on SIGTERM/SIGINT, how long open connections get to finish (default 10)")
+    p.add_argument("--max-header-size", type=int, metavar="BYTES",
+                   default=_env_int("HTTP_MAX_HEADER_SIZE", 32 * 1024),
+                   help="largest HTTP request head; more gets 431 "
+                        "(default $HTTP_MAX_HEADER_SIZE or 32768)")
+    p.add_argument("--max-body-size", type=int, metavar="BYTES",
+                   default=_env_int("HTTP_MAX_BODY_SIZE", 16 * 1024 * 1024),
+                   help="largest HTTP request body; more gets 413 "
+                        "(default $HTTP_MAX_BODY_SIZE or 16 MiB)")
+    p.add_argument("--header-timeout", type=float, metavar="SECONDS",
+                   default=_env_float("HTTP_HEADER_TIMEOUT", 10.0),
+                   help="time a client gets to send a request head, and between body "
+                        "packets; then 408 and close (default $HTTP_HEADER_TIMEOUT or 10)")
+    p.add_argument("--keepalive-timeout", type=float, metavar="SECONDS",
+                   default=_env_float("HTTP_KEEPALIVE_TIMEOUT", 15.0),
+                   help="idle keep-alive connections are closed after this "
+                        "(default $HTTP_KEEPALIVE_TIMEOUT or 15)")
     p.add_argument("--help", action="help", help="show this help and exit")
     p.add_argument("--version", action="version", version=f"eightys {__version__}")
     return p
@@ -96,8 +132,13 @@ def config_from_args(argv: Sequence[str]) -> Config:
     for module in modules:
         if not os.path.isfile(module):
             raise UsageError(f"module {module} does not exist")
-    if args.graceful_timeout < 0:
-        raise UsageError("--graceful-timeout must be >= 0")
+    for flag, value in (("--graceful-timeout", args.graceful_timeout),
+                        ("--max-header-size", args.max_header_size),
+                        ("--max-body-size", args.max_body_size),
+                        ("--header-timeout", args.header_timeout),
+                        ("--keepalive-timeout", args.keepalive_timeout)):
+        if value < 0:
+            raise UsageError(f"{flag} must be >= 0")
     node = args.node or os.environ.get("HOSTNAME") or "localhost"
     return Config(
         entry=os.path.abspath(args.entry),
@@ -108,6 +149,10 @@ def config_from_args(argv: Sequence[str]) -> Config:
         lua=args.lua,
         reuseport=not args.shared_socket,
         graceful_timeout=args.graceful_timeout,
+        max_header_size=args.max_header_size,
+        max_body_size=args.max_body_size,
+        header_timeout=args.header_timeout,
+        keepalive_timeout=args.keepalive_timeout,
     )
 
 

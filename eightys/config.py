@@ -40,6 +40,10 @@ class Config:
     lua: str = "luajit"
     reuseport: bool = True
     graceful_timeout: float = 10.0
+    max_header_size: int = 32 * 1024
+    max_body_size: int = 16 * 1024 * 1024
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 15.0
     extra: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:

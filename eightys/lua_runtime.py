@@ -51,6 +51,8 @@ class Host(Protocol):
     def cancel_timer(self, timer_id: Any) -> bool: ...
     def log_error(self, text: bytes) -> None: ...
     def log_output(self, text: bytes) -> None: ...
+    def http_send(self, fd: Any, seq: Any, data: bytes, final: Any, close: Any = None) -> Any: ...
+    def http_drain(self, fd: Any, callback: Any) -> None: ...
 
 
 def display_path(path: str) -> str:
@@ -149,6 +151,8 @@ class LuaRuntime:
             b"reload_all": host.reload_all,
             b"log_error": host.log_error,
             b"log_output": host.log_output,
+            b"http_send": host.http_send,
+            b"http_drain": host.http_drain,
             b"engine": engine.encode(),
         })
         bootstrap = self._load_file(str(LUA_LIBRARY_DIR / "bootstrap.lua"))
@@ -159,6 +163,7 @@ class LuaRuntime:
         self.dispatch_close: Callable[..., Any] = dispatch[b"close"]
         self.dispatch_message: Callable[..., Any] = dispatch[b"message"]
         self.dispatch_call: Callable[..., Any] = dispatch[b"call"]
+        self.dispatch_http: Callable[..., Any] = dispatch[b"http"]
         self._run_file: Callable[..., Any] = dispatch[b"run_file"]
         self._call_hook: Callable[..., Any] = dispatch[b"hook"]
         self._new_promise: Callable[..., Any] = dispatch[b"new_promise"]

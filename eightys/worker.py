@@ -25,6 +25,7 @@ from eightys.config import Config
 from eightys.log import setup_logging
 from eightys.lua_runtime import LuaLoadError, LuaRuntime
 from eightys.modules import ExtensionModule, load_modules
+from eightys.protocols.http import HttpLimits, HttpProtocol
 from eightys.protocols.raw import RawProtocol
 
 #: Exit code of a worker whose Lua code or modules failed to load at start-up.
@@ -80,6 +81,10 @@ class Worker:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.stopping: asyncio.Event | None = None
         self.protocol_factory: Callable[[], asyncio.Protocol] = self._raw_factory
+        self.http_limits = HttpLimits(config.max_header_size, config.max_body_size,
+                                      config.header_timeout, config.keepalive_timeout)
+        #: A coarse clock (loop time, updated once a second by the sweep) for timeouts.
+        self.now = 0.0
         self._last_reload_error = ""
 
     # -- life cycle ------------------------------------------------------------------
@@ -88,6 +93,8 @@ class Worker:
         """Load the code, serve until told to stop, drain, return the exit code."""
         self.loop = asyncio.get_running_loop()
         self.stopping = asyncio.Event()
+        self.now = self.loop.time()
+        self._sweep()
         _, self.channel = await self.loop.connect_accepted_socket(
             lambda: ChannelProtocol(self._on_master_message, self.begin_shutdown),
             sock=self.channel_sock)
@@ -134,9 +141,10 @@ class Worker:
         if self.runtime.defines("on_data") or self.runtime.defines("on_accept"):
             self.protocol_factory = self._raw_factory
         else:
-            from eightys.protocols.http import HttpProtocol  # noqa: PLC0415 - optional import
+            self.protocol_factory = self._http_factory
 
-            self.protocol_factory = lambda: HttpProtocol(self, next(self._fd_ids))
+    def _http_factory(self) -> asyncio.Protocol:
+        return HttpProtocol(self, next(self._fd_ids))
 
     def _raw_factory(self) -> asyncio.Protocol:
         return RawProtocol(self, next(self._fd_ids))
@@ -160,6 +168,14 @@ class Worker:
         if self.connections:
             self.log.warning("closed %d connection(s) still open after the %.1f s grace period",
                              len(self.connections), self.config.graceful_timeout)
+
+    def _sweep(self) -> None:
+        # Once a second: advance the coarse clock and let each connection apply
+        # its timeouts. O(connections), instead of a timer armed per request.
+        self.now = now = self.loop.time()
+        for conn in list(self.connections.values()):
+            conn.check_timeout(now)
+        self.loop.call_later(1.0, self._sweep)
 
     def forget(self, fd: int) -> None:
         """A connection ended: drop its handle."""
@@ -309,6 +325,22 @@ class Worker:
             return False
         handle.cancel()
         return True
+
+    def http_send(self, fd: Any, seq: Any, data: bytes, final: Any, close: Any = None) -> bool:
+        """Part (or, with ``final``, the end) of the response to request ``seq`` on
+        connection ``fd``; False once the client is gone."""
+        conn = self.connections.get(fd)
+        if conn is None:
+            return False
+        return conn.send(seq, data, bool(final), close)
+
+    def http_drain(self, fd: Any, callback: Any) -> None:
+        """Call the Lua ``callback(true)`` once connection ``fd`` can take more output."""
+        conn = self.connections.get(fd)
+        if conn is None:
+            self.runtime.dispatch_call(callback, False)
+        else:
+            conn.drain(callback)
 
     def log_error(self, text: bytes) -> None:
         """Errors from Lua code (with their tracebacks)."""

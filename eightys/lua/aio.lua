@@ -189,6 +189,10 @@ function aio:chain(first, ...)
     local resolve, promise = new_promise()
     local at = 0
     local step
+    local function on_error(err) -- log the traceback, resolve with the error itself
+        report("aio:chain step " .. at, traceback(tostring(err), 2))
+        return err
+    end
     local function on_values(...)
         -- iterate rather than recurse while steps return plain values
         local values = pack(...)
@@ -197,9 +201,8 @@ function aio:chain(first, ...)
             if at > steps.n then
                 return resolve(unpack(values, 1, values.n))
             end
-            local result = pack(xpcall(steps[at], traceback, unpack(values, 1, values.n)))
+            local result = pack(xpcall(steps[at], on_error, unpack(values, 1, values.n)))
             if not result[1] then
-                report("aio:chain step " .. at, result[2])
                 return resolve(nil, result[2])
             end
             if is_awaitable(result[2]) then
@@ -307,8 +310,12 @@ function aio:await(promise)
         return promise
     end
     local early
-    local suspended = false
+    local suspended, fired = false, false
     promise(function(...)
+        -- an 80s-style awaitable may call back twice; resuming again would wake
+        -- whatever task this (pooled) coroutine runs by then
+        if fired then return end
+        fired = true
         if suspended then
             awaiting[co] = nil
             resume(co, ...)
@@ -331,12 +338,14 @@ function aio:cor2(target, event_name, close_name, fn)
     local resolve, promise = new_promise()
     local chunks, head, tail = {}, 1, 0
     local closed, waiting = false, false
+    local missed, draining = 0, false -- events that came while fn could not be woken
     local co
 
     local function stream()
         while head > tail do
             if closed then return nil end
             waiting = true
+            missed = 0 -- caught up: every chunk has been read
             co_yield()
         end
         local chunk = chunks[head]
@@ -349,6 +358,8 @@ function aio:cor2(target, event_name, close_name, fn)
         if waiting and not awaiting[co] and co_status(co) == "suspended" then
             waiting = false
             resume(co)
+        else
+            missed = missed + 1
         end
     end
 
@@ -369,8 +380,18 @@ function aio:cor2(target, event_name, close_name, fn)
         resolve(nil, err)
     end
     drivers[co] = function(dead)
-        -- a bare coroutine.yield() in fn (the 80s idiom) also waits for data
-        if not dead then waiting = true end
+        -- a bare coroutine.yield() in fn (the 80s idiom) also waits for the next
+        -- event; one that came while fn was in aio:await ends it at once
+        if dead then return end
+        waiting = true
+        if draining then return end -- resumed by the loop below: it goes on
+        draining = true
+        while missed > 0 and waiting and co_status(co) == "suspended" and not awaiting[co] do
+            missed = missed - 1
+            waiting = false
+            resume(co)
+        end
+        draining = false
     end
     resume(co, stream, resolve)
     return promise
@@ -389,8 +410,8 @@ end
 --- Framed reader over a socket. Inside fn(resolve):
 ---   coroutine.yield(n)               -> exactly n bytes
 ---   coroutine.yield("delim"[, cap])  -> the bytes before delim (delim consumed)
---- A read that would need more than `cap` bytes (default aio.max_buffer) returns
---- nil, "overflow"; a read the stream can no longer satisfy returns nil, "eof".
+--- A read whose result would be longer than `cap` bytes (default aio.max_buffer)
+--- returns nil, "overflow"; a read the stream can no longer satisfy returns nil, "eof".
 --- fn may aio:await between reads. Returns a promise resolved by resolve(...).
 --- @return aiopromise
 function aio:buffered_cor(target, fn)
@@ -421,7 +442,9 @@ function aio:buffered_cor(target, fn)
                 searched = pos
                 return out
             end
-            if available > cap then return nil, "overflow" end
+            -- overflow only once even a delimiter starting in the last #want-1
+            -- bytes (not searchable yet) would leave more than cap bytes before it
+            if available - #want + 1 > cap then return nil, "overflow" end
             -- a delimiter may straddle the next packet: rescan its last #want-1 bytes
             local next_from = #buf - #want + 2
             searched = next_from > pos and next_from or pos
@@ -477,6 +500,7 @@ function aio:buffered_cor(target, fn)
         if kind == "number" or (kind == "string" and request ~= "") then
             want = request
             cap = limit or aio.max_buffer
+            searched = pos -- progress of an earlier read's search is not this one's
             pump()
         elseif request ~= nil then
             error("aio:buffered_cor: yield a byte count or a non-empty delimiter, got "
@@ -485,6 +509,44 @@ function aio:buffered_cor(target, fn)
     end
     resume(co, resolve)
     return promise
+end
+
+-- Coroutines for short tasks (one per HTTP request) are reused: creating one
+-- costs more than the rest of a small request. A pooled coroutine runs a task,
+-- then parks at co_yield(IDLE) until the next one; one that is suspended in
+-- aio:await goes back to the pool when its task finishes.
+local IDLE = {}
+local pool, pool_size = {}, 0
+local MAX_POOL = 256
+
+local function run_task(fn, ...)
+    local ok, err = xpcall(fn, traceback, ...)
+    if not ok then report("task", err) end
+    return co_yield(IDLE)
+end
+
+local function pooled_loop(...)
+    return pooled_loop(run_task(...)) -- a tail call: the stack does not grow
+end
+
+--- Run fn(...) in a (reused) coroutine, so fn may aio:await. Errors are logged;
+--- fn must handle its own failures if it needs to answer someone.
+function aio:run(fn, ...)
+    local co
+    if pool_size > 0 then
+        co = pool[pool_size]
+        pool[pool_size] = nil
+        pool_size = pool_size - 1
+    else
+        co = co_create(pooled_loop)
+        drivers[co] = function(dead, marker)
+            if marker == IDLE and pool_size < MAX_POOL then
+                pool_size = pool_size + 1
+                pool[pool_size] = co
+            end
+        end
+    end
+    resume(co, fn, ...)
 end
 
 ---------------------------------------------------------------------------
@@ -496,8 +558,9 @@ local function is_failure(v)
 end
 
 --- Memoise producer()'s result under (cache_name, key). A promise is cached too,
---- so concurrent callers share one in-flight promise; a promise that resolves
---- with nil or {error=...} is dropped from the cache rather than kept.
+--- so concurrent callers share one in-flight promise. A failure is not kept: a
+--- result of nil or {error=...} is returned as is (with producer's err), and a
+--- promise that resolves with one is dropped from the cache.
 --- @param ttl? number|boolean seconds to keep the value (nil: until evicted);
 ---   false bypasses the cache for this call (80s `condition`)
 --- Each cache holds at most aio.max_cache_size entries; the oldest go first.
@@ -521,7 +584,8 @@ function aio:cached(cache_name, key, producer, ttl, expire)
         entries[key] = nil
         cache.size = cache.size - 1
     end
-    local value = producer()
+    local value, err = producer()
+    if is_failure(value) then return value, err end
     entry = { key = key, value = value, expires = ttl and now + ttl or nil }
     entries[key] = entry
     cache.size = cache.size + 1

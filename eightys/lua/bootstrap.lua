@@ -43,6 +43,9 @@ local aio = require("aio")
 aio:_attach(host)
 package.loaded["aio.aio"] = aio
 
+local http = require("eightys.http")
+http.attach(host)
+
 local fds = aio.fds -- fd -> aiosocket for sockets the aio library owns
 
 local function report(where, err)
@@ -50,6 +53,9 @@ local function report(where, err)
 end
 
 local dispatch = {}
+
+--- One HTTP request (see eightys/lua/eightys/http.lua).
+dispatch.http = http.dispatch
 
 --- A connection was accepted; fd is its handle.
 function dispatch.accept(fd)

@@ -105,6 +105,9 @@ class RawProtocol(asyncio.Protocol):
             return  # closed when the connection comes up / when the batch is written
         transport.close()
 
+    def check_timeout(self, now: float) -> None:
+        """Raw connections have no server-side timeouts: the app decides."""
+
     def shutdown(self) -> None:
         """The worker is draining: raw connections end when either side closes them."""
 

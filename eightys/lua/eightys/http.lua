@@ -1,0 +1,497 @@
+-- HTTP handlers for eightys: routes (80s API plus path parameters, 405 and
+-- HEAD), response formatting and streaming responses.
+--
+-- eightys/protocols/http.py parses requests (httptools) and calls
+-- http.dispatch once per request. The handler answers through the request
+-- object it gets as `fd`:
+--   fd:http_response(status, headers_or_mime, body)   -- one complete response
+--   local s = fd:http_stream(status, headers_or_mime)  -- chunked, then
+--   s:write(chunk) ... s:close()
+-- A response produced before the handler returns goes back to Python as
+-- dispatch's return value (no extra call); later ones through host.http_send.
+-- Python keeps responses in request order on each connection.
+
+local setmetatable = setmetatable
+local select = select
+local type = type
+local pairs = pairs
+local tostring = tostring
+local tonumber = tonumber
+local error = error
+local traceback = debug.traceback
+local str_find = string.find
+local str_sub = string.sub
+local str_lower = string.lower
+local str_format = string.format
+local str_gsub = string.gsub
+local str_char = string.char
+local concat = table.concat
+local os_time = os.time
+local os_date = os.date
+
+local aio = aio
+local json_encode = codec.json_encode
+
+local _M = {}
+
+local host -- private host functions (http_send, http_drain), set by _M.attach
+
+---------------------------------------------------------------------------
+-- Status lines, dates, headers
+---------------------------------------------------------------------------
+
+local REASONS = {
+    [100] = "Continue", [101] = "Switching Protocols",
+    [200] = "OK", [201] = "Created", [202] = "Accepted", [204] = "No Content",
+    [206] = "Partial Content",
+    [301] = "Moved Permanently", [302] = "Found", [303] = "See Other",
+    [304] = "Not Modified", [307] = "Temporary Redirect", [308] = "Permanent Redirect",
+    [400] = "Bad Request", [401] = "Unauthorized", [403] = "Forbidden",
+    [404] = "Not Found", [405] = "Method Not Allowed", [408] = "Request Timeout",
+    [409] = "Conflict", [410] = "Gone", [411] = "Length Required",
+    [413] = "Content Too Large", [414] = "URI Too Long", [415] = "Unsupported Media Type",
+    [416] = "Range Not Satisfiable", [417] = "Expectation Failed", [422] = "Unprocessable Content",
+    [429] = "Too Many Requests", [431] = "Request Header Fields Too Large",
+    [500] = "Internal Server Error", [501] = "Not Implemented", [502] = "Bad Gateway",
+    [503] = "Service Unavailable", [504] = "Gateway Timeout",
+}
+_M.reasons = REASONS
+
+-- "HTTP/1.1 200 OK\r\n" per status, built on first use
+local status_lines = setmetatable({}, { __index = function(t, status)
+    local line
+    if type(status) == "number" then
+        if status < 100 or status > 999 or status % 1 ~= 0 then
+            error("bad HTTP status " .. tostring(status), 4)
+        end
+        line = str_format("HTTP/1.1 %d %s\r\n", status, REASONS[status] or "Unknown")
+    else
+        -- 80s style: "404 Not found"
+        if not str_find(status, "^%d%d%d[^\r\n]*$") then
+            error("bad HTTP status " .. tostring(status), 4)
+        end
+        line = "HTTP/1.1 " .. status .. "\r\n"
+    end
+    t[status] = line
+    return line
+end })
+
+local function status_code(status)
+    if type(status) == "number" then return status end
+    return tonumber(str_sub(status, 1, 3))
+end
+
+-- Connection header per request flags (bit 1: keep-alive, bit 2: HTTP/1.0)
+local SERVER = "Server: eightys\r\n"
+local CONNECTION = {
+    [0] = "Connection: close\r\n",
+    [1] = "",
+    [2] = "Connection: close\r\n",
+    [3] = "Connection: keep-alive\r\n",
+}
+
+-- "Server: ...\r\nDate: ...\r\n", rebuilt once a second
+local last_time, server_date = -1, ""
+local function server_date_headers()
+    local now = os_time()
+    if now ~= last_time then
+        last_time = now
+        server_date = SERVER .. "Date: " .. os_date("!%a, %d %b %Y %H:%M:%S GMT", now) .. "\r\n"
+    end
+    return server_date
+end
+_M.server_date_headers = server_date_headers
+
+local DEFAULT_TYPE = "text/plain; charset=utf-8"
+local JSON_TYPE = "application/json; charset=utf-8"
+
+-- Headers the server writes itself; a handler's own values are dropped.
+local MANAGED = { ["content-length"] = true, ["transfer-encoding"] = true,
+                  ["connection"] = true, ["date"] = true, ["server"] = true }
+
+local function header_value(name, value)
+    value = tostring(value)
+    if str_find(value, "[\r\n]") or str_find(name, "[^%w!#$%%&'*+.^_`|~-]") then
+        error("bad header " .. str_format("%q", name) .. ": names must be tokens and "
+            .. "values must not contain CR or LF", 4)
+    end
+    return value
+end
+
+-- "Content-Type: x\r\n" per content type, validated once (bounded: types come from code)
+local type_lines_count = 0
+local type_lines = setmetatable({}, { __index = function(t, mime)
+    local line = "Content-Type: " .. header_value("Content-Type", mime) .. "\r\n"
+    if type_lines_count < 1024 then
+        type_lines_count = type_lines_count + 1
+        t[mime] = line
+    end
+    return line
+end })
+local DEFAULT_TYPE_LINE = type_lines[DEFAULT_TYPE]
+local JSON_TYPE_LINE = type_lines[JSON_TYPE]
+
+-- Render a handler's headers table (or mime string); returns lines, has_type, wants_close
+local function render_headers(headers)
+    local kind = type(headers)
+    if kind == "string" then
+        return type_lines[headers], true, false
+    elseif headers == nil then
+        return "", false, false
+    elseif kind ~= "table" then
+        error("headers must be a table or a content type string", 3)
+    end
+    local out, n = {}, 0
+    local has_type, close = false, false
+    for name, value in pairs(headers) do
+        local lower = str_lower(name)
+        if lower == "content-type" then has_type = true end
+        if lower == "connection" and str_lower(tostring(value)) == "close" then close = true end
+        if not MANAGED[lower] then
+            if type(value) == "table" then -- several values: one line each (Set-Cookie)
+                for i = 1, #value do
+                    n = n + 1
+                    out[n] = name .. ": " .. header_value(name, value[i]) .. "\r\n"
+                end
+            else
+                n = n + 1
+                out[n] = name .. ": " .. header_value(name, value) .. "\r\n"
+            end
+        end
+    end
+    return concat(out), has_type, close
+end
+
+---------------------------------------------------------------------------
+-- The request object handlers get as `fd`
+---------------------------------------------------------------------------
+
+--- @class httprequest
+--- @field method string
+--- @field path string
+--- @field params table path parameters (`/users/:id` -> params.id)
+local Request = {}
+Request.__index = Request
+local EMPTY = setmetatable({}, { __newindex = function() error("fd.params is read-only", 2) end })
+_M.Request = Request
+
+local function send(req, data, final)
+    if final then req.finished = true end
+    if req.sync and final and not req.out then
+        req.out = data -- returned by dispatch: saves a call into Python
+        return true
+    end
+    return host.http_send(req.fd, req.seq, data, final, req.closing)
+end
+
+--- Send a complete response.
+--- @param status integer|string 200, or 80s style "200 OK"
+--- @param headers? table|string header table, or just the Content-Type
+--- @param body? string|table a table is sent as JSON
+function Request:http_response(status, headers, body)
+    if self.started then error("a response was already sent for this request", 2) end
+    self.started = true
+    local lines, has_type
+    if type(headers) == "string" then -- the common case: just a content type
+        lines, has_type = type_lines[headers], true
+    else
+        local close
+        lines, has_type, close = render_headers(headers)
+        if close then self.closing = true end
+    end
+    local body_type = type(body)
+    if body_type == "table" then
+        local encoded, err = json_encode(body)
+        if encoded == nil then error("cannot encode the response body as JSON: " .. err, 2) end
+        body = encoded
+        if not has_type then lines = lines .. JSON_TYPE_LINE end
+    else
+        if body_type ~= "string" then body = body == nil and "" or tostring(body) end
+        if not has_type then lines = lines .. DEFAULT_TYPE_LINE end
+    end
+    local flags = self.closing and 0 or self.flags
+    local code = type(status) == "number" and status or status_code(status)
+    if code == 204 or code == 304 or code < 200 then
+        return send(self, status_lines[status] .. server_date_headers() .. lines
+            .. CONNECTION[flags] .. "\r\n", true)
+    end
+    local length = #body
+    if self.method == "HEAD" then body = "" end
+    return send(self, status_lines[status] .. server_date_headers() .. lines .. "Content-Length: "
+        .. length .. "\r\n" .. CONNECTION[flags] .. "\r\n" .. body, true)
+end
+
+--- @class httpstream
+local Stream = {}
+Stream.__index = Stream
+
+--- Start a streaming response: the status and headers go out now, the body
+--- follows in chunks (chunked encoding; for HTTP/1.0 clients the connection
+--- closes at the end instead).
+--- @return httpstream
+function Request:http_stream(status, headers)
+    if self.started then error("a response was already sent for this request", 2) end
+    self.started = true
+    local lines, has_type, close = render_headers(headers)
+    if not has_type then lines = lines .. "Content-Type: " .. DEFAULT_TYPE .. "\r\n" end
+    local http10 = self.flags >= 2
+    if close or http10 then self.closing = true end
+    local framing = http10 and "" or "Transfer-Encoding: chunked\r\n"
+    local head = status_lines[status] .. server_date_headers() .. lines .. framing
+        .. CONNECTION[self.closing and 0 or self.flags] .. "\r\n"
+    local stream = setmetatable({ req = self, chunked = not http10,
+                                  head_only = self.method == "HEAD" }, Stream)
+    send(self, head, false)
+    return stream
+end
+
+--- Send one chunk of the body. Returns true, or false, "closed" if the client left.
+function Stream:write(data)
+    if self.closed then return false, "closed" end
+    data = tostring(data)
+    if data == "" or self.head_only then return true end
+    if self.chunked then
+        data = str_format("%x\r\n", #data) .. data .. "\r\n"
+    end
+    return send(self.req, data, false)
+end
+
+--- Finish the response.
+function Stream:close()
+    if self.closed then return false end
+    self.closed = true
+    return send(self.req, (self.chunked and not self.head_only) and "0\r\n\r\n" or "", true)
+end
+Stream.finish = Stream.close
+
+--- A promise resolved once the client has taken what was sent so far: await it
+--- between chunks to produce no faster than the client reads.
+--- @return aiopromise
+function Stream:drain()
+    local resolve, promise = aio:prepare_promise()
+    host.http_drain(self.req.fd, resolve)
+    return promise
+end
+
+--- Ask for the connection to close after this response.
+function Request:close()
+    self.closing = true
+end
+
+-- Called when the handler raised: answer 500 if nothing was sent, else cut the connection.
+local function fail(req)
+    if req.finished then return end
+    if not req.started then
+        req.started = true
+        local body = "Internal Server Error"
+        local out = status_lines[500] .. server_date_headers() .. "Content-Type: "
+            .. DEFAULT_TYPE .. "\r\nContent-Length: " .. #body .. "\r\n"
+            .. CONNECTION[req.closing and 0 or req.flags] .. "\r\n"
+            .. (req.method == "HEAD" and "" or body)
+        send(req, out, true)
+    else
+        req.closing = true
+        send(req, "", true)
+    end
+end
+
+---------------------------------------------------------------------------
+-- Routes
+---------------------------------------------------------------------------
+
+aio.http_routes = aio.http_routes or { exact = {}, patterns = {} }
+local routes = aio.http_routes
+
+-- "/users/:id/posts/:post" -> Lua pattern and parameter names
+local function compile_pattern(path)
+    local names = {}
+    local pattern = str_gsub(path, "[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0")
+    pattern = str_gsub(pattern, ":([%a_][%w_]*)", function(name)
+        names[#names + 1] = name
+        return "([^/]+)"
+    end)
+    return "^" .. pattern .. "$", names
+end
+
+--- Register handler h(fd, query, headers, body) for `method` and `path`.
+--- Paths may hold parameters: "/users/:id" matches "/users/42" with fd.params.id == "42".
+--- Registering the same method and path again replaces the handler (reloads do this).
+function aio:http_any(method, path, handler)
+    if type(method) ~= "string" or type(path) ~= "string" or type(handler) ~= "function" then
+        error("aio:http_any(method, path, handler) expects two strings and a function", 2)
+    end
+    method = method:upper()
+    if str_find(path, "/:[%a_]") then
+        local pattern, names = compile_pattern(path)
+        local list = routes.patterns
+        for i = 1, #list do
+            local r = list[i]
+            if r.path == path and r.method == method then
+                r.handler = handler
+                return
+            end
+        end
+        list[#list + 1] = { method = method, path = path, pattern = pattern,
+                            names = names, handler = handler }
+    else
+        local by_path = routes.exact[path]
+        if by_path == nil then
+            by_path = {}
+            routes.exact[path] = by_path
+        end
+        by_path[method] = handler
+    end
+end
+
+--- GET handler (also answers HEAD, without the body).
+function aio:http_get(path, handler) return self:http_any("GET", path, handler) end
+--- POST handler.
+function aio:http_post(path, handler) return self:http_any("POST", path, handler) end
+--- PUT handler.
+function aio:http_put(path, handler) return self:http_any("PUT", path, handler) end
+--- DELETE handler.
+function aio:http_delete(path, handler) return self:http_any("DELETE", path, handler) end
+--- PATCH handler.
+function aio:http_patch(path, handler) return self:http_any("PATCH", path, handler) end
+
+--- Remove every registered route (e.g. before re-registering on reload).
+function aio:http_clear()
+    routes.exact = {}
+    routes.patterns = {}
+end
+
+-- The handler table for a path: method -> handler, and params for pattern routes.
+local function lookup(path)
+    local by_path = routes.exact[path]
+    if by_path then return by_path, nil end
+    local list = routes.patterns
+    local found, params
+    for i = 1, #list do
+        local r = list[i]
+        local captures = { path:match(r.pattern) }
+        if captures[1] ~= nil then
+            if found == nil then
+                found, params = {}, {}
+                for j = 1, #r.names do params[r.names[j]] = captures[j] end
+            end
+            if found[r.method] == nil then found[r.method] = r.handler end
+        end
+    end
+    return found, params
+end
+
+local function allow_header(by_path)
+    local methods = {}
+    for method in pairs(by_path) do methods[#methods + 1] = method end
+    if by_path.GET and not by_path.HEAD then methods[#methods + 1] = "HEAD" end
+    table.sort(methods)
+    return concat(methods, ", ")
+end
+
+--- The default dispatcher: route lookup, HEAD via GET, 405 with Allow, 404.
+--- Override it to route differently (80s API); call aio:route(...) from yours
+--- to fall back to the routes.
+function aio:route(fd, method, path, query, headers, body)
+    local by_path, params = lookup(path)
+    if by_path then
+        local handler = by_path[method] or (method == "HEAD" and by_path.GET)
+        if handler then
+            if params then fd.params = params end
+            return handler(fd, query, headers, body)
+        end
+        return fd:http_response(405, { ["Allow"] = allow_header(by_path),
+                                       ["Content-Type"] = DEFAULT_TYPE }, "Method Not Allowed")
+    end
+    return fd:http_response(404, DEFAULT_TYPE, "Not Found")
+end
+
+--- 80s: aio:on_http(fd, method, path, query, headers, body) handles every
+--- request; override it to take over dispatching.
+function aio:on_http(fd, method, path, query, headers, body)
+    return self:route(fd, method, path, query, headers, body)
+end
+
+---------------------------------------------------------------------------
+-- Query strings
+---------------------------------------------------------------------------
+
+local function hex_char(h) return str_char(tonumber(h, 16)) end
+
+--- Decode %XX and '+' (form encoding).
+local function url_decode(s)
+    -- plain finds: LuaJIT compiles them, pattern finds it does not
+    if not str_find(s, "%", 1, true) and not str_find(s, "+", 1, true) then return s end
+    s = str_gsub(s, "+", " ")
+    return (str_gsub(s, "%%(%x%x)", hex_char))
+end
+_M.url_decode = url_decode
+
+--- Parse "a=1&b=x+y" into {a="1", b="x y"}; the first occurrence of a key wins.
+--- @param qs string|nil
+--- @return table
+function aio:parse_query(qs)
+    local out = {}
+    if qs == nil then return out end
+    local pos, len = 1, #qs
+    while pos <= len do
+        local amp = str_find(qs, "&", pos, true)
+        local stop = amp and amp - 1 or len
+        if stop >= pos then
+            local eq = str_find(qs, "=", pos, true)
+            local key, value
+            if eq and eq <= stop then
+                key, value = url_decode(str_sub(qs, pos, eq - 1)), url_decode(str_sub(qs, eq + 1, stop))
+            else
+                key, value = url_decode(str_sub(qs, pos, stop)), ""
+            end
+            if out[key] == nil then out[key] = value end
+        end
+        pos = stop + 2
+    end
+    return out
+end
+
+---------------------------------------------------------------------------
+-- Dispatch (called from Python once per request)
+---------------------------------------------------------------------------
+
+local function serve(req, method, path, query, headers, body)
+    local ok, err = xpcall(aio.on_http, traceback, aio, req, method, path, query, headers, body)
+    if not ok then
+        host.log_error("HTTP handler for " .. method .. " " .. path .. ": " .. tostring(err))
+        fail(req)
+    end
+end
+
+--- One request. `...` are the header name/value pairs as received; names are
+--- lower-cased here, and a repeated header's values are joined with ", ".
+--- Returns the complete response if the handler produced it synchronously.
+function _M.dispatch(fd, seq, method, path, query, body, flags, ...)
+    local headers = {}
+    local n = select("#", ...)
+    for i = 1, n, 2 do
+        local name, value = str_lower((select(i, ...))), (select(i + 1, ...))
+        local prev = headers[name]
+        headers[name] = prev and (prev .. ", " .. value) or value
+    end
+    -- every field the request will get is set here: adding keys later would
+    -- grow (rehash) the table, which costs more than the rest of a small request
+    local req = setmetatable({ fd = fd, seq = seq, method = method, path = path,
+                               flags = flags, headers = headers, params = EMPTY,
+                               sync = true, out = false, started = false,
+                               finished = false, closing = false }, Request)
+    aio:run(serve, req, method, path, query, headers, body)
+    req.sync = false
+    local out = req.out
+    if out then
+        req.out = false
+        return out, req.closing
+    end
+end
+
+--- Internal: bootstrap hands over the host functions.
+function _M.attach(private)
+    host = private
+end
+
+return _M

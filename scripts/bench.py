@@ -1,0 +1,349 @@
+#!/usr/bin/env python3
+"""Side-by-side HTTP benchmark: eightys against nginx and uvicorn, in one run.
+
+    ./scripts/80.sh bench                 # everything below, default durations
+    ./scripts/80.sh bench --duration 10   # longer runs
+    ./scripts/80.sh bench --only eightys  # one server
+    ./scripts/80.sh bench --listen        # -c 2: SO_REUSEPORT vs one shared socket
+
+Each server answers ``GET /echo?name=Abcde`` with ``Hi, Abcde!`` using one worker:
+eightys runs ``server/simple_http.lua -c 1``, uvicorn a raw ASGI app (httptools +
+uvloop, no framework), nginx ``return 200`` (when installed). Servers are pinned to
+CPU 0 and the load generators to CPU 1 when the machine has two or more CPUs.
+
+Loads: wrk with keep-alive at 50 and 500 connections, wrk with 16 requests
+pipelined per write (a wrk Lua script), and ``ab -k -c 50``. Printed: req/s per
+server and load, the ratio to nginx and to uvicorn, and each server's RSS (idle,
+and for eightys also with 10,000 idle keep-alive connections).
+
+Ratios from the same run are the figures to compare; absolute numbers move with
+the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PATH = "/echo?name=Abcde"
+
+ASGI_APP = '''
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    name = "Nomad"
+    for pair in scope["query_string"].decode().split("&"):
+        key, _, value = pair.partition("=")
+        if key == "name":
+            name = value
+    body = f"Hi, {name}!".encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+    await send({"type": "http.response.body", "body": body})
+'''
+
+NGINX_CONF = '''
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log;
+events {{ worker_connections 20000; }}
+http {{
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 75s;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location /echo {{ default_type "text/plain; charset=utf-8"; return 200 "Hi, Abcde!"; }}
+        location /static/ {{ root {static_root}; }}
+    }}
+}}
+'''
+
+PIPELINE_LUA = '''
+init = function(args)
+    local r = {}
+    for i = 1, 16 do r[i] = wrk.format(nil, "%s") end
+    req = table.concat(r)
+end
+request = function() return req end
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with code {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server did not listen on port {port} within {timeout} s")
+
+
+def rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Server:
+    name: str
+    command: list[str]
+    port: int
+    worker_pids: callable = None  # type: ignore[assignment]
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, pin: list[str]) -> None:
+        self.proc = subprocess.Popen(pin + self.command, cwd=ROOT,
+                                     env={**os.environ, **self.env},
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        wait_port(self.port, self.proc)
+        time.sleep(0.5)
+
+    def pids(self) -> list[int]:
+        assert self.proc is not None
+        return self.worker_pids(self.proc.pid) if self.worker_pids else [self.proc.pid]
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def run_wrk(pin: list[str], port: int, connections: int, duration: int,
+            script: str | None = None) -> float:
+    cmd = pin + ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
+    if script:
+        cmd += ["-s", script]
+    cmd.append(f"http://127.0.0.1:{port}{PATH}")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        print(f"    ! {errors.group(1)} non-2xx responses", file=sys.stderr)
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    return float(match.group(1)) if match else 0.0
+
+
+def run_ab(pin: list[str], port: int, requests: int) -> float:
+    cmd = pin + ["ab", "-q", "-k", "-c", "50", "-n", str(requests),
+                 f"http://127.0.0.1:{port}{PATH}"]
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    failed = re.search(r"Failed requests:\s+(\d+)", out)
+    if failed and failed.group(1) != "0":
+        print(f"    ! ab: {failed.group(1)} failed requests", file=sys.stderr)
+    match = re.search(r"Requests per second:\s+([\d.]+)", out)
+    return float(match.group(1)) if match else 0.0
+
+
+def hold_idle_connections(port: int, count: int) -> list[socket.socket]:
+    """Open ``count`` keep-alive connections that each made one request."""
+    socks = []
+    request = f"GET {PATH} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(request)
+        socks.append(s)
+    for s in socks:
+        s.recv(4096)
+    return socks
+
+
+def eightys_server(port: int, workers: int = 1, shared: bool = False) -> Server:
+    cmd = [sys.executable, "-m", "eightys", "server/simple_http.lua", "-p", str(port),
+           "-h", "127.0.0.1", "-c", str(workers)]
+    if shared:
+        cmd.append("--shared-socket")
+    # 10,000 idle connections must outlive the measurement
+    return Server("eightys", cmd, port, worker_pids=children,
+                  env={"HTTP_KEEPALIVE_TIMEOUT": "300"})
+
+
+def raise_fd_limit() -> None:
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = min(hard, 65536)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def main_benchmark(args: argparse.Namespace) -> None:
+    two_cpus = (os.cpu_count() or 1) >= 2 and shutil.which("taskset")
+    server_pin = ["taskset", "-c", "0"] if two_cpus else []
+    client_pin = ["taskset", "-c", "1"] if two_cpus else []
+    tmp = Path(tempfile.mkdtemp(prefix="eightys-bench-"))
+    servers: list[Server] = []
+    wanted = set(args.only.split(",")) if args.only else {"eightys", "uvicorn", "nginx"}
+    if "nginx" in wanted:
+        if shutil.which("nginx"):
+            port = free_port()
+            conf = tmp / "nginx.conf"
+            conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, static_root=tmp))
+            servers.append(Server("nginx", ["nginx", "-c", str(conf), "-p", str(tmp)], port))
+        else:
+            print("nginx is not installed: skipped (apt-get install nginx-light)")
+    if "eightys" in wanted:
+        servers.append(eightys_server(free_port()))
+    if "uvicorn" in wanted:
+        try:
+            import uvicorn  # noqa: F401
+        except ImportError:
+            print("uvicorn is not installed: skipped (pip install uvicorn)")
+        else:
+            (tmp / "asgi_app.py").write_text(ASGI_APP)
+            port = free_port()
+            servers.append(Server("uvicorn", [
+                sys.executable, "-m", "uvicorn", "asgi_app:app", "--port", str(port),
+                "--host", "127.0.0.1", "--workers", "1", "--loop", "uvloop",
+                "--http", "httptools", "--no-access-log", "--log-level", "warning",
+                "--app-dir", str(tmp)], port))
+    pipeline = tmp / "pipeline.lua"
+    pipeline.write_text(PIPELINE_LUA % PATH)
+    loads = [("wrk c=50", lambda p: run_wrk(client_pin, p, 50, args.duration)),
+             ("wrk c=500", lambda p: run_wrk(client_pin, p, 500, args.duration)),
+             ("wrk c=50 pipeline 16", lambda p: run_wrk(client_pin, p, 50, args.duration,
+                                                         str(pipeline))),
+             ("ab -k -c 50", lambda p: run_ab(client_pin, p, args.ab_requests))]
+    results: dict[str, dict[str, float]] = {}
+    rss: dict[str, str] = {}
+    raise_fd_limit()
+    for server in servers:
+        print(f"== {server.name}", flush=True)
+        server.start(server_pin)
+        try:
+            idle = rss_mb(server.pids())
+            results[server.name] = {}
+            for label, load in loads:
+                run_wrk(client_pin, server.port, 50, 1)  # warm-up
+                value = load(server.port)
+                results[server.name][label] = value
+                print(f"   {label:<22} {value:>12,.0f} req/s", flush=True)
+            rss[server.name] = f"{idle:.1f} MB idle"
+            if server.name == "eightys":
+                socks = hold_idle_connections(server.port, 10_000)
+                time.sleep(1)
+                held = rss_mb(server.pids())
+                rss[server.name] += f", {held:.1f} MB with 10,000 idle keep-alive connections"
+                for s in socks:
+                    s.close()
+        finally:
+            server.stop()
+    print_table(results, rss, [label for label, _ in loads])
+
+
+def print_table(results: dict[str, dict[str, float]], rss: dict[str, str],
+                labels: list[str]) -> None:
+    print()
+    header = f"| {'load':<22} | " + " | ".join(f"{name:>10}" for name in results)
+    if "eightys" in results:
+        header += " | eightys/nginx | eightys/uvicorn"
+    print(header + " |")
+    print("|" + "---|" * (header.count("|")))
+    for label in labels:
+        row = f"| {label:<22} | " + " | ".join(f"{results[n][label]:>10,.0f}" for n in results)
+        if "eightys" in results:
+            e = results["eightys"][label]
+            for peer in ("nginx", "uvicorn"):
+                base = results.get(peer, {}).get(label)
+                row += f" | {e / base:>13.2f}" if base else f" | {'-':>13}"
+        print(row + " |")
+    print()
+    for name, text in rss.items():
+        print(f"RSS {name}: {text}")
+
+
+def main_listen(args: argparse.Namespace) -> None:
+    """-c 2 with SO_REUSEPORT sockets vs one shared socket: throughput and how
+    evenly the two workers share the load (their CPU time)."""
+    raise_fd_limit()
+    print("eightys -c 2, wrk -t2 c=50 and c=500 (no pinning: 2 workers + wrk share the CPUs)")
+    for shared in (False, True):
+        mode = "shared socket" if shared else "SO_REUSEPORT"
+        server = eightys_server(free_port(), workers=2, shared=shared)
+        server.start([])
+        try:
+            for connections in (50, 500):
+                pids = server.pids()
+                before = [cpu_seconds(p) for p in pids]
+                out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{args.duration}s",
+                                      f"http://127.0.0.1:{server.port}{PATH}"],
+                                     capture_output=True, text=True, check=True).stdout
+                rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+                used = [cpu_seconds(p) - b for p, b in zip(pids, before)]
+                share = ", ".join(f"{u / max(sum(used), 1e-9):.0%}" for u in used)
+                print(f"  {mode:<14} c={connections:<4} {rate:>10,.0f} req/s   "
+                      f"worker CPU share: {share}")
+        finally:
+            server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=textwrap.dedent(__doc__ or ""),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    parser.add_argument("--ab-requests", type=int, default=200_000)
+    parser.add_argument("--only", help="comma-separated subset: eightys,uvicorn,nginx")
+    parser.add_argument("--listen", action="store_true",
+                        help="compare SO_REUSEPORT with a shared socket (-c 2)")
+    args = parser.parse_args()
+    if args.listen:
+        main_listen(args)
+    else:
+        main_benchmark(args)
+
+
+if __name__ == "__main__":
+    main()
