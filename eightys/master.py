@@ -69,6 +69,8 @@ class MasterChannel(asyncio.Protocol):
         self.slot = slot
         self.decoder = channel.FrameDecoder()
         self.transport: asyncio.Transport | None = None
+        #: Resolved when the worker's end is closed: everything it sent has been read.
+        self.eof: asyncio.Future[None] = master.loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -84,6 +86,10 @@ class MasterChannel(asyncio.Protocol):
         for message in messages:
             self.master.on_worker_message(self.slot, message)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.eof.done():
+            self.eof.set_result(None)
+
     def send_frame(self, frame: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(frame)
@@ -98,6 +104,7 @@ class Master:
         self.slots = [WorkerSlot(i, sockets[i % len(sockets)]) for i in range(config.workers)]
         self.starting = True
         self.stopping = False
+        self.sockets_closed = False
         self.exit_code = 0
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.done: asyncio.Future[int] = None  # type: ignore[assignment]
@@ -128,6 +135,9 @@ class Master:
             [sys.executable, "-m", "eightys.worker", self._config_json,
              str(slot.worker_id), str(listen_fd), str(theirs.fileno())],
             pass_fds=(listen_fd, theirs.fileno()),
+            # Its own process group: a signal for the terminal's group (Ctrl-C, hangup)
+            # reaches the master alone, which relays it once to every worker.
+            process_group=0,
         )
         theirs.close()
         slot.process = process
@@ -162,7 +172,7 @@ class Master:
             for frame in slot.pending_mail:
                 slot.channel.send_frame(frame)  # type: ignore[union-attr]
             slot.pending_mail.clear()
-            if self.starting and all(s.ready for s in self.slots):
+            if self.starting and not self.stopping and all(s.ready for s in self.slots):
                 self.starting = False
                 log.info("serving %s on %s with %d worker(s)%s", self.config.entry,
                          self._describe_address(), len(self.slots),
@@ -179,9 +189,21 @@ class Master:
         self.loop.remove_reader(pidfd)
         os.close(pidfd)
         code = process.wait()
-        if slot.channel is not None and slot.channel.transport is not None:
-            slot.channel.transport.close()
         slot.ready = False
+        # The exit can be seen before the worker's last messages (its start-up error)
+        # are read: handle it once the channel has reached its end.
+        self.loop.create_task(self._after_exit(slot, process, code))
+
+    async def _after_exit(self, slot: WorkerSlot, process: subprocess.Popen[bytes],
+                          code: int) -> None:
+        chan = slot.channel
+        if chan is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(chan.eof), 1.0)
+            except asyncio.TimeoutError:
+                pass
+            if chan.transport is not None:
+                chan.transport.close()
         if slot.process is process:
             slot.process = None
         if self.stopping:
@@ -228,6 +250,10 @@ class Master:
         for slot in self.slots:
             if slot.process is not None:
                 slot.process.send_signal(signal.SIGTERM)
+        # Stop listening now, not after the drain: once the workers close their
+        # copies too, new clients are refused at once instead of waiting in a
+        # backlog nobody accepts from, only to be reset when the master exits.
+        self._close_sockets()
         self.loop.call_later(self.config.graceful_timeout + KILL_MARGIN, self._kill_stragglers)
         self._maybe_finish()
 
@@ -242,6 +268,10 @@ class Master:
             self.done.set_result(self.exit_code)
 
     def _close_sockets(self) -> None:
+        # Once only: a new server may own the Unix socket path by the second call.
+        if self.sockets_closed:
+            return
+        self.sockets_closed = True
         for sock in self.sockets:
             sock.close()
         if self.config.address.family == "unix":

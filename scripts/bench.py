@@ -257,29 +257,38 @@ def main_benchmark(args: argparse.Namespace) -> None:
              ("wrk c=50 pipeline 16", lambda p: run_wrk(client_pin, p, 50, args.duration,
                                                          str(pipeline))),
              ("ab -k -c 50", lambda p: run_ab(client_pin, p, args.ab_requests))]
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, dict[str, float]] = {s.name: {} for s in servers}
     rss: dict[str, str] = {}
     raise_fd_limit()
-    for server in servers:
-        print(f"== {server.name}", flush=True)
-        server.start(server_pin)
-        try:
-            idle = rss_mb(server.pids())
-            results[server.name] = {}
-            for label, load in loads:
-                run_wrk(client_pin, server.port, 50, 1)  # warm-up
-                value = load(server.port)
-                results[server.name][label] = value
-                print(f"   {label:<22} {value:>12,.0f} req/s", flush=True)
-            rss[server.name] = f"{idle:.1f} MB idle"
+    # All servers run at once (pinned to the same CPU; an idle one costs nothing) and
+    # each load alternates between them for several rounds, the median kept: the
+    # speed of a shared machine drifts by tens of percent within a minute, which
+    # would otherwise land on whichever server ran at the bad moment.
+    try:
+        for server in servers:
+            server.start(server_pin)
+            rss[server.name] = f"{rss_mb(server.pids()):.1f} MB idle"
+            run_wrk(client_pin, server.port, 50, 1)  # warm-up (and JIT)
+        for label, load in loads:
+            samples: dict[str, list[float]] = {s.name: [] for s in servers}
+            for _ in range(args.rounds):
+                for server in servers:
+                    samples[server.name].append(load(server.port))
+            for server in servers:
+                values = sorted(samples[server.name])
+                results[server.name][label] = values[len(values) // 2]
+            print(f"   {label:<22} " + "  ".join(
+                f"{name} {results[name][label]:,.0f}" for name in results), flush=True)
+        for server in servers:
             if server.name == "eightys":
                 socks = hold_idle_connections(server.port, 10_000)
                 time.sleep(1)
-                held = rss_mb(server.pids())
-                rss[server.name] += f", {held:.1f} MB with 10,000 idle keep-alive connections"
-                for s in socks:
-                    s.close()
-        finally:
+                rss[server.name] += (f", {rss_mb(server.pids()):.1f} MB with 10,000 idle "
+                                     "keep-alive connections")
+                for sock in socks:
+                    sock.close()
+    finally:
+        for server in servers:
             server.stop()
     print_table(results, rss, [label for label, _ in loads])
 
@@ -333,8 +342,10 @@ def main_listen(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=textwrap.dedent(__doc__ or ""),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
-    parser.add_argument("--ab-requests", type=int, default=200_000)
+    parser.add_argument("--duration", type=int, default=4, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="runs per server and load, alternating; the median is kept")
+    parser.add_argument("--ab-requests", type=int, default=150_000)
     parser.add_argument("--only", help="comma-separated subset: eightys,uvicorn,nginx")
     parser.add_argument("--listen", action="store_true",
                         help="compare SO_REUSEPORT with a shared socket (-c 2)")

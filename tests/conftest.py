@@ -20,8 +20,10 @@ Plain helpers (``free_port``, ``wait_until``, ``line_of``, :class:`Client`,
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -38,6 +40,8 @@ REPO = Path(__file__).resolve().parent.parent
 APPS = REPO / "tests" / "apps"
 #: The master logs this once every worker is ready (eightys/master.py).
 READY_LINE = "serving "
+#: The port in the master's "serving ... on HOST:PORT with N worker(s)" line.
+_SERVING_PORT = re.compile(r" on (?:\[[^\]]*\]|[^\s\[]+):(\d+) with ")
 #: How long a server may take to start (every worker imports lupa and uvloop).
 START_TIMEOUT = 15.0
 #: How long a stopping server gets before SIGKILL.
@@ -146,7 +150,25 @@ class Client:
         self.close()
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return "\nState:\tZ" not in status
+
+
 # -- the server process -------------------------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # Runs in the child before exec: if pytest itself is killed (so no fixture
+    # teardown runs), the master gets SIGTERM; its workers follow when it goes.
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -177,7 +199,8 @@ class Server:
         full_env.update(env or {})
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(self.args, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=err, start_new_session=True)
+                                         stdout=out, stderr=err, start_new_session=True,
+                                         preexec_fn=_die_with_parent)
         self.pid = self.proc.pid
         self._seen_workers: set[int] = set()
 
@@ -246,9 +269,12 @@ class Server:
             os.killpg(self.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-        for pid in self._seen_workers:  # in case a worker changed its group
+        # Workers seen earlier that are no longer in the group are left alone: their pid
+        # may belong to an unrelated process by now.
+        for pid in self._seen_workers:
             try:
-                os.kill(pid, signal.SIGKILL)
+                if os.getpgid(pid) == self.pid:
+                    os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
 
@@ -288,7 +314,11 @@ class Server:
             if not self.alive():
                 pytest.fail(f"eightys exited with code {self.proc.returncode} before it served; "
                             f"stderr:\n{self.stderr_text()}")
-            if not connected:
+            if self.port == 0:  # -p 0: learn the port the master picked from its log
+                found = _SERVING_PORT.search(self.stderr_text())
+                if found:
+                    self.port = int(found.group(1))
+            elif not connected:
                 try:
                     self.connect(timeout=1.0).close()
                     connected = True
@@ -304,10 +334,11 @@ class Server:
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     """Factory fixture: ``start_server(entry, *extra_args, workers=2, port=None,
-    host=None, unix_path=None, env=None, wait=True)``.
+    host=None, unix_path=None, env=None, wait=True, ready_line=READY_LINE)``.
 
     ``entry`` is relative to the repository root (or absolute). ``port`` defaults
-    to a free one; ``host`` is passed as ``-h`` (``unix_path`` as ``-h unix:PATH``).
+    to a free one (``port=0``: the server picks one, and ``.port`` is read from its
+    log once it serves); ``host`` is passed as ``-h`` (``unix_path`` as ``-h unix:PATH``).
     With ``wait=False`` the server is returned at once (for start-up failures).
     """
     servers: list[Server] = []
@@ -328,10 +359,11 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
             argv += ["-p", str(port)]
             if host is not None:
                 argv += ["-h", host]
-        connect_host = "127.0.0.1"
-        if host is not None:
-            connect_host = "::1" if host in ("::", "v6:::") else host.removeprefix("v6:")
-        elif "-6" in args:
+        # where to connect: the bound host, or loopback for a wildcard address
+        connect_host = (host or "").removeprefix("v6:").strip("[]")
+        if connect_host in ("", "0.0.0.0"):
+            connect_host = "::1" if "-6" in args else "127.0.0.1"
+        elif connect_host == "::":
             connect_host = "::1"
         server = Server(argv, tmp_path, port=port, host=connect_host, unix_path=unix_path, env=env)
         servers.append(server)
@@ -339,9 +371,17 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
             server.wait_ready(ready_line=ready_line)
         return server
 
-    yield start
-    for server in servers:
-        server.stop()
+    try:
+        yield start
+    finally:
+        errors = []
+        for server in servers:
+            try:
+                server.stop()
+            except Exception as exc:  # noqa: BLE001 - stop the others first, then report
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
 
 @pytest.fixture

@@ -59,7 +59,7 @@ def test_missing_module_file(run_eightys):
     (["-p", "70000"], "70000"),
     (["-p", "eighty"], "eighty"),
     (["-h", "unix:"], "unix:"),
-])
+], ids=["no-workers", "port-out-of-range", "port-not-a-number", "unix-without-path"])
 def test_bad_values(run_eightys, args, fragment):
     assert_usage_error(run_eightys("server/echo.lua", *args), fragment)
 
@@ -81,6 +81,15 @@ def test_port_in_use_by_another_eightys(start_server, run_eightys):
     assert first.alive()
 
 
+def test_unix_socket_in_use_by_another_eightys(start_server, run_eightys, tmp_path):
+    path = str(tmp_path / "eightys.sock")
+    first = start_server("server/echo.lua", workers=1, unix_path=path)
+    assert_usage_error(run_eightys("server/echo.lua", "-h", f"unix:{path}"),
+                       path, "another server is using it")
+    with first.client() as c:  # the first server and its socket file are untouched
+        assert c.request("still here") == b"still here"
+
+
 def test_unix_path_that_is_a_regular_file(run_eightys, tmp_path):
     path = tmp_path / "not-a-socket"
     path.write_text("keep me")
@@ -94,7 +103,7 @@ def test_unix_path_that_is_a_regular_file(run_eightys, tmp_path):
 @pytest.mark.parametrize("app, marker, message", [
     ("syntax_error.lua", "-- SYNTAX_ERROR_LINE", "unexpected symbol near '='"),
     ("start_error.lua", "-- START_ERROR_LINE", "start-up failure on purpose"),
-])
+], ids=["syntax-error", "runtime-error"])
 def test_lua_start_up_error_exits_non_zero_with_file_line(start_server, app, marker, message):
     server = start_server(f"tests/apps/{app}", workers=2, wait=False)
     code = server.wait_exit(timeout=15)
@@ -102,7 +111,6 @@ def test_lua_start_up_error_exits_non_zero_with_file_line(start_server, app, mar
     stderr = server.stderr_text()
     assert f"tests/apps/{app}:{line_of(APPS / app, marker)}: {message}" in stderr
     assert "Traceback (most recent call last)" not in stderr
-    assert server.worker_pids() == []
 
 
 def test_failing_module_exits_non_zero_with_reason(start_server):
@@ -113,10 +121,8 @@ def test_failing_module_exits_non_zero_with_reason(start_server):
 
 
 def test_port_zero_picks_a_free_port(start_server):
-    server = start_server("server/echo.lua", workers=2, port=0, wait=False)
-    stderr = server.wait_for_log("serving ", timeout=15)
-    port = int(stderr.split(" on 0.0.0.0:")[1].split()[0])
-    assert port != 0
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+    server = start_server("server/echo.lua", workers=2, port=0)
+    assert server.port != 0  # read from the "serving ... on 0.0.0.0:PORT" log line
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
         s.sendall(b"ping")
         assert s.recv(10) == b"ping"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import APPS, Server, line_of
+from conftest import APPS, Server, free_port, line_of, pid_alive, wait_until
 from eightys.master import MAX_QUICK_CRASHES
 
 CONTROL = "tests/apps/control.lua"
@@ -55,14 +55,6 @@ def client_on(server: Server, worker: int, tries: int = 200):
     pytest.fail(f"worker {worker} took none of {tries} connections")
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 # -- workers ------------------------------------------------------------------------------
 
 
@@ -79,8 +71,9 @@ def test_raw_echo_with_two_workers(start_server):
 
 
 def test_echo_flow_control_with_a_slow_reader(start_server):
-    """8 MB through the echo app while the client reads slowly: reading from the
-    client pauses while replies pile up, and nothing is lost or reordered."""
+    """8 MB through the echo app while the client at first reads nothing: the
+    worker stops reading while its replies back up, resumes once the client
+    reads, and nothing is lost or reordered."""
     server = start_server("server/echo.lua", workers=1)
     data = os.urandom(8 * 1024 * 1024)
     received = bytearray()
@@ -138,7 +131,7 @@ def test_crash_loop_makes_master_give_up(start_server, tmp_path):
     stderr = server.stderr_text()
     # backoff between restarts, then a clear reason
     assert stderr.count("exited with code 1; restarting") >= 3
-    assert f"exited with code 1; it died within" in stderr
+    assert "exited with code 1; it died within" in stderr
     assert f"{MAX_QUICK_CRASHES} times in a row, giving up" in stderr
     # Each replacement got further apart (backoff) but the master did not loop forever.
     assert time.monotonic() - started < 15
@@ -159,12 +152,22 @@ def test_worker_that_cannot_load_on_restart_makes_master_give_up(start_server, t
     assert not pid_alive(pids[1])  # the healthy worker was stopped too
 
 
+def test_workers_exit_when_the_master_is_killed(start_server):
+    server = start_server(CONTROL, workers=2)
+    pids = server.worker_pids()
+    server.send_signal(signal.SIGKILL)
+    assert server.wait_exit() == -signal.SIGKILL
+    # their control channel closes, so the orphans drain (nothing open) and exit
+    wait_until(lambda: not any(pid_alive(p) for p in pids), timeout=5,
+               message="orphaned workers to exit")
+
+
 # -- signals --------------------------------------------------------------------------------
 
 
 def test_sigterm_drains_open_reply_then_exits_0(start_server):
-    server = start_server(CONTROL, workers=2, ready_line="serving ")
-    port = server.port
+    server = start_server(CONTROL, workers=2)
+    port, pids = server.port, server.worker_pids()
     with server.client(timeout=10) as c:
         assert c.request("SLOW 1.0 300000") == b"WAIT"  # the worker holds the request
         sent_at = time.monotonic()
@@ -178,7 +181,49 @@ def test_sigterm_drains_open_reply_then_exits_0(start_server):
     assert "stopping: draining connections" in server.stderr_text()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    assert server.worker_pids() == []
+    assert not any(pid_alive(pid) for pid in pids)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["reuseport", "shared-socket"])
+def test_new_connections_are_refused_while_draining(start_server, shared):
+    """Once stopping, the server accepts nothing new: a client connecting while an
+    old request drains is refused at once, not queued unanswered until exit and reset."""
+    server = start_server(CONTROL, *(["--shared-socket"] if shared else []), workers=2)
+    with server.client(timeout=10) as c:
+        assert c.request("SLOW 2.0 10") == b"WAIT"
+        sent_at = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+
+        def refused() -> bool:
+            try:
+                server.connect(timeout=1).close()
+            except ConnectionRefusedError:
+                return True
+            return False
+
+        wait_until(refused, timeout=1.0, message="connections to be refused")
+        assert time.monotonic() - sent_at < 1.5  # well before the drain ends
+        assert c.line() == b"DATA 10"  # the open request still completes
+        assert c.until_close() == b"0123456789"
+    assert server.wait_exit() == 0
+
+
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+def test_new_server_can_take_over_while_the_old_one_drains(start_server, tmp_path, kind):
+    """A restart need not wait for the drain: the stopping server has let go of its
+    address, and exiting later does not take the new server's address with it."""
+    where = {"unix_path": str(tmp_path / "s.sock")} if kind == "unix" else {"port": free_port()}
+    old = start_server(CONTROL, workers=1, **where)
+    with old.client(timeout=10) as c:
+        assert c.request("SLOW 1.0 10") == b"WAIT"
+        old.send_signal(signal.SIGTERM)
+        old.wait_for_log("stopping: draining connections")
+        new = start_server(CONTROL, workers=1, **where)
+        assert c.line() == b"DATA 10"
+        assert c.until_close() == b"0123456789"
+    assert old.wait_exit() == 0
+    with new.client() as c:
+        assert c.request("PID") == str(new.worker_pids()[0]).encode()
 
 
 def test_sigterm_closes_idle_connections_after_grace_period(start_server):
@@ -203,7 +248,7 @@ def test_sighup_reloads_code_in_every_worker_keeping_globals(start_server, tmp_p
     for _ in range(6):  # bump each worker's global counter a few times
         for worker, value in by_worker(server, "INCR").items():
             counters[worker] = int(value)
-    assert counters[0] >= 6 and counters[1] >= 6
+    assert counters == {0: 6, 1: 6}
     text = app.read_text()
     assert 'VERSION = "v1"' in text
     app.write_text(text.replace('VERSION = "v1"', 'VERSION = "v2"'))
@@ -248,7 +293,7 @@ def test_on_data_error_is_logged_with_file_line_and_next_connection_served(start
 @pytest.mark.parametrize("command, marker, message", [
     ("TIMERBOOM", "-- TIMERBOOM_LINE", "timer boom"),
     ("CORBOOM", "-- CORBOOM_LINE", "coroutine boom"),
-])
+], ids=["timer", "coroutine"])
 def test_error_in_timer_or_coroutine_is_logged_and_worker_serves(start_server, command,
                                                                   marker, message):
     server = start_server(CONTROL, workers=1)
@@ -343,6 +388,18 @@ def test_unix_socket(start_server, tmp_path):
     assert by_worker(server, "PING") == {0: b"PONG", 1: b"PONG"}
     assert server.stop() == 0
     assert not os.path.exists(path)  # the master removes its socket file
+
+
+def test_unix_socket_left_by_a_killed_server_is_reused(start_server, tmp_path):
+    path = str(tmp_path / "eightys.sock")
+    first = start_server(CONTROL, workers=1, unix_path=path)
+    first.send_signal(signal.SIGKILL)
+    first.wait_exit()
+    first.stop()  # and its worker
+    assert os.path.exists(path)  # stale: nobody accepts on it
+    second = start_server(CONTROL, workers=1, unix_path=path)
+    with second.client() as c:
+        assert c.request("PING") == b"PONG"
 
 
 def _ipv6_available() -> bool:

@@ -513,11 +513,52 @@ end
 
 -- Coroutines for short tasks (one per HTTP request) are reused: creating one
 -- costs more than the rest of a small request. A pooled coroutine runs a task,
--- then parks at co_yield(IDLE) until the next one; one that is suspended in
--- aio:await goes back to the pool when its task finishes.
+-- then parks at coroutine.yield(aio.IDLE) until the next one; one suspended in
+-- aio:await goes back to its pool when its task finishes.
 local IDLE = {}
-local pool, pool_size = {}, 0
-local MAX_POOL = 256
+aio.IDLE = IDLE
+
+--- Internal: a pool of coroutines that run `body`. `body` gets the first task's
+--- arguments and must loop: run the task, then `coroutine.yield(aio.IDLE)`,
+--- which returns the next task's arguments. Returns start(...), which runs a
+--- task in a parked coroutine (or a new one).
+--- @param body fun(...)
+--- @param max? integer coroutines kept parked (default 256)
+function aio:coroutine_pool(body, max)
+    max = max or 256
+    local parked, size = {}, 0
+    local function park(co)
+        return function(dead, marker)
+            if marker == IDLE and size < max then
+                size = size + 1
+                parked[size] = co
+            end
+        end
+    end
+    return function(...)
+        local co
+        if size > 0 then
+            co = parked[size]
+            parked[size] = nil
+            size = size - 1
+        else
+            co = co_create(body)
+            -- parks it when a task that was suspended in aio:await finishes later
+            drivers[co] = park(co)
+        end
+        -- The common case is a task that finishes without waiting: resume directly
+        -- and re-park, skipping the generic resume() bookkeeping.
+        local ok, marker = co_resume(co, ...)
+        if marker == IDLE then
+            if size < max then
+                size = size + 1
+                parked[size] = co
+            end
+        elseif not ok then
+            report("coroutine", traceback(co, tostring(marker)))
+        end
+    end
+end
 
 local function run_task(fn, ...)
     local ok, err = xpcall(fn, traceback, ...)
@@ -529,24 +570,12 @@ local function pooled_loop(...)
     return pooled_loop(run_task(...)) -- a tail call: the stack does not grow
 end
 
+local start_task = aio:coroutine_pool(pooled_loop)
+
 --- Run fn(...) in a (reused) coroutine, so fn may aio:await. Errors are logged;
 --- fn must handle its own failures if it needs to answer someone.
 function aio:run(fn, ...)
-    local co
-    if pool_size > 0 then
-        co = pool[pool_size]
-        pool[pool_size] = nil
-        pool_size = pool_size - 1
-    else
-        co = co_create(pooled_loop)
-        drivers[co] = function(dead, marker)
-            if marker == IDLE and pool_size < MAX_POOL then
-                pool_size = pool_size + 1
-                pool[pool_size] = co
-            end
-        end
-    end
-    resume(co, fn, ...)
+    start_task(fn, ...)
 end
 
 ---------------------------------------------------------------------------

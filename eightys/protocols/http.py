@@ -13,20 +13,23 @@ Responses leave in request order even when handlers finish out of order
 Bounds, so a client can only cost what the limits allow:
 * head (request line + headers) > ``max_header`` -> 431, body > ``max_body`` -> 413;
 * malformed requests, duplicate or invalid Content-Length, Content-Length together
-  with Transfer-Encoding, bad chunk sizes -> 400; each answered, then the
-  connection is closed;
+  with Transfer-Encoding, bad chunk sizes -> 400; an upgrade request with a body
+  -> 501; each answered, then the connection is closed;
 * a request head (or body) that takes longer than ``header_timeout`` -> 408 and
   close (slowloris); an idle keep-alive connection is closed after
   ``keepalive_timeout``; both checked by the worker's once-a-second sweep, so
   no timer is armed per request;
 * when the client does not read its responses, reading stops (``pause_writing``)
-  until the kernel buffer drains; at most ``MAX_IN_FLIGHT`` requests wait for
+  until the kernel buffer drains; at most ``MAX_IN_FLIGHT`` requests are dispatched
+  per read (the rest of a pipelined read waits, parsed) and at most that many wait for
   their responses before reading stops too.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
+from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, Callable
 
 import httptools
@@ -38,6 +41,8 @@ if TYPE_CHECKING:
 WRITE_HIGH_WATER = 256 * 1024
 #: Stop reading once this many requests on one connection await responses.
 MAX_IN_FLIGHT = 64
+#: How often ``worker.now`` advances (Worker._sweep runs once a second).
+CLOCK_STEP = 1.0
 
 # Connection states, for the timeout sweep.
 IDLE, HEAD, BODY, BUSY = 0, 1, 2, 3
@@ -45,6 +50,7 @@ IDLE, HEAD, BODY, BUSY = 0, 1, 2, 3
 _ERROR_REASONS = {
     400: b"Bad Request", 408: b"Request Timeout", 413: b"Content Too Large",
     417: b"Expectation Failed", 431: b"Request Header Fields Too Large",
+    501: b"Not Implemented",
 }
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -52,9 +58,11 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 def error_response(status: int) -> bytes:
     """A complete, closing response for a request we refuse to handle."""
     reason = _ERROR_REASONS[status]
-    return (b"HTTP/1.1 %d %s\r\nServer: eightys\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    # Date: RFC 9110 6.6.1 requires it on 4xx too (rare path: formatted on demand)
+    return (b"HTTP/1.1 %d %s\r\nServer: eightys\r\nDate: %s\r\n"
+            b"Content-Type: text/plain; charset=utf-8\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-            % (status, reason, len(reason), reason))
+            % (status, reason, formatdate(usegmt=True).encode(), len(reason), reason))
 
 
 class _Reject(Exception):
@@ -104,6 +112,9 @@ class HttpProtocol(asyncio.Protocol):
         "seq_in",
         "seq_out",
         "held",
+        "seq_limit",
+        "deferred",
+        "deferred_scheduled",
         "close_after",
         "batch",
         "closed",
@@ -138,6 +149,9 @@ class HttpProtocol(asyncio.Protocol):
         self.seq_in = 0  # sequence number of the next request
         self.seq_out = 0  # the request whose response goes out next
         self.held: dict[int, list[Any]] = {}  # seq -> [chunks, finished]
+        self.seq_limit = MAX_IN_FLIGHT  # requests from here on wait in `deferred`
+        self.deferred: deque[tuple[Any, ...]] | None = None  # parsed, not yet dispatched
+        self.deferred_scheduled = False
         self.close_after = -1  # close once this request's response is out (-1: no)
         self.batch: list[bytes] | None = None
         self.closed = False
@@ -167,6 +181,9 @@ class HttpProtocol(asyncio.Protocol):
             return
         batch: list[bytes] = []
         self.batch = batch
+        # One read may hold thousands of pipelined requests: dispatch at most
+        # MAX_IN_FLIGHT of them before their output has gone to the transport.
+        self.seq_limit = self.seq_out + MAX_IN_FLIGHT
         try:
             self.parser.feed_data(data)
             if self.state == HEAD:
@@ -211,7 +228,12 @@ class HttpProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.closed:
             return
-        should_pause = self.write_paused or self.seq_in - self.seq_out >= MAX_IN_FLIGHT
+        deferred = self.deferred
+        if deferred and not self.write_paused and not self.deferred_scheduled:
+            self.deferred_scheduled = True
+            self.worker.loop.call_soon(self._run_deferred)
+        should_pause = self.write_paused or self.seq_in - self.seq_out >= MAX_IN_FLIGHT \
+            or bool(deferred)
         if should_pause and not self.read_paused:
             self.read_paused = True
             transport.pause_reading()
@@ -221,23 +243,14 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- httptools callbacks ------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        if self.close_after != -1:
-            raise _Stop()  # requests after a closing one are not served
-        self.url = b""
-        self.headers = []
-        self.body = []
-        self.head_size = 0
-        self.body_size = 0
-        self.content_length = -1
-        self.chunked = False
-        self.has_connection_header = False
-        self.expect_continue = False
-        self.unparsed_head = 0
-        self.state = HEAD
-        self.since = self.worker.now
-
     def on_url(self, url: bytes) -> None:
+        # The first callback of every request (the URL cannot be empty), so it also
+        # starts the request: one Python call less than on_message_begin.
+        if not self.url:
+            if self.close_after != -1:
+                raise _Stop()  # requests after a closing one are not served
+            self.state = HEAD
+            self.since = self.worker.now
         self.url += url
         self.head_size += len(url)
         if self.head_size > self.limits.max_header:
@@ -270,10 +283,17 @@ class HttpProtocol(asyncio.Protocol):
         if self.content_length > self.limits.max_body:
             raise _Reject(413)
         if self.content_length > 0 or self.chunked:
+            if self.has_connection_header and self.parser.should_upgrade():
+                # httptools skips the body of an upgrade request (the new protocol
+                # would follow): refuse it rather than hand the handler an empty
+                # body. Upgrades without a body are answered as plain HTTP.
+                raise _Reject(501)
             self.state = BODY
             self.since = self.worker.now
-            # Only when nothing else is pending, or the 100 would jump the queue.
-            if self.expect_continue and self.seq_in == self.seq_out:
+            # Only when nothing else is pending, or the 100 would jump the queue;
+            # never to HTTP/1.0 clients (RFC 9110 10.1.1: they must be ignored).
+            if self.expect_continue and self.seq_in == self.seq_out \
+                    and self.parser.get_http_version() != "1.0":
                 self._emit(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
@@ -297,31 +317,73 @@ class HttpProtocol(asyncio.Protocol):
             keep_alive = False
         if not keep_alive:
             self.close_after = seq
-        url = self.url
-        query_at = url.find(b"?")
-        if query_at == -1:
-            path, query = url, b""
-        else:
-            path, query = url[:query_at], url[query_at + 1:]
         body = self.body
-        result = self.dispatch(
-            self.fd, seq, parser.get_method(), path, query,
-            body[0] if len(body) == 1 else b"".join(body),
-            (1 if keep_alive else 0) | (2 if http10 else 0),
-            *self.headers,
-        )
-        if result is not None:
-            if seq == self.seq_out and self.batch is not None and not result[1] \
-                    and self.close_after == -1 and not self.held:
+        if seq < self.seq_limit:
+            out = self.dispatch(
+                self.fd, seq, parser.get_method(), self.url,
+                (body[0] if len(body) == 1 else b"".join(body)) if body else None,
+                (1 if keep_alive else 0) | (2 if http10 else 0),
+                *self.headers,
+            )
+        else:
+            out = None
+            self._defer((self.fd, seq, parser.get_method(), self.url,
+                         b"".join(body) if body else None,
+                         (1 if keep_alive else 0) | (2 if http10 else 0), *self.headers))
+        # ready for the next request (what on_message_begin would do)
+        self.url = b""
+        self.headers = []
+        self.head_size = 0
+        if body:
+            self.body = []
+            self.body_size = 0
+        if self.content_length != -1 or self.chunked or self.has_connection_header \
+                or self.expect_continue:
+            self.content_length = -1
+            self.chunked = self.has_connection_header = self.expect_continue = False
+        if out is not None:
+            if seq == self.seq_out and self.batch is not None and self.close_after == -1 \
+                    and not self.held:
                 # the common case, inlined: a finished response at the head of the line
-                self.batch.append(result[0])
+                self.batch.append(out)
                 self.seq_out = seq + 1
                 self.state = IDLE
                 self.since = self.worker.now
                 return
-            self.send(seq, result[0], True, result[1])
+            self.send(seq, out, True)
         if self.seq_in - self.seq_out >= MAX_IN_FLIGHT:
             self._update_reading()
+
+    def _defer(self, args: tuple[Any, ...]) -> None:
+        deferred = self.deferred
+        if deferred is None:
+            deferred = self.deferred = deque()
+        deferred.append(args)
+        if not self.read_paused:
+            self._update_reading()  # pauses reading, schedules _run_deferred
+
+    def _run_deferred(self) -> None:
+        """Dispatch parked requests, at most MAX_IN_FLIGHT ahead of the output, with
+        one write for their responses (as data_received does)."""
+        self.deferred_scheduled = False
+        deferred = self.deferred
+        if self.closed or self.write_paused or not deferred:
+            return  # resume_writing calls _update_reading, which comes back here
+        batch: list[bytes] = []
+        self.batch = batch
+        limit = self.seq_out + MAX_IN_FLIGHT
+        while deferred and deferred[0][1] < limit:
+            args = deferred.popleft()
+            out = self.dispatch(*args)
+            if out is not None:
+                self.send(args[1], out, True)
+        self.batch = None
+        if batch:
+            self.transport.write(b"".join(batch))  # type: ignore[union-attr]
+        if self.close_after != -1 and self.seq_out > self.close_after:
+            self.transport.close()  # type: ignore[union-attr]
+        else:
+            self._update_reading()  # more to run, or reading resumes
 
     # -- responses ------------------------------------------------------------------
 
@@ -427,10 +489,13 @@ class HttpProtocol(asyncio.Protocol):
         if state == BUSY or self.closed:
             return
         limits = self.limits
+        # `since` is stamped from the coarse clock, so it is up to CLOCK_STEP older
+        # than the event: without the step a client could be cut off right after
+        # it began (with a 1 s timeout, at the very next sweep).
         if state == IDLE:
-            if now - self.since > limits.keepalive_timeout:
+            if now - self.since > limits.keepalive_timeout + CLOCK_STEP:
                 self.transport.close()  # type: ignore[union-attr]
-        elif now - self.since > limits.header_timeout:
+        elif now - self.since > limits.header_timeout + CLOCK_STEP:
             if self.head_size or self.body_size or state == BODY:
                 self._refuse(408)
             else:

@@ -11,11 +11,14 @@
 --   GET  /files/:name         -> 200 "file NAME"
 --   GET  /stream?n=N          -> chunked: "line 1\n" .. "line N\n", 0.02 s apart
 --   GET  /status80            -> fd:http_response("201 Made Here", "text/x-80s", "x")
+--   GET  /status80bare        -> fd:http_response("202", ...): "202 Accepted", body "bare"
+--   GET  /status80bad         -> fd:http_response("200OK", ...): not a status, so 500
 --   GET  /json                -> a table body: {"name":"eightys","n":3}
 --   GET  /headers             -> a header table (custom headers, Set-Cookie list,
 --                                and a Content-Length the server must ignore)
 --   GET  /nocontent           -> 204 without a body
 --   GET  /boom                -> raises (the tests expect 500 and this file:line in the log)
+--   GET  /asyncboom           -> raises after a 0.05 s sleep (500 from a resumed coroutine)
 --   GET  /big?kb=N            -> N KiB of "x" (flow control)
 --   GET  /bye                 -> 200 "bye" and fd:close(): the connection closes after it
 
@@ -76,6 +79,14 @@ aio:http_get("/status80", function(fd)
     fd:http_response("201 Made Here", "text/x-80s", "x")
 end)
 
+aio:http_get("/status80bare", function(fd)
+    fd:http_response("202", "text/plain; charset=utf-8", "bare")
+end)
+
+aio:http_get("/status80bad", function(fd)
+    fd:http_response("200OK", "text/plain; charset=utf-8", "bad") -- MARK:badstatus
+end)
+
 aio:http_get("/json", function(fd)
     fd:http_response(200, nil, { name = "eightys", n = 3 })
 end)
@@ -94,7 +105,12 @@ aio:http_get("/nocontent", function(fd)
 end)
 
 aio:http_get("/boom", function(fd)
-    error("boom from the handler") -- BOOM-LINE
+    error("boom from the handler") -- MARK:boom
+end)
+
+aio:http_get("/asyncboom", function(fd)
+    aio:await(aio:sleep(0.05))
+    error("async boom after a sleep") -- MARK:asyncboom
 end)
 
 aio:http_get("/big", function(fd, query)
