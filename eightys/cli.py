@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
 from typing import NoReturn, Sequence
 
@@ -93,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                    default=_env_float("HTTP_KEEPALIVE_TIMEOUT", 15.0),
                    help="idle keep-alive connections are closed after this "
                         "(default $HTTP_KEEPALIVE_TIMEOUT or 15)")
+    p.add_argument("--dev", action="store_true",
+                   help="development mode: error pages show the file, line and source")
     p.add_argument("--help", action="help", help="show this help and exit")
     p.add_argument("--version", action="version", version=f"eightys {__version__}")
     return p
@@ -153,6 +156,8 @@ def config_from_args(argv: Sequence[str]) -> Config:
         max_body_size=args.max_body_size,
         header_timeout=args.header_timeout,
         keepalive_timeout=args.keepalive_timeout,
+        dev=args.dev,
+        secret=secrets.token_hex(32),
     )
 
 

@@ -44,6 +44,9 @@ class Config:
     max_body_size: int = 16 * 1024 * 1024
     header_timeout: float = 10.0
     keepalive_timeout: float = 15.0
+    dev: bool = False
+    #: Signs session cookies when no MASTER_KEY is set; one per server run, shared by its workers.
+    secret: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:

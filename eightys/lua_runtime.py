@@ -62,15 +62,6 @@ def display_path(path: str) -> str:
     return path if rel.startswith("..") else rel
 
 
-def _listdir(path: bytes) -> Any:
-    """``net.listdir``: sorted entry names, directories with a trailing ``/``."""
-    try:
-        entries = sorted(os.scandir(path), key=lambda e: e.name)
-    except OSError as exc:
-        return None, str(exc).encode()
-    return [e.name + b"/" if e.is_dir() else e.name for e in entries]
-
-
 def _readfile(path: bytes, mode: Any = None) -> Any:
     """``net.readfile``: the whole file, or ``nil, err``."""
     try:
@@ -99,6 +90,8 @@ class LuaRuntime:
         port: int = 0,
         node: str = "localhost",
         extra_path: tuple[str, ...] = (),
+        dev: bool = False,
+        private: dict[bytes, Any] | None = None,
     ) -> None:
         lupa_module = importlib.import_module(ENGINES[engine])
         self.engine = engine
@@ -118,13 +111,14 @@ class LuaRuntime:
         g[b"PORT"] = port
         g[b"NODE"] = node.encode()
         g[b"ENTRYPOINT"] = display_path(entry).encode()
+        g[b"DEV"] = dev
         # Opaque handles kept for 80s API compatibility: functions that take them ignore them.
         g[b"ELFD"] = 0
         g[b"PARENTFD"] = 0
         g[b"net"] = self._table({
             b"write": host.write, b"close": host.close, b"connect": host.connect,
             b"reload": host.reload, b"quit": host.quit, b"mail": host.mail,
-            b"info": host.info, b"listdir": _listdir, b"readfile": _readfile,
+            b"info": host.info, b"listdir": self._listdir, b"readfile": _readfile,
             b"clock": time.monotonic,
         })
         g[b"codec"] = self._table({
@@ -154,6 +148,7 @@ class LuaRuntime:
             b"http_send": host.http_send,
             b"http_drain": host.http_drain,
             b"engine": engine.encode(),
+            **(private or {}),
         })
         bootstrap = self._load_file(str(LUA_LIBRARY_DIR / "bootstrap.lua"))
         dispatch = bootstrap(private)
@@ -168,6 +163,14 @@ class LuaRuntime:
         self._call_hook: Callable[..., Any] = dispatch[b"hook"]
         self._new_promise: Callable[..., Any] = dispatch[b"new_promise"]
         self._has_global_function: Callable[..., Any] = dispatch[b"has_function"]
+
+    def _listdir(self, path: bytes) -> Any:
+        """``net.listdir``: a table of sorted entry names, directories with a trailing ``/``."""
+        try:
+            entries = sorted(os.scandir(path), key=lambda e: e.name)
+        except OSError as exc:
+            return None, str(exc).encode()
+        return self._table([e.name + b"/" if e.is_dir() else e.name for e in entries])
 
     # -- loading code -------------------------------------------------------------
 

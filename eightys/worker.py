@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from eightys import __version__, channel
 from eightys.config import Config
+from eightys.content import ContentHost
 from eightys.log import setup_logging
 from eightys.lua_runtime import LuaLoadError, LuaRuntime
 from eightys.modules import ExtensionModule, load_modules
@@ -119,9 +120,11 @@ class Worker:
 
     def _load(self) -> None:
         config = self.config
+        self.content = ContentHost(self)
         self.runtime = LuaRuntime(
             self, engine=config.lua, entry=config.entry, worker_id=self.worker_id,
             workers=config.workers, port=self.listen_port(), node=config.node,
+            dev=config.dev, private=self.content.functions(),
         )
         self.modules = load_modules(config.modules, self)
         for module in self.modules:

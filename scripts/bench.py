@@ -324,16 +324,18 @@ def main_listen(args: argparse.Namespace) -> None:
         server = eightys_server(free_port(), workers=2, shared=shared)
         server.start([])
         try:
-            for connections in (50, 500):
+            for connections, close in ((50, False), (500, False), (50, True)):
                 pids = server.pids()
                 before = [cpu_seconds(p) for p in pids]
+                extra = ["-H", "Connection: close"] if close else []
                 out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{args.duration}s",
-                                      f"http://127.0.0.1:{server.port}{PATH}"],
+                                      *extra, f"http://127.0.0.1:{server.port}{PATH}"],
                                      capture_output=True, text=True, check=True).stdout
                 rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
                 used = [cpu_seconds(p) - b for p, b in zip(pids, before)]
                 share = ", ".join(f"{u / max(sum(used), 1e-9):.0%}" for u in used)
-                print(f"  {mode:<14} c={connections:<4} {rate:>10,.0f} req/s   "
+                load = f"c={connections}" + (" new connection per request" if close else " keep-alive")
+                print(f"  {mode:<14} {load:<34} {rate:>10,.0f} req/s   "
                       f"worker CPU share: {share}")
         finally:
             server.stop()

@@ -43,6 +43,11 @@ local aio = require("aio")
 aio:_attach(host)
 package.loaded["aio.aio"] = aio
 
+-- Internal: library modules (eightys.httpd) reach the host's private functions here.
+package.loaded["eightys.host"] = host
+-- 80s module names
+package.preload["aio.lib.httpd"] = function() return require("eightys.httpd") end
+
 local http = require("eightys.http")
 http.attach(host)
 

@@ -31,10 +31,14 @@ import asyncio
 from collections import deque
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, Callable
+from urllib.parse import unquote_to_bytes
 
 import httptools
 
+from eightys.content import CONNECTION_HEADERS
+
 if TYPE_CHECKING:
+    from eightys.static import StaticFile
     from eightys.worker import Worker
 
 #: Pause reading from a client once this much output is waiting for it.
@@ -95,6 +99,8 @@ class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "worker",
         "fd",
+        "statics",
+        "progress_waiters",
         "limits",
         "dispatch",
         "parser",
@@ -132,6 +138,8 @@ class HttpProtocol(asyncio.Protocol):
         self.fd = fd
         self.limits: HttpLimits = worker.http_limits
         self.dispatch: Callable[..., Any] = worker.runtime.dispatch_http
+        self.statics: dict[bytes, StaticFile] = worker.content.static_routes
+        self.progress_waiters: list[asyncio.Future[None]] = []
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         # the request being parsed
@@ -175,6 +183,8 @@ class HttpProtocol(asyncio.Protocol):
         self.closed = True
         self.worker.forget(self.fd)
         self._wake_drain_waiters(False)
+        if self.progress_waiters:
+            self._wake_progress()
 
     def data_received(self, data: bytes) -> None:
         if self.stopped:
@@ -223,6 +233,8 @@ class HttpProtocol(asyncio.Protocol):
         self.write_paused = False
         self._update_reading()
         self._wake_drain_waiters(True)
+        if self.progress_waiters:
+            self._wake_progress()
 
     def _update_reading(self) -> None:
         transport = self.transport
@@ -317,19 +329,11 @@ class HttpProtocol(asyncio.Protocol):
             keep_alive = False
         if not keep_alive:
             self.close_after = seq
+        flags = (1 if keep_alive else 0) | (2 if http10 else 0)
+        method = parser.get_method()
+        url = self.url
+        headers = self.headers
         body = self.body
-        if seq < self.seq_limit:
-            out = self.dispatch(
-                self.fd, seq, parser.get_method(), self.url,
-                (body[0] if len(body) == 1 else b"".join(body)) if body else None,
-                (1 if keep_alive else 0) | (2 if http10 else 0),
-                *self.headers,
-            )
-        else:
-            out = None
-            self._defer((self.fd, seq, parser.get_method(), self.url,
-                         b"".join(body) if body else None,
-                         (1 if keep_alive else 0) | (2 if http10 else 0), *self.headers))
         # ready for the next request (what on_message_begin would do)
         self.url = b""
         self.headers = []
@@ -341,6 +345,27 @@ class HttpProtocol(asyncio.Protocol):
                 or self.expect_continue:
             self.content_length = -1
             self.chunked = self.has_connection_header = self.expect_continue = False
+
+        if seq >= self.seq_limit:
+            self._defer((self.fd, seq, method, url, b"".join(body) if body else None,
+                         flags, *headers))
+            return
+        statics = self.statics
+        if statics and (method == b"GET" or method == b"HEAD"):
+            # Static files of the content server: answered here, without Lua.
+            query_at = url.find(b"?")
+            path = url if query_at == -1 else url[:query_at]
+            if b"%" in path:
+                path = unquote_to_bytes(path)
+            static = statics.get(path)
+            if static is not None:
+                self.send_static(seq, static, method, headers, CONNECTION_HEADERS[flags])
+                return
+        out = self.dispatch(
+            self.fd, seq, method, url,
+            (body[0] if len(body) == 1 else b"".join(body)) if body else None,
+            flags, *headers,
+        )
         if out is not None:
             if seq == self.seq_out and self.batch is not None and self.close_after == -1 \
                     and not self.held:
@@ -353,6 +378,47 @@ class HttpProtocol(asyncio.Protocol):
             self.send(seq, out, True)
         if self.seq_in - self.seq_out >= MAX_IN_FLIGHT:
             self._update_reading()
+
+    def send_static(self, seq: int, static: "StaticFile", method: bytes, headers: list[bytes],
+                    connection: bytes) -> None:
+        """Answer request ``seq`` with a static file: from memory at once, or, for a
+        large file, streamed in chunks no faster than the client reads."""
+        response = static.respond(method, headers, connection)
+        if response.file_range is None:
+            self.send(seq, response.head + response.body if response.body else response.head,
+                      True)
+        else:
+            self.send(seq, response.head, False)
+            self.worker.loop.create_task(self._stream_file(seq, response.file_range))
+        if self.seq_in - self.seq_out >= MAX_IN_FLIGHT:
+            self._update_reading()
+
+    async def _stream_file(self, seq: int, file_range: tuple[str, int, int]) -> None:
+        # uvloop has no sendfile: read chunks and write them, waiting while the
+        # client is behind (and while earlier responses are still going out, so a
+        # pipelined file is never held in memory whole).
+        from eightys.static import iter_chunks
+
+        try:
+            for chunk in iter_chunks(*file_range):
+                while not self.closed and (seq != self.seq_out or self.write_paused):
+                    waiter = self.worker.loop.create_future()
+                    self.progress_waiters.append(waiter)
+                    await waiter
+                if self.closed:
+                    return
+                self.send(seq, chunk, False)
+            self.send(seq, b"", True)
+        except OSError as exc:  # the file went away mid-way: the response cannot be completed
+            self.worker.log.error("static file %s: %s", file_range[0], exc)
+            if self.transport is not None:
+                self.transport.abort()
+
+    def _wake_progress(self) -> None:
+        waiters, self.progress_waiters = self.progress_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _defer(self, args: tuple[Any, ...]) -> None:
         deferred = self.deferred
@@ -430,6 +496,8 @@ class HttpProtocol(asyncio.Protocol):
                     self._emit(chunk)
             if not finished:
                 held[0] = []
+                if self.progress_waiters:  # a file streaming behind us may go on
+                    self._wake_progress()
                 return
             del self.held[seq]
         if seq == self.seq_in and self.state == BUSY:
@@ -439,6 +507,8 @@ class HttpProtocol(asyncio.Protocol):
                 self._close_after_current()
         if self.read_paused:
             self._update_reading()
+        if self.progress_waiters:
+            self._wake_progress()
 
     def _emit(self, data: bytes) -> None:
         batch = self.batch

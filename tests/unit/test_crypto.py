@@ -74,7 +74,8 @@ def test_random_bytes_bad(n):
 def test_roundtrip(plaintext, deterministic):
     token = crypto.encrypt(plaintext, KEY, deterministic)
     assert isinstance(token, bytes)
-    assert plaintext not in token or plaintext == b""
+    # a short plaintext can appear in random bytes by chance; a long one cannot
+    assert len(plaintext) < 8 or plaintext not in token
     assert crypto.decrypt(token, KEY) == plaintext
 
 

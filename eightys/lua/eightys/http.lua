@@ -12,6 +12,7 @@
 -- Python keeps responses in request order on each connection.
 
 local setmetatable = setmetatable
+local next = next
 local select = select
 local type = type
 local pairs = pairs
@@ -35,6 +36,7 @@ local json_encode = codec.json_encode
 local _M = {}
 
 local host -- private host functions (http_send, http_drain), set by _M.attach
+local url_decode_path -- defined with the query helpers below
 
 ---------------------------------------------------------------------------
 -- Status lines, dates, headers
@@ -286,13 +288,18 @@ function Request:close()
 end
 
 -- Called when the handler raised: answer 500 if nothing was sent, else cut the connection.
-local function fail(req)
+local function fail(req, err)
     if req.finished then return end
     if not req.started then
         req.started = true
-        local body = "Internal Server Error"
+        local mime, body = DEFAULT_TYPE, "Internal Server Error"
+        local page = aio.http_error_page
+        if page then
+            local ok, page_mime, page_body = pcall(page, 500, err, req)
+            if ok and page_body then mime, body = page_mime, page_body end
+        end
         local out = status_lines[500] .. server_date_headers() .. "Content-Type: "
-            .. DEFAULT_TYPE .. "\r\nContent-Length: " .. #body .. "\r\n"
+            .. mime .. "\r\nContent-Length: " .. #body .. "\r\n"
             .. CONNECTION[req.closing and 0 or req.flags] .. "\r\n"
             .. (req.method == "HEAD" and "" or body)
         send(req, out, true)
@@ -367,6 +374,30 @@ function aio:http_clear()
     routes.patterns = {}
 end
 
+--- Remove the handler for `method` and `path` (the content server does this for
+--- files deleted between reloads). Returns true if there was one.
+function aio:http_remove(method, path)
+    method = method:upper()
+    local by_path = routes.exact[path]
+    if by_path and by_path[method] then
+        by_path[method] = nil
+        if next(by_path) == nil then routes.exact[path] = nil end
+        return true
+    end
+    local list = routes.patterns
+    for i = 1, #list do
+        if list[i].path == path and list[i].method == method then
+            table.remove(list, i)
+            return true
+        end
+    end
+    return false
+end
+
+--- Optional hook: aio.http_error_page = function(status, err, fd) -> mime, body
+--- renders the built-in 404 and 500 answers (the content server sets it).
+aio.http_error_page = aio.http_error_page
+
 -- The handler table for a path: method -> handler, and params for pattern routes.
 local function lookup(path)
     local by_path = routes.exact[path]
@@ -400,6 +431,11 @@ end
 --- to fall back to the routes.
 function aio:route(fd, method, path, query, headers, body)
     local by_path, params = lookup(path)
+    if by_path == nil and str_find(path, "%", 1, true) then
+        -- routes are registered decoded: "/a%20b" is "/a b" (and "%2e%2e" is "..",
+        -- which never names a route)
+        by_path, params = lookup(url_decode_path(path))
+    end
     if by_path then
         local handler = by_path[method] or (method == "HEAD" and by_path.GET)
         if handler then
@@ -408,6 +444,11 @@ function aio:route(fd, method, path, query, headers, body)
         end
         return fd:http_response(405, { ["Allow"] = allow_header(by_path),
                                        ["Content-Type"] = DEFAULT_TYPE }, "Method Not Allowed")
+    end
+    local page = aio.http_error_page
+    if page then
+        local mime, page_body = page(404, nil, fd)
+        if page_body then return fd:http_response(404, mime, page_body) end
     end
     return fd:http_response(404, DEFAULT_TYPE, "Not Found")
 end
@@ -422,6 +463,12 @@ aio.on_http = aio.route
 ---------------------------------------------------------------------------
 
 local function hex_char(h) return str_char(tonumber(h, 16)) end
+
+-- %XX only ('+' is a space in query strings, not in paths)
+url_decode_path = function(s)
+    return (str_gsub(s, "%%(%x%x)", hex_char))
+end
+_M.url_decode_path = url_decode_path
 
 --- Decode %XX and '+' (form encoding).
 local function url_decode(s)
@@ -478,7 +525,7 @@ local start_request = aio:coroutine_pool(serve_loop)
 
 on_http_error = function(req, err)
     host.log_error("HTTP handler for " .. req.method .. " " .. req.path .. ": " .. tostring(err))
-    fail(req)
+    fail(req, err)
 end
 
 --- One request. `...` are the header name/value pairs as received; names are

@@ -1,0 +1,161 @@
+"""The Python half of the content server (eightys/lua/eightys/httpd.lua).
+
+Lua scans the site and decides what each file is; this module does what is
+better done in Python: static files (eightys.static: ETag, Range, gzip), form
+bodies (eightys.forms), Jinja2 pages (eightys.jinja), and path checks.
+
+Static files mounted here are also served by the HTTP protocol directly, before
+Lua is called (``ContentHost.static_routes``): a static request costs a dict
+lookup and a precomputed response.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from eightys.jinja import JinjaPages
+    from eightys.static import StaticFile
+    from eightys.worker import Worker
+
+BUILTIN_TEMPLATES = str(Path(__file__).parent / "templates")
+#: Connection header per request flags (bit 1: keep-alive, bit 2: HTTP/1.0), as in http.lua.
+CONNECTION_HEADERS = {0: b"Connection: close\r\n", 1: b"", 2: b"Connection: close\r\n",
+                      3: b"Connection: keep-alive\r\n"}
+
+
+class ContentHost:
+    """Functions the content server calls through the private host table."""
+
+    def __init__(self, worker: "Worker") -> None:
+        self.worker = worker
+        #: decoded URL path -> StaticFile, consulted by HttpProtocol before Lua
+        self.static_routes: dict[bytes, StaticFile] = {}
+        self._jinja: "JinjaPages | None" = None
+        self._jinja_root: str | None = None
+
+    def functions(self) -> dict[bytes, Any]:
+        """The entries this adds to the private host table."""
+        return {
+            b"static_mount": self.static_mount, b"static_clear": self.static_clear,
+            b"static_serve": self.static_serve, b"form_parse": self.form_parse,
+            b"jinja_render": self.jinja_render, b"jinja_error_page": self.jinja_error_page,
+            b"mtime": mtime, b"realpath": realpath, b"is_within": is_within,
+            b"mime_type": mime_type, b"secret": self.worker.config.secret.encode(),
+        }
+
+    # -- static files -------------------------------------------------------------
+
+    def static_mount(self, url_path: bytes, file_path: bytes, cache_control: bytes | None) -> Any:
+        """Serve ``file_path`` at ``url_path``. Returns true, or nil, err."""
+        from eightys.static import StaticFile
+
+        try:
+            static = StaticFile.load(file_path.decode(),
+                                     cache_control=cache_control.decode() if cache_control else None)
+        except OSError as exc:
+            return None, str(exc).encode()
+        self.static_routes[url_path] = static
+        self._jinja_root = None  # the site may have changed
+        return True
+
+    def static_clear(self) -> None:
+        """Forget every mounted file (before a rescan)."""
+        self.static_routes.clear()  # in place: HttpProtocol holds a reference
+
+    def static_serve(self, fd: int, seq: int, url_path: bytes, method: bytes, flags: int,
+                     headers: Any) -> Any:
+        """Answer request ``seq`` on connection ``fd`` with a mounted file (the Lua
+        route of a static file; the HTTP protocol usually serves them itself)."""
+        conn = self.worker.connections.get(fd)
+        static = self.static_routes.get(url_path)
+        if conn is None or static is None:
+            return False
+        flat: list[bytes] = []
+        for name, value in self.worker.runtime.to_python(headers).items():
+            flat += (name, value)
+        conn.send_static(seq, static, method, flat, CONNECTION_HEADERS[flags])
+        return True
+
+    # -- forms --------------------------------------------------------------------
+
+    def form_parse(self, content_type: bytes, body: bytes) -> Any:
+        """Parse a form body into a Lua table: fields as strings, uploaded files as
+        tables {filename, content_type, data, size}. Or nil, status, reason."""
+        from eightys.forms import FormError, parse_form
+
+        config = self.worker.config
+        result = parse_form(content_type, body, max_file_size=config.max_body_size)
+        if isinstance(result, FormError):
+            return None, result.status, result.reason.encode()
+        data = result.to_lua_data()
+        fields = dict(data[b"fields"])
+        fields.update(data[b"files"])
+        return self.worker.runtime.to_lua(fields)
+
+    # -- Jinja2 -------------------------------------------------------------------
+
+    def _pages(self) -> "JinjaPages":
+        root = self.worker.runtime.lua.globals()[b"httpd"][b"root"].decode()
+        if self._jinja is None or self._jinja_root != root:
+            from eightys.jinja import JinjaPages  # jinja2 loads only for sites that use it
+
+            self._jinja = JinjaPages(root, dev=self.worker.config.dev,
+                                     builtin_dir=BUILTIN_TEMPLATES)
+            self._jinja_root = root
+        return self._jinja
+
+    def jinja_render(self, name: bytes, context: Any) -> Any:
+        """Render a Jinja2 template of the site. Returns the text, or nil, err."""
+        from eightys.jinja import describe_error, lua_to_jinja
+
+        try:
+            values = lua_to_jinja(self.worker.runtime.to_python(context))
+        except TypeError as exc:  # a Lua function or userdata in the context
+            return None, f"cannot pass this to a Jinja2 template: {exc}".encode()
+        pages = self._pages()
+        try:
+            return pages.render(name.decode(), values)
+        except Exception as exc:  # noqa: BLE001 - any template failure is a 500, never a crash
+            info = describe_error(exc, root=pages.root)
+            return None, f"{info.get('file')}:{info.get('line')}: {info.get('message')}".encode()
+
+    def jinja_error_page(self, status: int, context: Any) -> bytes:
+        """The site's (or the built-in) error page for ``status``."""
+        from eightys.jinja import lua_to_jinja
+
+        values = lua_to_jinja(self.worker.runtime.to_python(context))
+        try:
+            return self._pages().render_error(int(status), values)
+        except Exception:  # noqa: BLE001 - a broken error page must not hide the error
+            return b"<!doctype html><title>Error</title><h1>Error %d</h1>" % int(status)
+
+
+def mtime(path: bytes) -> int | None:
+    """Modification time (ns) of a file, or nil if it does not exist."""
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+def realpath(path: bytes) -> bytes | None:
+    """The canonical path (symlinks resolved), or nil if it does not exist."""
+    if b"\0" in path:
+        return None
+    real = os.path.realpath(path)
+    return real if os.path.exists(real) else None
+
+
+def is_within(path: bytes, root: bytes) -> bool:
+    """Whether canonical ``path`` is ``root`` or below it."""
+    return path == root or path.startswith(root.rstrip(b"/") + b"/")
+
+
+def mime_type(name: bytes) -> bytes:
+    """Content-Type for a file name (the static server's table: text types with charset)."""
+    from eightys.static import content_type_for
+
+    return content_type_for(name.decode("utf-8", "replace")).encode()

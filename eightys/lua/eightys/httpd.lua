@@ -1,0 +1,554 @@
+-- The content server: serves a site directory (PUBLIC_HTML, default public_html/)
+-- the 80s way, routes derived from file names:
+--
+--   x.dyn.html            template (eightys.templates), GET /x
+--   index.dyn.html        GET /dir/   (and /dir redirects to /dir/)
+--   post.x.dyn.html       POST /x (also put., delete.)
+--   x.j2.html             Jinja2 page, GET /x
+--   x.priv.html           include-only, never routed
+--   static/...            served as is, whatever the name, with Cache-Control
+--   anything else         served as is (x.html as /x, other names unchanged)
+--   i.name/ and .hidden   ignored directories; *.lua files are never served
+--   main.lua              beside the site root (or in it): run at start and on reload
+--
+-- Requests can only reach routes built from this scan: a path naming a file
+-- outside the site root (.., %2e%2e, NUL, symlinks leading out) matches nothing.
+--
+-- Beyond 80s: sessions (signed cookie, per-worker store, pluggable), forms
+-- (urlencoded and multipart, parsed in Python), MASTER_KEY URL encryption with
+-- authenticated encryption (a tampered `e` gets 400), static files with
+-- ETag/Range/gzip served by Python (eightys/static.py), Jinja2 pages and error
+-- pages (eightys/jinja.py), and a development error page with the source.
+
+local type = type
+local next = next
+local tonumber = tonumber
+local loadfile = loadfile
+local pairs = pairs
+local ipairs = ipairs
+local tostring = tostring
+local error = error
+local xpcall = xpcall
+local traceback = debug.traceback
+local str_find = string.find
+local str_sub = string.sub
+local str_gsub = string.gsub
+local str_match = string.match
+local str_lower = string.lower
+local concat = table.concat
+
+local aio = aio
+local net = net
+local templates = require("eightys.templates")
+
+local httpd = httpd or {} -- a global, like 80s; its state survives reloads
+_G.httpd = httpd
+
+local host = require("eightys.host") -- private host functions (eightys/content.py)
+
+httpd.sessions = httpd.sessions or {}     -- the default (per-worker) session store's data
+httpd.file_routes = httpd.file_routes or {} -- "METHOD path" -> true, routes made by the scan
+httpd.jinja_globals = httpd.jinja_globals or {}
+
+local SESSION_COOKIE = "eightys_session"
+local SESSION_TTL = 24 * 3600
+local MAX_SESSIONS = 100000
+local HTML = "text/html; charset=utf-8"
+
+---------------------------------------------------------------------------
+-- Paths
+---------------------------------------------------------------------------
+
+local function join(dir, name)
+    if str_sub(dir, -1) == "/" then return dir .. name end
+    return dir .. "/" .. name
+end
+
+local function dirname(path)
+    return str_match(path, "^(.*)/[^/]*$") or "."
+end
+
+local function strip_slash(path)
+    if #path > 1 and str_sub(path, -1) == "/" then return str_sub(path, 1, -2) end
+    return path
+end
+
+-- The route a file gets: nil for files that are not routed.
+-- rel: path below the root, e.g. "posts/post.index.dyn.html"
+local function route_of(rel, in_static)
+    local dir, name = str_match(rel, "^(.-)([^/]*)$")
+    if in_static then
+        return "GET", "/" .. rel, "static"
+    end
+    if str_find(name, "%.lua$") or str_find(name, "%.priv%.") then return nil end
+    local method = "GET"
+    local prefix = str_match(name, "^(%a+)%.")
+    if prefix == "post" or prefix == "put" or prefix == "delete" or prefix == "patch" then
+        method = prefix:upper()
+        name = str_sub(name, #prefix + 2)
+    end
+    local kind = "file"
+    if str_find(name, "%.dyn%.") or str_find(name, "%.dyn$") then
+        kind = "template"
+        name = str_gsub(name, "%.dyn", "", 1)
+    elseif str_find(name, "%.j2%.html$") then
+        kind = "jinja"
+        name = str_gsub(name, "%.j2%.html$", ".html")
+    end
+    name = str_gsub(name, "%.html$", "")
+    if name == "index" then name = "" end
+    return method, "/" .. dir .. name, kind
+end
+httpd.route_of = route_of
+
+---------------------------------------------------------------------------
+-- Sessions
+---------------------------------------------------------------------------
+
+--- The default session store: a table per worker. A store is any object with
+--- get(id) -> table|nil, set(id, table) and delete(id); assign another to
+--- httpd.session_store (e.g. one backed by Redis) to share sessions.
+local memory_store = {}
+
+function memory_store:get(id)
+    local entry = httpd.sessions[id]
+    if entry == nil then return nil end
+    if entry.expires < net.clock() then
+        httpd.sessions[id] = nil
+        httpd.session_count = httpd.session_count - 1
+        return nil
+    end
+    entry.expires = net.clock() + SESSION_TTL
+    return entry.data
+end
+
+function memory_store:set(id, data)
+    local sessions = httpd.sessions
+    if sessions[id] == nil then
+        httpd.session_count = (httpd.session_count or 0) + 1
+        if httpd.session_count > MAX_SESSIONS then
+            -- full: drop expired ones, then arbitrary ones, until there is room
+            local now = net.clock()
+            for key, entry in pairs(sessions) do
+                if entry.expires < now or httpd.session_count > MAX_SESSIONS then
+                    sessions[key] = nil
+                    httpd.session_count = httpd.session_count - 1
+                end
+                if httpd.session_count <= MAX_SESSIONS * 0.9 then break end
+            end
+        end
+    end
+    sessions[id] = { data = data, expires = net.clock() + SESSION_TTL }
+end
+
+function memory_store:delete(id)
+    if httpd.sessions[id] then
+        httpd.sessions[id] = nil
+        httpd.session_count = httpd.session_count - 1
+    end
+end
+
+httpd.session_store = httpd.session_store or memory_store
+
+local function sign(id)
+    return str_sub(codec.hex_encode(crypto.hmac_sha256(id, httpd.secret)), 1, 32)
+end
+
+local function session_from(headers)
+    local cookie = headers.cookie
+    if cookie then
+        local value = str_match(cookie, "%f[%w_]" .. SESSION_COOKIE .. "=([%w%.]+)")
+        if value then
+            local id, signature = str_match(value, "^(%x+)%.(%x+)$")
+            if id and signature == sign(id) then
+                local data = httpd.session_store:get(id)
+                if data then return data, id end
+            end
+        end
+    end
+    return {}, nil
+end
+
+-- Save the session after a page; returns a Set-Cookie value when the client needs one.
+local function save_session(session, id)
+    if id == nil then
+        if next(session) == nil then return nil end -- nothing worth a cookie
+        id = codec.hex_encode(crypto.random(16))
+        httpd.session_store:set(id, session)
+        return SESSION_COOKIE .. "=" .. id .. "." .. sign(id)
+            .. "; Path=/; HttpOnly; SameSite=Lax; Max-Age=" .. SESSION_TTL
+    end
+    httpd.session_store:set(id, session)
+    return nil
+end
+
+---------------------------------------------------------------------------
+-- Encrypted URLs (MASTER_KEY)
+---------------------------------------------------------------------------
+
+local function query_string(params)
+    local keys = {}
+    for key in pairs(params) do
+        if key ~= "e" then keys[#keys + 1] = tostring(key) end
+    end
+    table.sort(keys) -- the same parameters always give the same URL (cacheable)
+    local parts = {}
+    for i, key in ipairs(keys) do
+        parts[i] = codec.url_encode(key) .. "=" .. codec.url_encode(tostring(params[key]))
+    end
+    return concat(parts, "&")
+end
+
+--- A URL for endpoint with params. With a master key, the parameters travel
+--- encrypted and authenticated in `e` (key: master key .. endpoint, so a token
+--- is valid for one endpoint only); params.e = false sends them in the clear.
+function httpd:to_url(endpoint, params)
+    params = params or {}
+    local qs = query_string(params)
+    if qs == "" then return endpoint end
+    local key = self.master_key
+    if key == nil or params.e == false then
+        return endpoint .. "?" .. qs
+    end
+    local token = crypto.encrypt(qs, key .. endpoint, true)
+    return endpoint .. "?e=" .. codec.url_encode(codec.base64_encode(token))
+end
+
+-- query table for a request: plain parameters, plus query.e with the decrypted
+-- ones (also merged into query where no plain parameter has the name).
+-- Returns nil, err when `e` does not decrypt: never a partial result.
+local function request_query(endpoint, qs)
+    local query = aio:parse_query(qs)
+    local e = query.e
+    query.e = {}
+    if e == nil or e == "" then return query end
+    local key = httpd.master_key
+    if key == nil then return nil, "encrypted parameters, but no MASTER_KEY is set" end
+    local token = codec.base64_decode(e)
+    if not token then return nil, "bad encrypted parameters" end
+    local plain = crypto.decrypt(token, key .. endpoint)
+    if not plain then return nil, "bad encrypted parameters" end
+    local decrypted = aio:parse_query(plain)
+    query.e = decrypted
+    for k, v in pairs(decrypted) do
+        if query[k] == nil then query[k] = v end
+    end
+    return query
+end
+httpd.request_query = request_query
+
+---------------------------------------------------------------------------
+-- Error pages
+---------------------------------------------------------------------------
+
+local function error_page(status, err)
+    local details
+    if err ~= nil and httpd.dev then
+        details = templates.error_context(tostring(err)) or { message = tostring(err) }
+        details.message = details.message or tostring(err)
+    end
+    local body = host.jinja_error_page(status, { dev = httpd.dev, details = details,
+                                                  message = details and details.message })
+    return HTML, body
+end
+
+---------------------------------------------------------------------------
+-- Dynamic pages
+---------------------------------------------------------------------------
+
+-- Per-request context shared by templates and Jinja pages, or nil, status, reason.
+local function context(fd, entry, qs, headers, body)
+    local endpoint = entry.path
+    local query, err = request_query(endpoint, qs)
+    if not query then return nil, 400, err end
+    local form = {}
+    local ctype = headers["content-type"]
+    if ctype and body ~= "" and (str_find(ctype, "^application/x%-www%-form%-urlencoded")
+            or str_find(ctype, "^multipart/form%-data")) then
+        local parsed, status, reason = host.form_parse(ctype, body)
+        if not parsed then return nil, status, reason end
+        form = parsed
+    end
+    local session, session_id = session_from(headers)
+    return {
+        fd = fd, method = fd.method, endpoint = endpoint, query = query, headers = headers,
+        body = body, form = form, session = session, session_id = session_id,
+        locals = {}, status_code = 200, response_headers = {},
+    }
+end
+
+local function finish(fd, ctx, mime, page)
+    local cookie = save_session(ctx.session, ctx.session_id)
+    local out_headers = ctx.response_headers
+    if cookie then out_headers["Set-Cookie"] = cookie end
+    if out_headers["Content-Type"] == nil and out_headers["content-type"] == nil then
+        out_headers["Content-Type"] = mime
+    end
+    local status = ctx.status_code
+    if status == 301 or status == 302 or status == 303 or status == 307 or status == 308 then
+        page = "" -- 80s: a redirect has no body
+    end
+    fd:http_response(status, out_headers, page)
+end
+
+local function fail_page(fd, status, err)
+    if status >= 500 then
+        host.log_error("page " .. fd.method .. " " .. fd.path .. ": " .. tostring(err))
+    end
+    local mime, body = error_page(status, err)
+    fd:http_response(status, mime, body)
+end
+
+local function run_hook(name, ctx)
+    local hook = _G[name]
+    if type(hook) == "function" then hook(ctx.method, ctx.endpoint, ctx.session) end
+end
+
+-- The template for an entry, recompiled when one of its files changed (checked
+-- at most once a second, so a busy page costs no stat per request).
+local function template_of(entry)
+    local tpl = entry.template
+    local now = net.clock()
+    if tpl and now - entry.checked < 1 then return tpl end
+    entry.checked = now
+    if tpl then
+        local fresh = true
+        for path, mtime in pairs(entry.mtimes) do
+            if host.mtime(path) ~= mtime then fresh = false break end
+        end
+        if fresh then return tpl end
+    end
+    local compiled, err = templates.compile(entry.file, { root = httpd.root,
+        chunkname = function(path) return path end })
+    if not compiled then return nil, err end
+    local mtimes = {}
+    for _, dep in ipairs(compiled.deps) do mtimes[dep] = host.mtime(dep) end
+    entry.template, entry.mtimes = compiled, mtimes
+    return compiled
+end
+
+local function template_handler(entry)
+    return function(fd, qs, headers, body)
+        local ctx, status, reason = context(fd, entry, qs, headers, body)
+        if not ctx then return fail_page(fd, status, reason) end
+        run_hook("on_before_http", ctx)
+        local tpl, err = template_of(entry)
+        local page
+        if tpl then
+            page, err = tpl:render({
+                session = ctx.session, locals = ctx.locals, endpoint = ctx.endpoint,
+                query = ctx.query, headers = headers, body = body, form = ctx.form,
+                method = fd.method,
+                status = function(code)
+                    ctx.status_code = type(code) == "number" and code or tonumber(str_sub(code, 1, 3))
+                end,
+                header = function(name, value) ctx.response_headers[name] = value end,
+                await = function(p) return aio:await(p) end,
+                to_url = function(endpoint, params) return httpd:to_url(endpoint, params) end,
+                render = function(name, tbl) return httpd:render(name, tbl) end,
+            })
+        end
+        run_hook("on_after_http", ctx)
+        if not page then return fail_page(fd, 500, err) end
+        finish(fd, ctx, entry.mime, page)
+    end
+end
+
+local function jinja_handler(entry)
+    return function(fd, qs, headers, body)
+        local ctx, status, reason = context(fd, entry, qs, headers, body)
+        if not ctx then return fail_page(fd, status, reason) end
+        run_hook("on_before_http", ctx)
+        local page, err = httpd:render(entry.name, {
+            query = ctx.query, headers = headers, session = ctx.session, form = ctx.form,
+            endpoint = ctx.endpoint, method = fd.method,
+        })
+        run_hook("on_after_http", ctx)
+        if not page then return fail_page(fd, 500, err) end
+        finish(fd, ctx, HTML, page)
+    end
+end
+
+--- Render the Jinja2 template `name` (a path below the site root) with the
+--- values of `tbl` plus httpd.jinja_globals. Returns the text, or nil, err.
+function httpd:render(name, tbl)
+    local vars = {}
+    for k, v in pairs(self.jinja_globals) do vars[k] = v end
+    for k, v in pairs(tbl or {}) do vars[k] = v end
+    vars.dev = self.dev
+    return host.jinja_render(name, vars)
+end
+
+--- Make `value` (plain data) available to every Jinja2 page as `name`.
+function httpd:expose(name, value)
+    self.jinja_globals[name] = value
+end
+
+local function static_handler(entry)
+    return function(fd)
+        return host.static_serve(fd.fd, fd.seq, entry.path, fd.method, fd.flags, fd.headers)
+    end
+end
+
+local function redirect_handler(target)
+    return function(fd, qs)
+        fd:http_response(301, { ["Location"] = qs ~= "" and (target .. "?" .. qs) or target,
+                                ["Content-Type"] = "text/plain; charset=utf-8" }, "")
+    end
+end
+
+---------------------------------------------------------------------------
+-- Scanning the site
+---------------------------------------------------------------------------
+
+local function walk(root, rel, in_static, found, seen)
+    local dir = rel == "" and root or join(root, rel)
+    local names, err = net.listdir(dir)
+    if not names then return nil, err end
+    for _, name in ipairs(names) do
+        local is_dir = str_sub(name, -1) == "/"
+        local bare = is_dir and str_sub(name, 1, -2) or name
+        local child = rel == "" and bare or (rel .. "/" .. bare)
+        local hidden = str_sub(bare, 1, 1) == "." or str_find(bare, "~$")
+            or str_find(bare, "%.sw[a-p]$") or str_find(bare, "^#.*#$")
+        if hidden then
+            -- dot files, editor backups and swap files
+        elseif is_dir then
+            if str_sub(bare, 1, 2) ~= "i." and not (bare == "static" and httpd.no_static)
+                    and not (rel == "" and bare == "errors") then
+                local real = host.realpath(join(root, child))
+                -- a symlink loop or a link out of the site is not followed
+                if real and host.is_within(real, httpd.real_root) and not seen[real] then
+                    seen[real] = true
+                    walk(root, child, in_static or bare == "static", found, seen)
+                end
+            end
+        else
+            local path = join(root, child)
+            local real = host.realpath(path)
+            if real and host.is_within(real, httpd.real_root) then
+                local method, route, kind = route_of(child, in_static)
+                if method then
+                    found[#found + 1] = { method = method, path = route, kind = kind,
+                                          file = path, name = child, in_static = in_static }
+                end
+            end
+        end
+    end
+    return found
+end
+
+local function mime_of(name)
+    return host.mime_type(name)
+end
+
+--- (Re)build the routes from the site root: new files get routes, deleted files
+--- lose theirs, changed templates recompile on their next request.
+function httpd:scan()
+    local found, err = walk(self.root, "", false, {}, { [self.real_root] = true })
+    if not found then return nil, err end
+    host.static_clear()
+    local old = self.file_routes
+    local now = {}
+    local dirs = {}
+    for _, entry in ipairs(found) do
+        local key = entry.method .. " " .. entry.path
+        local previous = self.entries and self.entries[key]
+        if previous and previous.file == entry.file and previous.kind == entry.kind then
+            entry = previous -- keep its compiled template
+        end
+        now[key] = entry
+        local handler
+        if entry.kind == "template" then
+            entry.mime = mime_of((str_gsub(entry.name, "%.dyn", "")))
+            handler = template_handler(entry)
+        elseif entry.kind == "jinja" then
+            handler = jinja_handler(entry)
+        else
+            local ok, mount_err = host.static_mount(entry.path, entry.file,
+                entry.in_static and "public, max-age=86400" or "no-cache")
+            if not ok then
+                host.log_error("cannot serve " .. entry.file .. ": " .. tostring(mount_err))
+            end
+            handler = static_handler(entry)
+        end
+        aio:http_any(entry.method, entry.path, handler)
+        local dir = str_match(entry.path, "^(.+)/$")
+        if dir then dirs[dir] = entry.path end
+    end
+    for dir, target in pairs(dirs) do -- /dir -> /dir/
+        local key = "GET " .. dir
+        if not now[key] then
+            now[key] = { method = "GET", path = dir, kind = "redirect" }
+            aio:http_any("GET", dir, redirect_handler(target))
+        end
+    end
+    for key in pairs(old) do
+        if not now[key] then
+            local method, path = str_match(key, "^(%S+) (.*)$")
+            aio:http_remove(method, path)
+        end
+    end
+    local routes = {}
+    for key in pairs(now) do routes[key] = true end
+    self.file_routes, self.entries = routes, now
+    return #found
+end
+
+--- Run main.lua (beside the site root, or in it) if there is one.
+function httpd:run_main()
+    for _, path in ipairs({ join(dirname(strip_slash(self.root)), "main.lua"),
+                            join(self.root, "main.lua") }) do
+        if host.mtime(path) then
+            local chunk, err = loadfile(path)
+            if not chunk then error(err, 0) end
+            local ok, run_err = xpcall(chunk, traceback)
+            if not ok then error(run_err, 0) end
+            self.main = path
+            return path
+        end
+    end
+end
+
+--- Serve the site at opts.root. Options: root (directory), master_key (at least
+--- 16 bytes; "b64:" prefix for base64), no_static, dev (show errors with source).
+--- Safe to call again (reload): routes are rebuilt, state survives.
+function httpd:initialize(opts)
+    local root = strip_slash(opts.root or "public_html")
+    local real = host.realpath(root)
+    if not real then error("site root " .. root .. " does not exist", 2) end
+    self.root, self.real_root = root, real
+    self.no_static = opts.no_static
+    self.dev = opts.dev or false
+    local key = opts.master_key
+    if key and key ~= "" then
+        if str_sub(key, 1, 4) == "b64:" then key = codec.base64_decode(str_sub(key, 5)) end
+        if not key or #key < 16 then error("MASTER_KEY must be at least 16 bytes", 2) end
+        self.master_key = key
+    else
+        self.master_key = nil
+    end
+    self.secret = self.master_key or host.secret
+    aio.http_error_page = error_page
+    self:run_main()
+    local count, err = self:scan()
+    if not count then error("cannot read " .. root .. ": " .. tostring(err), 2) end
+    return self
+end
+
+--- Initialize from the environment: PUBLIC_HTML (site root; default public_html/
+--- next to the entry script's directory), MASTER_KEY, NO_STATIC=true.
+function httpd:default_initialize()
+    local root = os.getenv("PUBLIC_HTML")
+    if root == nil or root == "" then
+        root = join(dirname(dirname(ENTRYPOINT)), "public_html")
+    end
+    return self:initialize({
+        root = root,
+        master_key = os.getenv("MASTER_KEY"),
+        no_static = os.getenv("NO_STATIC") == "true",
+        dev = DEV,
+    })
+end
+
+return httpd
