@@ -35,6 +35,7 @@ class ContentHost:
         self.static_routes: dict[bytes, StaticFile] = {}
         self._jinja: "JinjaPages | None" = None
         self._jinja_root: str | None = None
+        self._error_pages: dict[tuple[int, bool], bytes] = {}
 
     def functions(self) -> dict[bytes, Any]:
         """The entries this adds to the private host table."""
@@ -64,6 +65,7 @@ class ContentHost:
     def static_clear(self) -> None:
         """Forget every mounted file (before a rescan)."""
         self.static_routes.clear()  # in place: HttpProtocol holds a reference
+        self._error_pages = {}  # a rescan may bring new error pages
 
     def static_serve(self, fd: int, seq: int, url_path: bytes, method: bytes, flags: int,
                      headers: Any) -> Any:
@@ -105,6 +107,7 @@ class ContentHost:
             self._jinja = JinjaPages(root, dev=self.worker.config.dev,
                                      builtin_dir=BUILTIN_TEMPLATES)
             self._jinja_root = root
+            self._error_pages = {}
         return self._jinja
 
     def jinja_render(self, name: bytes, context: Any) -> Any:
@@ -127,10 +130,19 @@ class ContentHost:
         from eightys.jinja import lua_to_jinja
 
         values = lua_to_jinja(self.worker.runtime.to_python(context))
+        # Pages without details (all of them in production) are the same every time:
+        # keep them, so a flood of 404s costs a dict lookup, not a Jinja render.
+        cacheable = not values.get("details") and not values.get("message")
+        key = (int(status), bool(values.get("dev")))
+        if cacheable and key in self._error_pages:
+            return self._error_pages[key]
         try:
-            return self._pages().render_error(int(status), values)
+            page = self._pages().render_error(int(status), values)
         except Exception:  # noqa: BLE001 - a broken error page must not hide the error
             return b"<!doctype html><title>Error</title><h1>Error %d</h1>" % int(status)
+        if cacheable:
+            self._error_pages[key] = page
+        return page
 
 
 def mtime(path: bytes) -> int | None:

@@ -165,15 +165,16 @@ class Server:
 
 
 def run_wrk(pin: list[str], port: int, connections: int, duration: int,
-            script: str | None = None) -> float:
+            script: str | None = None, path: str = PATH) -> float:
     cmd = pin + ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
     if script:
         cmd += ["-s", script]
-    cmd.append(f"http://127.0.0.1:{port}{PATH}")
+    cmd.append(f"http://127.0.0.1:{port}{path}")
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
-        print(f"    ! {errors.group(1)} non-2xx responses", file=sys.stderr)
+        print(f"    ! {errors.group(1)} non-2xx responses from {path}: not counted", file=sys.stderr)
+        return 0.0
     match = re.search(r"Requests/sec:\s+([\d.]+)", out)
     return float(match.group(1)) if match else 0.0
 
@@ -202,6 +203,39 @@ def hold_idle_connections(port: int, count: int) -> list[socket.socket]:
     return socks
 
 
+BENCH_PAGE = """<?lu locals.title = "bench" ?>
+<?include header.priv.html ?>
+<table>
+<?lu
+for i = 1, 10 do
+    | <tr><td>#[[i]]</td><td>row #[[i]]</td><td>#[[i * i]]</td></tr>
+end
+?>
+</table>
+</body></html>
+"""
+BENCH_HEADER = """<!doctype html><html><head><title><?lu write("%s", locals.title) ?></title></head><body>
+"""
+
+
+def make_site(tmp: Path) -> Path:
+    """The content-server benchmark site: a .dyn. page with a 10-row loop and one
+    include, and a 1 KiB static file (nginx serves the same file)."""
+    site = tmp / "site"
+    (site / "static").mkdir(parents=True)
+    (site / "bench.dyn.html").write_text(BENCH_PAGE)
+    (site / "header.priv.html").write_text(BENCH_HEADER)
+    (site / "static" / "1k.txt").write_bytes(bytes(65 + i % 26 for i in range(1024)))
+    return site
+
+
+def content_server(port: int, site: Path) -> Server:
+    cmd = [sys.executable, "-m", "eightys", "server/http.lua", "-p", str(port),
+           "-h", "127.0.0.1", "-c", "1"]
+    return Server("eightys http.lua", cmd, port, worker_pids=children,
+                  env={"PUBLIC_HTML": str(site)})
+
+
 def eightys_server(port: int, workers: int = 1, shared: bool = False) -> Server:
     cmd = [sys.executable, "-m", "eightys", "server/simple_http.lua", "-p", str(port),
            "-h", "127.0.0.1", "-c", str(workers)]
@@ -225,13 +259,15 @@ def main_benchmark(args: argparse.Namespace) -> None:
     server_pin = ["taskset", "-c", "0"] if two_cpus else []
     client_pin = ["taskset", "-c", "1"] if two_cpus else []
     tmp = Path(tempfile.mkdtemp(prefix="eightys-bench-"))
+    tmp.chmod(0o755)  # nginx's workers run as another user and must read the site
     servers: list[Server] = []
     wanted = set(args.only.split(",")) if args.only else {"eightys", "uvicorn", "nginx"}
+    site = make_site(tmp)
     if "nginx" in wanted:
         if shutil.which("nginx"):
             port = free_port()
             conf = tmp / "nginx.conf"
-            conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, static_root=tmp))
+            conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, static_root=site))
             servers.append(Server("nginx", ["nginx", "-c", str(conf), "-p", str(tmp)], port))
         else:
             print("nginx is not installed: skipped (apt-get install nginx-light)")
@@ -279,6 +315,8 @@ def main_benchmark(args: argparse.Namespace) -> None:
                 results[server.name][label] = values[len(values) // 2]
             print(f"   {label:<22} " + "  ".join(
                 f"{name} {results[name][label]:,.0f}" for name in results), flush=True)
+        if "eightys" in results:
+            content_rates(args, client_pin, server_pin, servers, site, results)
         for server in servers:
             if server.name == "eightys":
                 socks = hold_idle_connections(server.port, 10_000)
@@ -291,6 +329,43 @@ def main_benchmark(args: argparse.Namespace) -> None:
         for server in servers:
             server.stop()
     print_table(results, rss, [label for label, _ in loads])
+
+
+def content_rates(args: argparse.Namespace, client_pin: list[str], server_pin: list[str],
+                  servers: list[Server], site: Path, results: dict[str, dict[str, float]]) -> None:
+    """The content server: a .dyn. page against the echo route, and a 1 KiB static
+    file against nginx serving the same file (alternating rounds, medians)."""
+    content = content_server(free_port(), site)
+    content.start(server_pin)
+    try:
+        echo = next(s for s in servers if s.name == "eightys")
+        nginx = next((s for s in servers if s.name == "nginx"), None)
+        runs: dict[str, list[float]] = {"echo": [], "dyn": [], "static": [], "nginx static": []}
+        run_wrk(client_pin, content.port, 50, 1, path="/bench")  # warm-up (and JIT)
+        for _ in range(args.rounds):
+            runs["echo"].append(run_wrk(client_pin, echo.port, 50, args.duration))
+            runs["dyn"].append(run_wrk(client_pin, content.port, 50, args.duration, path="/bench"))
+            runs["static"].append(run_wrk(client_pin, content.port, 50, args.duration,
+                                          path="/static/1k.txt"))
+            if nginx:
+                runs["nginx static"].append(run_wrk(client_pin, nginx.port, 50, args.duration,
+                                                    path="/static/1k.txt"))
+        med = {k: sorted(v)[len(v) // 2] if v else 0.0 for k, v in runs.items()}
+        print()
+        print(f"| content server, wrk c=50 | req/s | ratio |")
+        print("|---|---|---|")
+        print(f"| echo route (simple_http.lua) | {med['echo']:,.0f} | 1.00 |")
+        print(f"| .dyn. page, 10-row loop + include | {med['dyn']:,.0f} | "
+              f"{med['dyn'] / med['echo']:.2f} x echo |")
+        if nginx:
+            print(f"| static 1 KiB file | {med['static']:,.0f} | "
+                  f"{med['static'] / med['nginx static']:.2f} x nginx |")
+            print(f"| nginx, same file | {med['nginx static']:,.0f} | 1.00 |")
+        else:
+            print(f"| static 1 KiB file | {med['static']:,.0f} | - |")
+        print()
+    finally:
+        content.stop()
 
 
 def print_table(results: dict[str, dict[str, float]], rss: dict[str, str],

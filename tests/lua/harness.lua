@@ -1,4 +1,4 @@
--- The Lua side of tests/test_lua_aio.py: lists and runs the tests of a test file.
+-- The Lua side of tests/test_lua.py: lists and runs the tests of a test file.
 --
 -- A test file (tests/lua/test_*.lua) returns a table of test functions; pytest
 -- runs each one, in definition order, on every engine:

@@ -64,6 +64,8 @@ function T.literal_text_passes_through_byte_for_byte(t)
         .. "\\n \"quoted\" 'single'\n?> no end", "exact text")
     t.eq(tpl.deps, { DIR .. "literal.html" }, "deps")
     t.eq(tpl.parallel, false, "not parallel")
+    tpl = assert(fixture("errors/./../literal.html"))
+    t.eq(tpl.deps, { DIR .. "literal.html" }, "a normalised path")
 end
 
 function T.text_around_blocks_is_kept_exactly(t)
@@ -432,6 +434,22 @@ function T.error_raised_outside_the_template_gets_the_templates_line(t)
     local body, err = render("x\n<?lu\n  TEMPLATE_TEST_HELPER()\n?>")
     TEMPLATE_TEST_HELPER = nil
     t.eq(err, "page.html:3: helper failed\n    3 |   TEMPLATE_TEST_HELPER()")
+end
+
+function T.long_file_names_shortened_by_lua(t)
+    local long = string.rep("long/", 16) .. "page.html"
+    local shown = select(2, pcall(assert(load("error('x')", "@" .. long)))):match("^(.-):1: x$")
+    t.eq(shown:sub(1, 3), "...", "Lua shortens the name")
+    local tpl = assert(page("\n<?lu local function f() error('bad', 2) end\nerror('boom') ?>", nil,
+        { chunkname = function(path) return string.rep("long/", 16) .. path end }))
+    local _, err = tpl:render()
+    t.eq(err, shown .. ":3: boom\n    3 | error('boom') ?>", "no second file:line prefix")
+    local ctx = tpl:error_context(err, 0)
+    t.eq({ ctx.file, ctx.line, ctx.source_lines }, { shown, 3, { { line = 3, text = "error('boom') ?>", current = true } } },
+        "error_context finds the file")
+    tpl = assert(page("<?lu local function f() error('bad', 2) end\n f() ?>"))
+    _, err = tpl:render()
+    t.eq(err, "page.html:2: bad\n    2 |  f() ?>", "error(msg, 2) keeps its line")
 end
 
 function T.error_after_done_is_logged(t)

@@ -241,11 +241,13 @@ httpd.request_query = request_query
 -- Error pages
 ---------------------------------------------------------------------------
 
-local function error_page(status, err)
-    local details
+-- details: what templates' error_context gives (file, line, message, source_lines)
+local function error_page(status, err, details)
     if err ~= nil and httpd.dev then
-        details = templates.error_context(tostring(err)) or { message = tostring(err) }
+        details = details or templates.error_context(tostring(err)) or { message = tostring(err) }
         details.message = details.message or tostring(err)
+    else
+        details = nil
     end
     local body = host.jinja_error_page(status, { dev = httpd.dev, details = details,
                                                   message = details and details.message })
@@ -255,6 +257,12 @@ end
 ---------------------------------------------------------------------------
 -- Dynamic pages
 ---------------------------------------------------------------------------
+
+-- Context functions that need no per-request state are shared by all requests
+-- (a closure per request and name costs more than a small page's rendering).
+local function shared_await(p) return aio:await(p) end
+local function shared_to_url(endpoint, params) return httpd:to_url(endpoint, params) end
+local function shared_render(name, tbl) return httpd:render(name, tbl) end
 
 -- Per-request context shared by templates and Jinja pages, or nil, status, reason.
 local function context(fd, entry, qs, headers, body)
@@ -270,32 +278,44 @@ local function context(fd, entry, qs, headers, body)
         form = parsed
     end
     local session, session_id = session_from(headers)
-    return {
+    -- one table per request, handed to the template engine as its ctx too; every
+    -- field is set here (a table that grows later is rehashed)
+    local ctx = {
         fd = fd, method = fd.method, endpoint = endpoint, query = query, headers = headers,
         body = body, form = form, session = session, session_id = session_id,
         locals = {}, status_code = 200, response_headers = {},
+        status = false, header = false,
+        await = shared_await, to_url = shared_to_url, render = shared_render,
     }
+    ctx.status = function(code)
+        ctx.status_code = type(code) == "number" and code or tonumber(str_sub(code, 1, 3))
+    end
+    ctx.header = function(name, value) ctx.response_headers[name] = value end
+    return ctx
 end
 
 local function finish(fd, ctx, mime, page)
     local cookie = save_session(ctx.session, ctx.session_id)
-    local out_headers = ctx.response_headers
-    if cookie then out_headers["Set-Cookie"] = cookie end
-    if out_headers["Content-Type"] == nil and out_headers["content-type"] == nil then
-        out_headers["Content-Type"] = mime
-    end
     local status = ctx.status_code
     if status == 301 or status == 302 or status == 303 or status == 307 or status == 308 then
         page = "" -- 80s: a redirect has no body
     end
+    local out_headers = ctx.response_headers
+    if cookie == nil and next(out_headers) == nil then
+        return fd:http_response(status, mime, page) -- no header table: the cheap path
+    end
+    if cookie then out_headers["Set-Cookie"] = cookie end
+    if out_headers["Content-Type"] == nil and out_headers["content-type"] == nil then
+        out_headers["Content-Type"] = mime
+    end
     fd:http_response(status, out_headers, page)
 end
 
-local function fail_page(fd, status, err)
+local function fail_page(fd, status, err, details)
     if status >= 500 then
         host.log_error("page " .. fd.method .. " " .. fd.path .. ": " .. tostring(err))
     end
-    local mime, body = error_page(status, err)
+    local mime, body = error_page(status, err, details)
     fd:http_response(status, mime, body)
 end
 
@@ -306,9 +326,10 @@ end
 
 -- The template for an entry, recompiled when one of its files changed (checked
 -- at most once a second, so a busy page costs no stat per request).
+local os_time = os.time
 local function template_of(entry)
     local tpl = entry.template
-    local now = net.clock()
+    local now = os_time() -- whole seconds are enough, and no call into Python
     if tpl and now - entry.checked < 1 then return tpl end
     entry.checked = now
     if tpl then
@@ -335,21 +356,13 @@ local function template_handler(entry)
         local tpl, err = template_of(entry)
         local page
         if tpl then
-            page, err = tpl:render({
-                session = ctx.session, locals = ctx.locals, endpoint = ctx.endpoint,
-                query = ctx.query, headers = headers, body = body, form = ctx.form,
-                method = fd.method,
-                status = function(code)
-                    ctx.status_code = type(code) == "number" and code or tonumber(str_sub(code, 1, 3))
-                end,
-                header = function(name, value) ctx.response_headers[name] = value end,
-                await = function(p) return aio:await(p) end,
-                to_url = function(endpoint, params) return httpd:to_url(endpoint, params) end,
-                render = function(name, tbl) return httpd:render(name, tbl) end,
-            })
+            page, err = tpl:render(ctx)
         end
         run_hook("on_after_http", ctx)
-        if not page then return fail_page(fd, 500, err) end
+        if not page then
+            -- the template knows its files, even when Lua shortened their names
+            return fail_page(fd, 500, err, httpd.dev and tpl and tpl:error_context(err) or nil)
+        end
         finish(fd, ctx, entry.mime, page)
     end
 end

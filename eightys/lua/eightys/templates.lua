@@ -18,11 +18,34 @@
 -- Inside CODE, a line `| text` and a span ```text``` each become one
 -- write(format, args...): #[[expr]] is a %s argument, #[[expr:fmt]] a %fmt one.
 --
+-- Blocks are compiled once, each into a function whose parameters are the
+-- block's context (no setfenv, so LuaJIT and Lua 5.4 alike; globals stay
+-- reachable): session, locals, endpoint, query, headers, body, form, method,
+-- status, header, to_url, render come from render's ctx as they are; write,
+-- escape, await, post_render, done are this module's:
+--   write(text, ...)   with arguments string.format(text, ...) with strings
+--                      HTML-escaped, numbers and booleans as they are, nil as "",
+--                      tables as escaped JSON; a lone text is written AS IS (a
+--                      table as raw JSON): never write(user_data), use
+--                      write("%s", user_data) or `| #[[user_data]]`
+--   escape(v)          HTML-escaped string (codec.html_encode)
+--   await(p)           aio:await(p)
+--   post_render(fn)    fn(page, locals) -> new page, after all blocks
+--   done()             ends the block: its later writes are dropped; twice is fine
+-- Blocks run one after another (a <?lua ?> block in a coroutine of its own, the
+-- next block starting at its done()); <?lu ?> blocks run right in render's
+-- coroutine, so a sync-only page costs no coroutine switch. A <?lu ?> block may
+-- await, but holds up the blocks after it, also with `#! parallel`.
+--
+-- Errors are "file:line: message\n    line | source line", the file being
+-- opts.chunkname(path) of the template file or include the line is in.
+--
 -- Differences from 80s, all deliberate:
 --   * #[[expr:fmt]] applies the format (80s drops it): #[[math.pi:.3f]] -> 3.142;
 --   * `%` in | and ``` text is kept (80s only escapes it when there are args);
 --     text is quoted with escapes, never as [[...]], so `]]` in it is fine;
---   * #[[expr]] may contain brackets: #[[t[k[1]]]] is t[k[1]];
+--   * #[[expr]] may contain brackets and quoted strings: #[[t[k[1]]]] is
+--     t[k[1]], #[[ "]]" ]] the string "]]";
 --   * post_render handlers get (page, locals), as the README says; 80s calls
 --     them (locals, page), so 80s-style `function(locals, page)` handlers break;
 --   * a failed include, an include loop or deeper nesting than opts.max_depth
@@ -45,6 +68,7 @@ local tonumber = tonumber
 local setmetatable = setmetatable
 local xpcall = xpcall
 local load = load
+local pairs = pairs
 local unpack = unpack or table.unpack
 local str_find = string.find
 local str_sub = string.sub
@@ -259,18 +283,24 @@ local function write_call(text, span)
         local code = chunks[1] == "" and "" or "write(" .. quote(chunks[1]) .. ")"
         return code .. str_rep("\n", breaks)
     end
-    local fmt = {}
+    -- One write of a concatenation: LuaJIT compiles `..`, but not string.format,
+    -- and this runs for every row of every page. escape() gives an argument the
+    -- same treatment write(fmt, ...) would (strings escaped, nil as "", tables as
+    -- JSON); an explicit #[[x:fmt]] is formatted first.
+    local code, at = { "write(" }, 0
     for i = 1, #args do
-        fmt[#fmt + 1] = str_gsub(chunks[i], "%%", "%%%%")
-        fmt[#fmt + 1] = "%" .. args[i].fmt
-    end
-    fmt[#fmt + 1] = str_gsub(chunks[n], "%%", "%%%%")
-    local code, at = { "write(", quote(concat(fmt)) }, 0
-    for i = 1, #args do
-        local expr = args[i].expr
-        code[#code + 1] = ", " .. str_rep("\n", lines[i] - at) .. "(" .. expr .. ")"
+        if chunks[i] ~= "" then code[#code + 1] = quote(chunks[i]) .. " .. " end
+        local expr, fmt = args[i].expr, args[i].fmt
+        code[#code + 1] = str_rep("\n", lines[i] - at)
+        if fmt == "s" then
+            code[#code + 1] = "escape((" .. expr .. "))"
+        else
+            code[#code + 1] = "escape(string.format(" .. quote("%" .. fmt) .. ", (" .. expr .. ")))"
+        end
         at = lines[i] + count_newlines(expr, 1, #expr)
+        if i < #args or chunks[n] ~= "" then code[#code + 1] = " .. " end
     end
+    if chunks[n] ~= "" then code[#code + 1] = quote(chunks[n]) end
     code[#code + 1] = str_rep("\n", breaks - at) .. ")"
     return concat(code)
 end
@@ -551,17 +581,25 @@ function _M.error_handler(sources)
         if file and sources[file] then
             return with_source(msg, sources[file], tonumber(at))
         end
-        local level = 2
+        -- Lua shortens long chunk names ("...end/of/path.html"), so a message
+        -- may name a template file without matching its chunk name: compare
+        -- with the names Lua shows for the template frames on the stack.
+        local level, inner_text, inner_info = 2, nil, nil
         while true do
             local info = getinfo(level, "Sl")
-            if info == nil then return msg end
+            if info == nil then break end
             local text = str_byte(info.source, 1) == 64 and sources[str_sub(info.source, 2)] -- "@"
             if text and (info.currentline or 0) > 0 then
-                msg = info.short_src .. ":" .. info.currentline .. ": " .. msg
-                return with_source(msg, text, info.currentline)
+                if file == info.short_src then
+                    return with_source(msg, text, tonumber(at))
+                end
+                if inner_text == nil then inner_text, inner_info = text, info end
             end
             level = level + 1
         end
+        if inner_text == nil then return msg end
+        local line = inner_info.currentline
+        return with_source(inner_info.short_src .. ":" .. line .. ": " .. msg, inner_text, line)
     end
 end
 
@@ -574,6 +612,8 @@ local function escape(v)
         -- most values need nothing: skip the call into the host
         if str_find(v, "[&<>\"']") then return html_encode(v) end
         return v
+    elseif t == "number" then
+        return tostring(v) -- digits, signs, dots: nothing to escape
     elseif t == "nil" then
         return ""
     elseif t == "table" then
@@ -600,10 +640,13 @@ local function arg(v)
     return escape(v)
 end
 
-local function format_args(text, n, a, b, ...)
+local function format_args(text, n, a, b, c, d, ...)
+    -- fixed arities first: a table per write would cost more than the format itself
     if n == 1 then return str_format(text, arg(a)) end
     if n == 2 then return str_format(text, arg(a), arg(b)) end
-    local args = { a, b, ... }
+    if n == 3 then return str_format(text, arg(a), arg(b), arg(c)) end
+    if n == 4 then return str_format(text, arg(a), arg(b), arg(c), arg(d)) end
+    local args = { a, b, c, d, ... }
     for i = 1, n do args[i] = arg(args[i]) end
     return str_format(text, unpack(args, 1, n))
 end
@@ -708,32 +751,43 @@ function Template:render(ctx)
     end
 
     local page, err
-    if false then
+    if self.parallel and self.nblocks > 1 then
         page, err = self:_render_parallel(st)
     else
-        -- one block after another: block n+1 starts once block n is done
-        local out = {}
+        -- one block after another: block n+1 starts once block n is done, so
+        -- literal text and the <?lu ?> blocks write straight into one buffer
+        local out, write = new_output()
+        local function done() out.closed = true end
         for i = 1, #pieces do
             local piece = pieces[i]
             if type(piece) == "string" then
-                out[i] = piece
-            else
+                local k = out.n + 1
+                out.n = k
+                out[k] = piece
+            elseif piece.async then
+                local resolve, promise = aio:prepare_promise()
+                start_async(piece, st, resolve)
                 local text
-                if piece.async then
-                    local resolve, promise = aio:prepare_promise()
-                    start_async(piece, st, resolve)
-                    text, err = aio:await(promise)
-                else
-                    text, err = run_sync(piece, st)
-                end
+                text, err = aio:await(promise)
                 if text == nil then
                     st.over = true
                     return nil, err
                 end
-                out[i] = text
+                local k = out.n + 1
+                out.n = k
+                out[k] = text
+            else
+                out.closed = false
+                local ok
+                ok, err = call_block(piece, st, write, done)
+                out.closed = true
+                if not ok then
+                    st.over = true
+                    return nil, err
+                end
             end
         end
-        page = concat(out, "", 1, #pieces)
+        page = concat(out, "", 1, out.n)
     end
     st.over = true
     if page == nil then return nil, err end
@@ -813,7 +867,16 @@ function _M.error_context(err, opts)
     line = tonumber(line)
     message = str_gsub(message, SOURCE_SUFFIX, "")
     local lines = {}
-    local path = (opts.files and opts.files[file]) or file
+    local files = opts.files
+    local path = files and files[file]
+    if path == nil and files and str_sub(file, 1, 3) == "..." then
+        -- a chunk name Lua shortened: the file whose name ends the same way
+        local tail = str_sub(file, 4)
+        for name, p in pairs(files) do
+            if str_sub(name, -#tail) == tail then path = p break end
+        end
+    end
+    path = path or file
     local text = (opts.read or read_file)(path)
     if type(text) == "string" then
         local radius = opts.radius or 3
