@@ -26,7 +26,10 @@ class Kind:
     FATAL = "fatal"  # (FATAL, text) the worker cannot start; it exits next
     MAIL = "mail"  # worker->master (MAIL, target, sender_fd, receiver_fd, message)
     #                master->worker (MAIL, sender, sender_fd, receiver_fd, message)
-    RELOAD = "reload"  # worker->master: reload every worker; master->worker: reload now
+    RELOAD = "reload"  # worker->master: reload every worker
+    #                    master->worker (RELOAD, round, kind): reload now, then answer RELOADED
+    RELOADED = "reloaded"  # (RELOADED, round, error or None): this worker's reload is done
+    NOTIFY = "notify"  # master->worker (NOTIFY, event, data): tell live-reload browsers
     QUIT = "quit"  # worker->master: stop the whole server
 
 

@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default $HTTP_KEEPALIVE_TIMEOUT or 15)")
     p.add_argument("--dev", action="store_true",
                    help="development mode: error pages show the file, line and source")
+    p.add_argument("--reload", action="store_true",
+                   default=os.environ.get("RELOAD", "").lower() in ("1", "true", "yes"),
+                   help="reload mode (also RELOAD=true): watch the code and the site, reload "
+                        "workers on change, refresh browsers; implies --dev")
     p.add_argument("--help", action="help", help="show this help and exit")
     p.add_argument("--version", action="version", version=f"eightys {__version__}")
     return p
@@ -156,7 +160,8 @@ def config_from_args(argv: Sequence[str]) -> Config:
         max_body_size=args.max_body_size,
         header_timeout=args.header_timeout,
         keepalive_timeout=args.keepalive_timeout,
-        dev=args.dev,
+        dev=args.dev or args.reload,
+        reload=args.reload,
         secret=secrets.token_hex(32),
     )
 

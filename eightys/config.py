@@ -45,6 +45,8 @@ class Config:
     header_timeout: float = 10.0
     keepalive_timeout: float = 15.0
     dev: bool = False
+    #: Watch the code and the site, reload on change, live-reload browsers (--reload).
+    reload: bool = False
     #: Signs session cookies when no MASTER_KEY is set; one per server run, shared by its workers.
     secret: str = ""
     extra: dict[str, str] = field(default_factory=dict)

@@ -12,6 +12,7 @@ lookup and a precomputed response.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,8 +54,12 @@ class ContentHost:
         """Serve ``file_path`` at ``url_path``. Returns true, or nil, err."""
         from eightys.static import StaticFile
 
+        path = os.fsdecode(file_path)  # names are bytes, not always UTF-8
         try:
-            static = StaticFile.load(file_path.decode(),
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                # open() would block on a FIFO for good, and fails on a socket
+                return None, b"not a regular file"
+            static = StaticFile.load(path,
                                      cache_control=cache_control.decode() if cache_control else None)
         except OSError as exc:
             return None, str(exc).encode()

@@ -43,6 +43,10 @@ CRASH_WINDOW = 3.0
 MAX_QUICK_CRASHES = 5
 #: Extra time, beyond the graceful timeout, before stragglers get SIGKILL.
 KILL_MARGIN = 5.0
+#: How long a reload round waits for every worker's answer before notifying browsers.
+RELOAD_WAIT = 3.0
+#: How long a successor worker may take to start in a rolling restart.
+STARTUP_WAIT = 30.0
 
 
 @dataclass
@@ -59,6 +63,10 @@ class WorkerSlot:
     fatal: str | None = None
     quick_crashes: int = 0
     pending_mail: list[bytes] = field(default_factory=list)
+    #: Replaced by a successor in a rolling restart: its exit is expected.
+    retired: bool = False
+    #: Resolved when the worker reports READY (True) or dies before (False).
+    started: "asyncio.Future[bool] | None" = None
 
 
 class MasterChannel(asyncio.Protocol):
@@ -104,6 +112,15 @@ class Master:
         self.slots = [WorkerSlot(i, sockets[i % len(sockets)]) for i in range(config.workers)]
         self.starting = True
         self.stopping = False
+        self.retired: list[WorkerSlot] = []  # old workers draining after a rolling restart
+        self.reload_round = 0
+        self.reload_pending: dict[int, str | None] = {}  # worker id -> error, for this round
+        self.reload_acks: set[int] = set()
+        self.reload_kind = "reload"
+        self.reload_timer: asyncio.TimerHandle | None = None
+        self.restarting = False
+        #: Successful reloads and restarts so far: pages reload when it moves on.
+        self.generation = 0
         self.sockets_closed = False
         self.exit_code = 0
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -119,7 +136,15 @@ class Master:
         self.loop.add_signal_handler(signal.SIGHUP, self.reload_all)
         for slot in self.slots:
             self.spawn(slot)
+        watcher = None
+        if self.config.reload:
+            from eightys.reloader import Reloader  # watchfiles loads only in reload mode
+
+            watcher = Reloader(self.config, self.reload_all, self.rolling_restart)
+            watcher.start(self.loop)
         code = await self.done
+        if watcher is not None:
+            await watcher.stop()
         self._close_sockets()
         return code
 
@@ -145,6 +170,7 @@ class Master:
         slot.ready = False
         slot.fatal = None
         slot.channel = MasterChannel(self, slot)
+        slot.started = self.loop.create_future()
         self.loop.create_task(self._attach_channel(slot, slot.channel, ours))
         pidfd = os.pidfd_open(process.pid)
         self.loop.add_reader(pidfd, self._on_exit, slot, process, pidfd)
@@ -168,7 +194,11 @@ class Master:
                     t.pending_mail.append(frame)  # delivered once it is ready
         elif kind == channel.Kind.READY:
             slot.ready = slot.ever_ready = True
+            if slot.started is not None and not slot.started.done():
+                slot.started.set_result(True)
             log.info("worker %d ready (pid %d)", slot.worker_id, slot.process.pid)  # type: ignore[union-attr]
+            slot.channel.send_frame(channel.encode(  # type: ignore[union-attr]
+                (channel.Kind.NOTIFY, "hello", "", self.generation)))
             for frame in slot.pending_mail:
                 slot.channel.send_frame(frame)  # type: ignore[union-attr]
             slot.pending_mail.clear()
@@ -181,6 +211,8 @@ class Master:
             slot.fatal = message[1]
         elif kind == channel.Kind.RELOAD:
             self.reload_all()
+        elif kind == channel.Kind.RELOADED:
+            self._reloaded(slot, message[1], message[2])
         elif kind == channel.Kind.QUIT:
             log.info("worker %d asked the server to quit", slot.worker_id)
             self.stop(0)
@@ -190,6 +222,8 @@ class Master:
         os.close(pidfd)
         code = process.wait()
         slot.ready = False
+        if slot.started is not None and not slot.started.done():
+            slot.started.set_result(False)
         # The exit can be seen before the worker's last messages (its start-up error)
         # are read: handle it once the channel has reached its end.
         self.loop.create_task(self._after_exit(slot, process, code))
@@ -206,6 +240,14 @@ class Master:
                 chan.transport.close()
         if slot.process is process:
             slot.process = None
+        if slot.retired or slot not in self.slots:
+            # replaced in a rolling restart, or a successor that never took over
+            if slot in self.retired:
+                self.retired.remove(slot)
+            log.info("worker %d (pid %d, replaced) %s", slot.worker_id, process.pid,
+                     _exit_reason(code))
+            self._maybe_finish()
+            return
         if self.stopping:
             self._maybe_finish()
             return
@@ -231,13 +273,97 @@ class Master:
 
     # -- control ------------------------------------------------------------------
 
-    def reload_all(self) -> None:
-        """Ask every worker to reload its Lua code in place."""
-        frame = channel.encode((channel.Kind.RELOAD,))
+    def reload_all(self, kind: str = "reload") -> None:
+        """Ask every worker to reload its Lua code in place (one reload round).
+
+        Each worker answers RELOADED; once all have (or after RELOAD_WAIT), the
+        master tells every worker to notify its live-reload browsers: "reload",
+        "css" (stylesheets only) or "failed" with the error, so a browser never
+        refreshes before all workers serve the new code.
+        """
+        self.reload_round += 1
+        self.reload_kind = kind
+        self.reload_pending = {}
+        self.reload_acks = {s.worker_id for s in self.slots if s.ready and s.channel is not None}
+        frame = channel.encode((channel.Kind.RELOAD, self.reload_round, kind))
+        for slot in self.slots:
+            if slot.worker_id in self.reload_acks:
+                slot.channel.send_frame(frame)  # type: ignore[union-attr]
+        log.info("reload requested for %d worker(s)", len(self.reload_acks))
+        if self.reload_timer is not None:
+            self.reload_timer.cancel()
+        self.reload_timer = self.loop.call_later(RELOAD_WAIT, self._reload_done)
+        if not self.reload_acks:
+            self._reload_done()
+
+    def _reloaded(self, slot: WorkerSlot, round_id: int, error: str | None) -> None:
+        if round_id != self.reload_round:
+            return  # an answer to a round a newer one replaced
+        self.reload_pending[slot.worker_id] = error
+        self.reload_acks.discard(slot.worker_id)
+        if not self.reload_acks:
+            self._reload_done()
+
+    def _reload_done(self) -> None:
+        if self.reload_timer is not None:
+            self.reload_timer.cancel()
+            self.reload_timer = None
+        errors = [e for e in self.reload_pending.values() if e]
+        if errors:
+            self.notify("failed", errors[0])
+        else:
+            self.generation += 1
+            self.notify(self.reload_kind, "")
+        self.reload_acks = set()
+
+    def notify(self, event: str, data: str) -> None:
+        """Tell every worker's live-reload browsers about ``event``."""
+        frame = channel.encode((channel.Kind.NOTIFY, event, data, self.generation))
         for slot in self.slots:
             if slot.ready and slot.channel is not None:
                 slot.channel.send_frame(frame)
-        log.info("reload requested for %d worker(s)", len(self.slots))
+
+    async def rolling_restart(self) -> None:
+        """Replace the workers one at a time (Python modules changed): each successor
+        must be ready before its predecessor drains, so the port keeps answering.
+        A successor that fails to start leaves the old workers serving."""
+        if self.restarting or self.stopping:
+            return
+        self.restarting = True
+        try:
+            for index, old in enumerate(list(self.slots)):
+                successor = WorkerSlot(old.worker_id, old.sock)
+                self.spawn(successor)
+                assert successor.started is not None
+                try:
+                    ok = await asyncio.wait_for(asyncio.shield(successor.started), STARTUP_WAIT)
+                except asyncio.TimeoutError:
+                    ok = False
+                if self.stopping:
+                    return
+                if not ok:
+                    if successor.process is not None:
+                        await asyncio.sleep(0.2)  # its FATAL message may still be on the way
+                    log.error("restart of worker %d failed; the running workers keep the "
+                              "previous code%s", old.worker_id,
+                              (":\n" + successor.fatal) if successor.fatal else "")
+                    successor.retired = True
+                    if successor.process is not None:
+                        self.retired.append(successor)
+                        successor.process.kill()
+                    return
+                successor.pending_mail = old.pending_mail
+                self.slots[index] = successor
+                old.retired = True
+                if old.process is not None:
+                    self.retired.append(old)
+                    old.process.send_signal(signal.SIGTERM)
+                log.info("worker %d restarted (pid %d)", old.worker_id,
+                         successor.process.pid)  # type: ignore[union-attr]
+            self.generation += 1
+            self.notify("reload", "")
+        finally:
+            self.restarting = False
 
     def stop(self, code: int = 0) -> None:
         """Stop gracefully: workers drain, then the master exits with ``code``."""
@@ -247,7 +373,7 @@ class Master:
         self.exit_code = code
         if code == 0:
             log.info("stopping: draining connections (up to %.1f s)", self.config.graceful_timeout)
-        for slot in self.slots:
+        for slot in self.slots + self.retired:
             if slot.process is not None:
                 slot.process.send_signal(signal.SIGTERM)
         # Stop listening now, not after the drain: once the workers close their
@@ -258,13 +384,13 @@ class Master:
         self._maybe_finish()
 
     def _kill_stragglers(self) -> None:
-        for slot in self.slots:
+        for slot in self.slots + self.retired:
             if slot.process is not None:
                 log.warning("worker %d did not stop in time; killing it", slot.worker_id)
                 slot.process.kill()
 
     def _maybe_finish(self) -> None:
-        if all(s.process is None for s in self.slots) and not self.done.done():
+        if all(s.process is None for s in self.slots + self.retired) and not self.done.done():
             self.done.set_result(self.exit_code)
 
     def _close_sockets(self) -> None:

@@ -23,6 +23,8 @@ from typing import Any, Callable
 from eightys import __version__, channel
 from eightys.config import Config
 from eightys.content import ContentHost
+from eightys.livereload import PATH as LIVE_PATH
+from eightys.livereload import LiveReload
 from eightys.log import setup_logging
 from eightys.lua_runtime import LuaLoadError, LuaRuntime
 from eightys.modules import ExtensionModule, load_modules
@@ -87,6 +89,8 @@ class Worker:
         #: A coarse clock (loop time, updated once a second by the sweep) for timeouts.
         self.now = 0.0
         self._last_reload_error = ""
+        #: Browser live reload (--reload only).
+        self.live: LiveReload | None = LiveReload() if config.reload else None
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -124,13 +128,15 @@ class Worker:
         self.runtime = LuaRuntime(
             self, engine=config.lua, entry=config.entry, worker_id=self.worker_id,
             workers=config.workers, port=self.listen_port(), node=config.node,
-            dev=config.dev, private=self.content.functions(),
+            dev=config.dev,
+            private={**self.content.functions(), b"live_subscribe": self.live_subscribe},
         )
         self.modules = load_modules(config.modules, self)
         for module in self.modules:
             module.load(reload=False)
         self.runtime.run_entry()
         self._choose_protocol()
+        self._install_live_route()
         self.runtime.call_hook("on_init", 0, 0)
 
     def listen_port(self) -> int:
@@ -197,7 +203,14 @@ class Worker:
             self.runtime.dispatch_message(sender, sender_fd, receiver_fd,
                                           self.runtime.to_lua(payload))
         elif kind == channel.Kind.RELOAD:
-            self.reload_lua()
+            _, round_id, _kind = message
+            ok = self.reload_lua()
+            assert self.channel is not None
+            self.channel.send(channel.Kind.RELOADED, round_id,
+                              None if ok else self._last_reload_error)
+        elif kind == channel.Kind.NOTIFY:
+            if self.live is not None:
+                self.live.notify(*message[1:])
 
     def reload_lua(self) -> bool:
         """Re-run the entry script in the existing Lua state (globals survive).
@@ -210,7 +223,22 @@ class Worker:
             self._last_reload_error = str(exc)
             return False
         self._choose_protocol()
+        self._install_live_route()
         self.log.info("reloaded %s", self.runtime.entry)
+        return True
+
+    def _install_live_route(self) -> None:
+        # the entry script may have cleared the routes: put the endpoint back each time
+        if self.live is not None:
+            self.runtime.execute(b'aio:http_get("' + LIVE_PATH + b'", function(fd) '
+                                 b'require("eightys.host").live_subscribe(fd.fd, fd.seq) end)')
+
+    def live_subscribe(self, fd: Any, seq: Any) -> bool:
+        """The live-reload endpoint: request ``seq`` on ``fd`` becomes an event stream."""
+        conn = self.connections.get(fd)
+        if conn is None or self.live is None:
+            return False
+        self.live.subscribe(conn, seq)
         return True
 
     # -- net.* --------------------------------------------------------------------------
@@ -335,6 +363,8 @@ class Worker:
         conn = self.connections.get(fd)
         if conn is None:
             return False
+        if final and self.live is not None and data.startswith(b"HTTP/"):
+            data = self.live.inject(data)  # a complete page from an async handler
         return conn.send(seq, data, bool(final), close)
 
     def http_drain(self, fd: Any, callback: Any) -> None:

@@ -84,6 +84,8 @@ if type(f) == "table" then
     | file=#[[f.filename]];type=#[[f.content_type]];size=#[[f.size]];sha=#[[codec.hex_encode(crypto.sha256(f.data))]]
 end
 ?>""",
+    "cookie.dyn.html": ('<?lu header("Set-Cookie", "theme=dark; Path=/") '
+                        'session.user = "bob" write("user=%s", session.user) ?>'),
     "counter.dyn.html": '<?lu session.n = (session.n or 0) + 1 write("n=%d", session.n) ?>',
     "hooks.dyn.html": '<?lu write("%d/%d/%s", HOOKS.before, HOOKS.after, HOOKS.last) ?>',
     "hello.j2.html": ("<p>name={{ query.name }}</p><p>n={{ session.n }}</p>"

@@ -138,6 +138,9 @@ class HttpProtocol(asyncio.Protocol):
         self.fd = fd
         self.limits: HttpLimits = worker.http_limits
         self.dispatch: Callable[..., Any] = worker.runtime.dispatch_http
+        if worker.live is not None:  # reload mode: HTML pages get the live-reload script
+            dispatch, inject = self.dispatch, worker.live.inject
+            self.dispatch = lambda *args: inject(dispatch(*args))
         self.statics: dict[bytes, StaticFile] = worker.content.static_routes
         self.progress_waiters: list[asyncio.Future[None]] = []
         self.parser = httptools.HttpRequestParser(self)
@@ -385,8 +388,10 @@ class HttpProtocol(asyncio.Protocol):
         large file, streamed in chunks no faster than the client reads."""
         response = static.respond(method, headers, connection)
         if response.file_range is None:
-            self.send(seq, response.head + response.body if response.body else response.head,
-                      True)
+            data = response.head + response.body if response.body else response.head
+            if self.worker.live is not None:
+                data = self.worker.live.inject(data)  # type: ignore[assignment]
+            self.send(seq, data, True)
         else:
             self.send(seq, response.head, False)
             self.worker.loop.create_task(self._stream_file(seq, response.file_range))

@@ -241,11 +241,23 @@ httpd.request_query = request_query
 -- Error pages
 ---------------------------------------------------------------------------
 
+-- A file named in an error: Jinja2 names its templates relative to the site root.
+local function read_source(path)
+    local text = templates.read_file(path)
+    if text == nil and str_sub(path, 1, 1) ~= "/" and httpd.root then
+        text = templates.read_file(join(httpd.root, path))
+    end
+    return text
+end
+
 -- details: what templates' error_context gives (file, line, message, source_lines)
 local function error_page(status, err, details)
     if err ~= nil and httpd.dev then
-        details = details or templates.error_context(tostring(err)) or { message = tostring(err) }
+        details = details or templates.error_context(tostring(err), { read = read_source })
+            or { message = tostring(err) }
         details.message = details.message or tostring(err)
+        -- error_context numbers source lines `line`; the error page shows `number`
+        for _, src in ipairs(details.source_lines or {}) do src.number = src.number or src.line end
     else
         details = nil
     end
@@ -304,7 +316,16 @@ local function finish(fd, ctx, mime, page)
     if cookie == nil and next(out_headers) == nil then
         return fd:http_response(status, mime, page) -- no header table: the cheap path
     end
-    if cookie then out_headers["Set-Cookie"] = cookie end
+    if cookie then -- beside the page's own Set-Cookie, if any (a table: one line each)
+        local own = out_headers["Set-Cookie"]
+        if own == nil then
+            out_headers["Set-Cookie"] = cookie
+        elseif type(own) == "table" then
+            own[#own + 1] = cookie
+        else
+            out_headers["Set-Cookie"] = { own, cookie }
+        end
+    end
     if out_headers["Content-Type"] == nil and out_headers["content-type"] == nil then
         out_headers["Content-Type"] = mime
     end
@@ -468,7 +489,8 @@ function httpd:scan()
         local key = entry.method .. " " .. entry.path
         local previous = self.entries and self.entries[key]
         if previous and previous.file == entry.file and previous.kind == entry.kind then
-            entry = previous -- keep its compiled template
+            entry = previous -- keep its compiled template, but look at its files again
+            entry.checked = 0
         end
         now[key] = entry
         local handler
@@ -480,14 +502,19 @@ function httpd:scan()
         else
             local ok, mount_err = host.static_mount(entry.path, entry.file,
                 entry.in_static and "public, max-age=86400" or "no-cache")
-            if not ok then
+            if ok then
+                handler = static_handler(entry)
+            else
+                -- no route: Python has nothing to answer with, the request would hang
                 host.log_error("cannot serve " .. entry.file .. ": " .. tostring(mount_err))
+                now[key] = nil
             end
-            handler = static_handler(entry)
         end
-        aio:http_any(entry.method, entry.path, handler)
-        local dir = str_match(entry.path, "^(.+)/$")
-        if dir then dirs[dir] = entry.path end
+        if handler then
+            aio:http_any(entry.method, entry.path, handler)
+            local dir = str_match(entry.path, "^(.+)/$")
+            if dir then dirs[dir] = entry.path end
+        end
     end
     for dir, target in pairs(dirs) do -- /dir -> /dir/
         local key = "GET " .. dir

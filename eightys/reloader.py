@@ -1,0 +1,100 @@
+"""Reload mode (``--reload`` / ``RELOAD=true``): watch the code and the site.
+
+The master runs one :class:`Reloader`. It watches, with watchfiles, the entry
+script's directory, the site root and its ``main.lua``, the Lua library shipped
+in this package, and the ``-m`` modules. watchfiles' default filter drops editor
+swap and backup files and VCS directories, and its ``step`` groups the events of
+one save. Then:
+
+* a Python module changed -> rolling restart of the workers (their Python state
+  cannot be reloaded in place);
+* only stylesheets changed -> every worker reloads, browsers swap stylesheets;
+* anything else -> every worker reloads in place, browsers refresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Awaitable, Callable
+
+from watchfiles import DefaultFilter, awatch
+
+from eightys.config import Config
+from eightys.lua_runtime import LUA_LIBRARY_DIR, display_path
+
+log = logging.getLogger("master")
+logging.getLogger("watchfiles").setLevel(logging.WARNING)  # we log the changes ourselves
+
+#: watchfiles: a save is "done" after this many quiet milliseconds.
+STEP_MS = 50
+
+
+def site_root(config: Config) -> str:
+    """The content server's site root, resolved the way httpd.lua does."""
+    root = os.environ.get("PUBLIC_HTML")
+    if root:
+        return os.path.abspath(root)
+    return os.path.join(os.path.dirname(os.path.dirname(config.entry)), "public_html")
+
+
+def watched_paths(config: Config) -> list[str]:
+    """Every existing path reload mode watches."""
+    root = site_root(config)
+    candidates = [os.path.dirname(config.entry), root,
+                  os.path.join(os.path.dirname(root.rstrip("/")), "main.lua"),
+                  str(LUA_LIBRARY_DIR), *config.modules]
+    paths: list[str] = []
+    for path in candidates:
+        if os.path.exists(path) and path not in paths:
+            paths.append(path)
+    return paths
+
+
+class Reloader:
+    """Watches files and calls back: ``reload_all(kind)`` or ``rolling_restart()``."""
+
+    def __init__(self, config: Config, reload_all: Callable[[str], None],
+                 rolling_restart: Callable[[], Awaitable[None]]) -> None:
+        self.paths = watched_paths(config)
+        self.modules = {os.path.realpath(m) for m in config.modules}
+        self.reload_all = reload_all
+        self.rolling_restart = rolling_restart
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start watching on ``loop``."""
+        self._task = loop.create_task(self._run())
+        log.info("reload mode: watching %s", ", ".join(display_path(p) for p in self.paths))
+
+    async def stop(self) -> None:
+        """Stop watching."""
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+
+    def classify(self, changed: set[str]) -> str:
+        """"restart", "css" or "reload" for a set of changed paths."""
+        real = {os.path.realpath(p) for p in changed}
+        if real & self.modules or any(p.endswith(".py") for p in real):
+            return "restart"
+        if all(p.endswith(".css") for p in real):
+            return "css"
+        return "reload"
+
+    async def _run(self) -> None:
+        try:
+            async for changes in awatch(*self.paths, watch_filter=DefaultFilter(),
+                                        step=STEP_MS, stop_event=self._stop):
+                changed = {path for _, path in changes}
+                kind = self.classify(changed)
+                log.info("changed: %s -> %s", ", ".join(sorted(display_path(p) for p in changed)),
+                         kind)
+                if kind == "restart":
+                    await self.rolling_restart()
+                else:
+                    self.reload_all(kind)
+        except Exception:  # noqa: BLE001 - a broken watcher must not take the server down
+            log.exception("the file watcher stopped; reload mode is off")
