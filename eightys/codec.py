@@ -30,7 +30,8 @@ _WHITESPACE = b" \t\r\n\v\f"
 _URLSAFE_TO_STD = bytes.maketrans(b"-_", b"+/")
 
 
-def _b(value: BytesLike) -> bytes:
+def as_bytes(value: BytesLike) -> bytes:
+    """``value`` as bytes: str is UTF-8 encoded; other types raise TypeError."""
     if type(value) is bytes:
         return value
     if isinstance(value, str):
@@ -46,7 +47,7 @@ def url_encode(data: BytesLike) -> bytes:
     ``A-Z a-z 0-9 - . _ ~`` are kept; every other byte becomes ``%XX`` with
     upper-case hex digits (so a space is ``%20``, never ``+``).
     """
-    return quote_from_bytes(_b(data), safe="").encode("ascii")
+    return quote_from_bytes(as_bytes(data), safe="").encode("ascii")
 
 
 def url_decode(data: BytesLike) -> bytes:
@@ -55,13 +56,13 @@ def url_decode(data: BytesLike) -> bytes:
     ``+`` becomes a space and ``%XX`` its byte. Malformed ``%`` sequences are
     kept literally, so this never fails.
     """
-    return unquote_to_bytes(_b(data).replace(b"+", b" "))
+    return unquote_to_bytes(as_bytes(data).replace(b"+", b" "))
 
 
 def html_escape(data: BytesLike) -> bytes:
     """Escape ``& < > " '`` for use in HTML text and quoted attributes."""
     return (
-        _b(data)
+        as_bytes(data)
         .replace(b"&", b"&amp;")
         .replace(b"<", b"&lt;")
         .replace(b">", b"&gt;")
@@ -72,7 +73,7 @@ def html_escape(data: BytesLike) -> bytes:
 
 def hex_encode(data: BytesLike) -> bytes:
     """Return the lower-case hexadecimal form of ``data``."""
-    return binascii.hexlify(_b(data))
+    return binascii.hexlify(as_bytes(data))
 
 
 def hex_decode(data: BytesLike) -> Result:
@@ -82,14 +83,14 @@ def hex_decode(data: BytesLike) -> Result:
     non-hex character.
     """
     try:
-        return binascii.unhexlify(_b(data))
+        return binascii.unhexlify(as_bytes(data))
     except (binascii.Error, ValueError):
         return None, b"invalid hex"
 
 
 def base64_encode(data: BytesLike) -> bytes:
     """Encode with the standard base64 alphabet, padded."""
-    return base64.b64encode(_b(data))
+    return base64.b64encode(as_bytes(data))
 
 
 def base64_decode(data: BytesLike) -> Result:
@@ -98,7 +99,7 @@ def base64_decode(data: BytesLike) -> Result:
     ASCII whitespace is ignored. Returns the bytes, or
     ``(None, b"invalid base64")`` for any other malformed input.
     """
-    raw = _b(data).translate(_URLSAFE_TO_STD, _WHITESPACE)
+    raw = as_bytes(data).translate(_URLSAFE_TO_STD, _WHITESPACE)
     body = raw.rstrip(b"=")
     padding = len(raw) - len(body)
     # Padding, when present, must be the canonical amount; a single leftover

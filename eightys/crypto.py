@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from eightys.codec import BytesLike, as_bytes
+
 __all__ = [
     "sha1",
     "sha256",
@@ -35,8 +37,6 @@ __all__ = [
     "encrypt",
     "decrypt",
 ]
-
-BytesLike = Union[bytes, bytearray, memoryview, str]
 
 MIN_KEY_LENGTH = 16
 MAX_RANDOM_BYTES = 65536
@@ -48,29 +48,19 @@ _TAG_SIZE = 16
 _FAILED = (None, b"decryption failed")
 
 
-def _b(value: BytesLike) -> bytes:
-    if type(value) is bytes:
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, (bytearray, memoryview)):
-        return bytes(value)
-    raise TypeError(f"expected bytes or str, got {type(value).__name__}")
-
-
 def sha1(data: BytesLike) -> bytes:
     """Return the raw 20-byte SHA-1 digest of ``data``."""
-    return hashlib.sha1(_b(data)).digest()
+    return hashlib.sha1(as_bytes(data)).digest()
 
 
 def sha256(data: BytesLike) -> bytes:
     """Return the raw 32-byte SHA-256 digest of ``data``."""
-    return hashlib.sha256(_b(data)).digest()
+    return hashlib.sha256(as_bytes(data)).digest()
 
 
 def hmac_sha256(data: BytesLike, key: BytesLike) -> bytes:
     """Return the raw 32-byte HMAC-SHA256 of ``data`` under ``key``."""
-    return hmac.digest(_b(key), _b(data), "sha256")
+    return hmac.digest(as_bytes(key), as_bytes(data), "sha256")
 
 
 def random_bytes(n: Union[int, float]) -> bytes:
@@ -98,7 +88,7 @@ def _cipher(key: bytes, mode: bytes) -> Union[AESGCM, AESSIV]:
 
 
 def _key(key: BytesLike) -> bytes:
-    key = _b(key)
+    key = as_bytes(key)
     if len(key) < MIN_KEY_LENGTH:
         raise ValueError(f"encryption key must be at least {MIN_KEY_LENGTH} bytes")
     return key
@@ -113,7 +103,7 @@ def encrypt(plaintext: BytesLike, key: BytesLike, deterministic: bool = False) -
     encrypted URLs cacheable but reveals when two plaintexts are equal.
     Raises ``ValueError`` for a short key.
     """
-    plaintext = _b(plaintext)
+    plaintext = as_bytes(plaintext)
     key = _key(key)
     if deterministic:
         return _SIV + _cipher(key, _SIV).encrypt(plaintext, [_SIV])
@@ -129,7 +119,7 @@ def decrypt(token: BytesLike, key: BytesLike) -> Union[bytes, tuple[None, bytes]
     Raises ``ValueError`` only for a short key.
     """
     key = _key(key)
-    token = _b(token)
+    token = as_bytes(token)
     mode = token[:1]
     try:
         if mode == _GCM:

@@ -30,6 +30,7 @@ from eightys.lua_runtime import LuaLoadError, LuaRuntime
 from eightys.modules import ExtensionModule, load_modules
 from eightys.protocols.http import HttpLimits, HttpProtocol
 from eightys.protocols.raw import RawProtocol
+from eightys.timers import Timers
 
 #: Exit code of a worker whose Lua code or modules failed to load at start-up.
 EXIT_LOAD_FAILED = 3
@@ -75,10 +76,10 @@ class Worker:
         self.log = logging.getLogger(f"worker {worker_id}")
         self.connections: dict[int, Any] = {}
         self._fd_ids = itertools.count(1)
-        self._timers: dict[int, asyncio.TimerHandle] = {}
-        self._timer_ids = itertools.count(1)
+        self.timers: Timers = None  # type: ignore[assignment]  # needs the loop: set in run()
         self.modules: list[ExtensionModule] = []
         self.runtime: LuaRuntime = None  # type: ignore[assignment]
+        self.content: ContentHost = None  # type: ignore[assignment]  # set by _load
         self.server: asyncio.AbstractServer | None = None
         self.channel: ChannelProtocol | None = None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -99,6 +100,7 @@ class Worker:
         self.loop = asyncio.get_running_loop()
         self.stopping = asyncio.Event()
         self.now = self.loop.time()
+        self.timers = Timers(self.loop, lambda callback: self.runtime.dispatch_call(callback))
         self._sweep()
         _, self.channel = await self.loop.connect_accepted_socket(
             lambda: ChannelProtocol(self._on_master_message, self.begin_shutdown),
@@ -340,22 +342,11 @@ class Worker:
 
     def start_timer(self, delay: Any, callback: Any) -> int:
         """Run the Lua function ``callback`` after ``delay`` seconds; returns its id."""
-        timer_id = next(self._timer_ids)
-        self._timers[timer_id] = self.loop.call_later(float(delay), self._fire_timer,
-                                                      timer_id, callback)
-        return timer_id
-
-    def _fire_timer(self, timer_id: int, callback: Any) -> None:
-        del self._timers[timer_id]
-        self.runtime.dispatch_call(callback)
+        return self.timers.start(delay, callback)
 
     def cancel_timer(self, timer_id: Any) -> bool:
         """Cancel a pending timer; False if it already fired or never existed."""
-        handle = self._timers.pop(timer_id, None)
-        if handle is None:
-            return False
-        handle.cancel()
-        return True
+        return self.timers.cancel(timer_id)
 
     def http_send(self, fd: Any, seq: Any, data: bytes, final: Any, close: Any = None) -> bool:
         """Part (or, with ``final``, the end) of the response to request ``seq`` on

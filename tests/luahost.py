@@ -14,7 +14,6 @@ output in lists tests can assert on, and has no sockets, mail or reload (those
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import tempfile
 from typing import Any, Callable
@@ -23,6 +22,7 @@ import pytest
 import uvloop
 
 from eightys.lua_runtime import Host, LuaRuntime
+from eightys.timers import Timers
 
 NOT_AVAILABLE = b"not available in tests"
 
@@ -39,8 +39,7 @@ class LuaHost:
         self.loop = uvloop.new_event_loop()
         self.errors: list[str] = []   # log_error lines, decoded
         self.output: list[str] = []   # print() lines, decoded
-        self._timers: dict[int, asyncio.TimerHandle] = {}
-        self._timer_ids = itertools.count(1)
+        self.timers = Timers(self.loop, lambda callback: self.runtime.dispatch_call(callback))
         fd, self.entry = tempfile.mkstemp(prefix="eightys-test-", suffix=".lua")
         with os.fdopen(fd, "w") as f:
             f.write(entry_source)
@@ -48,9 +47,7 @@ class LuaHost:
 
     def dispose(self) -> None:
         """Cancel pending timers, close the loop and remove the entry file."""
-        for handle in self._timers.values():
-            handle.cancel()
-        self._timers.clear()
+        self.timers.cancel_all()
         self.loop.close()
         os.unlink(self.entry)
 
@@ -129,21 +126,10 @@ class LuaHost:
         return b"eightys test host"
 
     def start_timer(self, delay: Any, callback: Any) -> int:
-        timer_id = next(self._timer_ids)
-        self._timers[timer_id] = self.loop.call_later(float(delay), self._fire_timer,
-                                                      timer_id, callback)
-        return timer_id
-
-    def _fire_timer(self, timer_id: int, callback: Any) -> None:
-        del self._timers[timer_id]
-        self.runtime.dispatch_call(callback)
+        return self.timers.start(delay, callback)
 
     def cancel_timer(self, timer_id: Any) -> bool:
-        handle = self._timers.pop(timer_id, None)
-        if handle is None:
-            return False
-        handle.cancel()
-        return True
+        return self.timers.cancel(timer_id)
 
     def log_error(self, text: bytes) -> None:
         self.errors.append(text.decode("utf-8", "replace"))

@@ -184,6 +184,16 @@ def test_sigterm_drains_open_reply_then_exits_0(start_server):
     assert not any(pid_alive(pid) for pid in pids)
 
 
+def test_aio_quit_stops_the_whole_server(start_server):
+    server = start_server(CONTROL, "--graceful-timeout", "2", workers=2)
+    pids = server.worker_pids()
+    with server.client(timeout=10) as c:
+        assert c.request("SHUTDOWN") == b"STOPPING true"
+    assert server.wait_exit(timeout=10) == 0
+    assert "asked the server to quit" in server.stderr_text()
+    assert not any(pid_alive(pid) for pid in pids)
+
+
 @pytest.mark.parametrize("shared", [False, True], ids=["reuseport", "shared-socket"])
 def test_new_connections_are_refused_while_draining(start_server, shared):
     """Once stopping, the server accepts nothing new: a client connecting while an

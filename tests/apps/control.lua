@@ -26,6 +26,7 @@
 --   UPPER text          -> example.upper(text)          (needs -m modules/example.py)
 --   RESOLVE host        -> RESOLVED a,b,.. from example.resolve(host), or ERR <err>
 --   QUIT                -> BYE, then the server closes the connection
+--   SHUTDOWN            -> STOPPING true; aio:quit() stops the whole server
 --
 -- Lines that tests look up by their marker comment (to expect file:line in logs)
 -- must keep those comments.
@@ -170,6 +171,8 @@ local function handle(fd, line)
     elseif command == "QUIT" then
         reply(fd, "BYE")
         net.close(ELFD, fd)
+    elseif command == "SHUTDOWN" then -- aio:quit(): the whole server stops
+        reply(fd, "STOPPING " .. tostring(aio:quit()))
     else
         reply(fd, "ERR unknown command " .. line)
     end
