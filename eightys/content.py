@@ -37,6 +37,7 @@ class ContentHost:
         self._jinja: "JinjaPages | None" = None
         self._jinja_root: str | None = None
         self._error_pages: dict[tuple[int, bool], bytes] = {}
+        self._checked: dict[bytes, float] = {}  # url path -> when its file was last stat'ed
 
     def functions(self) -> dict[bytes, Any]:
         """The entries this adds to the private host table."""
@@ -67,6 +68,26 @@ class ContentHost:
         self._jinja_root = None  # the site may have changed
         return True
 
+    def fresh(self, url_path: bytes, static: "StaticFile") -> "StaticFile":
+        """``static``, or a reloaded copy if its file changed on disk. Looked at
+        most once per second per file (the worker's coarse clock), so serving
+        from memory stays cheap and an edited file is served within a second."""
+        now = self.worker.now
+        if self._checked.get(url_path) == now:
+            return static
+        self._checked[url_path] = now
+        if not static.is_stale():
+            return static
+        from eightys.static import StaticFile
+
+        cache_control = static.cache_control.decode("latin-1") if static.cache_control else None
+        try:
+            static = StaticFile.load(static.path, cache_control=cache_control)
+        except (OSError, ValueError):
+            return static  # gone or unreadable: keep the last good copy until a rescan
+        self.static_routes[url_path] = static
+        return static
+
     def static_clear(self) -> None:
         """Forget every mounted file (before a rescan)."""
         self.static_routes.clear()  # in place: HttpProtocol holds a reference
@@ -83,7 +104,8 @@ class ContentHost:
         flat: list[bytes] = []
         for name, value in self.worker.runtime.to_python(headers).items():
             flat += (name, value)
-        conn.send_static(seq, static, method, flat, CONNECTION_HEADERS[flags])
+        conn.send_static(seq, self.fresh(url_path, static), method, flat,
+                         CONNECTION_HEADERS[flags])
         return True
 
     # -- forms --------------------------------------------------------------------

@@ -15,3 +15,4 @@ function demo_rows(n)
 end
 
 httpd:expose("site", SITE)
+

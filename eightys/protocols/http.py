@@ -362,6 +362,7 @@ class HttpProtocol(asyncio.Protocol):
                 path = unquote_to_bytes(path)
             static = statics.get(path)
             if static is not None:
+                static = self.worker.content.fresh(path, static)
                 self.send_static(seq, static, method, headers, CONNECTION_HEADERS[flags])
                 return
         out = self.dispatch(

@@ -345,6 +345,16 @@ local function run_hook(name, ctx)
     if type(hook) == "function" then hook(ctx.method, ctx.endpoint, ctx.session) end
 end
 
+-- How a template file is named in errors and logs: below the site root's own name
+-- ("public_html/blog/index.dyn.html"), which stays short where Lua shortens long names.
+local function chunkname(path)
+    local root = httpd.root
+    if str_sub(path, 1, #root + 1) == root .. "/" then
+        return str_match(root, "([^/]*)$") .. str_sub(path, #root + 1)
+    end
+    return path
+end
+
 -- The template for an entry, recompiled when one of its files changed (checked
 -- at most once a second, so a busy page costs no stat per request).
 local os_time = os.time
@@ -361,7 +371,7 @@ local function template_of(entry)
         if fresh then return tpl end
     end
     local compiled, err = templates.compile(entry.file, { root = httpd.root,
-        chunkname = function(path) return path end })
+        chunkname = chunkname })
     if not compiled then return nil, err end
     local mtimes = {}
     for _, dep in ipairs(compiled.deps) do mtimes[dep] = host.mtime(dep) end
@@ -443,8 +453,9 @@ local function walk(root, rel, in_static, found, seen)
         local is_dir = str_sub(name, -1) == "/"
         local bare = is_dir and str_sub(name, 1, -2) or name
         local child = rel == "" and bare or (rel .. "/" .. bare)
+        -- dot files (editor swap files are .name.swp), backups (name~), Emacs autosaves (#name#)
         local hidden = str_sub(bare, 1, 1) == "." or str_find(bare, "~$")
-            or str_find(bare, "%.sw[a-p]$") or str_find(bare, "^#.*#$")
+            or str_find(bare, "^#.*#$")
         if hidden then
             -- dot files, editor backups and swap files
         elseif is_dir then
