@@ -13,6 +13,7 @@ to a worker of a later generation (a restart happened meanwhile) refreshes too.
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 from typing import TYPE_CHECKING, Any
@@ -64,7 +65,11 @@ _SCRIPT = """<script data-eightys-livereload>
 </script>
 """
 
-_CONTENT_LENGTH = re.compile(rb"(?im)^content-length:[ \t]*(\d+)[ \t]*$")
+# Lines end in CRLF: without \r? only a Content-Length on the head's last line matched,
+# and static pages (whose length comes first) got no script.
+_CONTENT_LENGTH = re.compile(rb"(?im)^content-length:[ \t]*(\d+)[ \t]*\r?$")
+_CONTENT_ENCODING = re.compile(rb"(?i)\r\ncontent-encoding:[^\r\n]*")
+_VALIDATORS = re.compile(rb"(?i)\r\n(?:etag|last-modified):[^\r\n]*")
 
 
 def _chunk(data: bytes) -> bytes:
@@ -113,9 +118,22 @@ class LiveReload:
                 alive.append((conn, seq))
         self.subscribers = alive
 
+    def close(self) -> None:
+        """End every stream (the worker is stopping). A stream never ends by itself:
+        it would hold the drain up for the whole grace period, and keep its browser
+        on a worker that no longer gets news; ended, the browser reconnects at once."""
+        for conn, seq in self.subscribers:
+            conn.send(seq, b"0\r\n\r\n", True)
+        self.subscribers = []
+
     def inject(self, response: bytes | None) -> bytes | None:
         """Add the script to a complete text/html response (Content-Length fixed up);
-        anything else (other types, compressed or chunked bodies) passes unchanged."""
+        anything else (other types, partial, chunked or empty bodies) passes unchanged.
+
+        A gzipped page (a static .html file, for a browser) goes out decompressed, or
+        it would never get the script. Its ETag and Last-Modified are dropped: the
+        page holds the generation, and a 304 after a reload would bring back a copy
+        with an older one, which reloads again, forever."""
         if not response:
             return response
         head_end = response.find(b"\r\n\r\n")
@@ -123,14 +141,24 @@ class LiveReload:
             return response
         head = response[:head_end]
         lower = head.lower()
-        if b"\ncontent-type: text/html" not in lower or b"\ncontent-encoding:" in lower:
+        if b"\ncontent-type: text/html" not in lower or lower[9:12] == b"206":
             return response
         match = _CONTENT_LENGTH.search(head)
-        if match is None:
-            return response
+        if match is None or match.group(1) == b"0":
+            return response  # nothing to add to (and a HEAD of an empty page looks the same)
         body = response[head_end + 4:]
-        script = self.script()
         declared = int(match.group(1))
+        if b"\ncontent-encoding:" in lower:
+            # only a whole gzip body can be opened (a HEAD has none: left as it is)
+            if b"\ncontent-encoding: gzip" not in lower or len(body) != declared:
+                return response
+            body = gzip.decompress(body)
+            declared = len(body)
+            head = _CONTENT_ENCODING.sub(b"", head)
+        head = _VALIDATORS.sub(b"", head)
+        match = _CONTENT_LENGTH.search(head)
+        assert match is not None
+        script = self.script()
         if len(body) == declared:
             at = body.rfind(b"</body>")
             body = body + script if at == -1 else body[:at] + script + body[at:]

@@ -103,7 +103,7 @@ class LuaRuntime:
         self.host = host
         self.entry = entry
         self._table = self.lua.table_from
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Future[Any]] = set()  # running promise_from tasks
 
         g = self.lua.globals()
         g[b"WORKERID"] = worker_id
@@ -270,6 +270,10 @@ class LuaRuntime:
         """
         promise, resolve = self.new_promise()
         task = asyncio.ensure_future(awaitable)
+        # The loop holds tasks only weakly: without this reference a task waiting on
+        # a socket can be collected mid-flight and its promise never resolves.
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
         def done(t: asyncio.Future[Any]) -> None:
             if t.cancelled():

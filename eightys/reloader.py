@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from contextlib import aclosing
 from typing import Awaitable, Callable
 
 from watchfiles import DefaultFilter, awatch
@@ -57,6 +58,7 @@ class Reloader:
 
     def __init__(self, config: Config, reload_all: Callable[[str], None],
                  rolling_restart: Callable[[], Awaitable[None]]) -> None:
+        self.config = config
         self.paths = watched_paths(config)
         self.modules = {os.path.realpath(m) for m in config.modules}
         self.reload_all = reload_all
@@ -86,15 +88,42 @@ class Reloader:
 
     async def _run(self) -> None:
         try:
-            async for changes in awatch(*self.paths, watch_filter=DefaultFilter(),
-                                        step=STEP_MS, stop_event=self._stop):
+            pending = None
+            while not self._stop.is_set():
+                pending = await self._watch(pending)
+        except Exception:  # noqa: BLE001 - a broken watcher must not take the server down
+            log.exception("the file watcher stopped; reload mode is off")
+
+    async def _watch(self, pending: str | None) -> str | None:
+        # A file watched by itself (a -m module, main.lua beside the site) is watched by
+        # its inode: once an editor saves it by renaming a new file over it, that watch
+        # sees nothing more. So a change to one ends this watch, and what the change
+        # calls for (`pending`) starts once the next watch is in place: nothing saved
+        # meanwhile is missed.
+        files = {p for p in self.paths if os.path.isfile(p)}
+        batches = awatch(*self.paths, watch_filter=DefaultFilter(), step=STEP_MS,
+                         stop_event=self._stop)
+        # first runs when awatch waits for changes, i.e. with its watches set up
+        task = asyncio.ensure_future(self._act(pending)) if pending else None
+        async with aclosing(batches):
+            async for changes in batches:
+                if task is not None:
+                    await task  # one reload or restart at a time
+                    task = None
                 changed = {path for _, path in changes}
                 kind = self.classify(changed)
                 log.info("changed: %s -> %s", ", ".join(sorted(display_path(p) for p in changed)),
                          kind)
-                if kind == "restart":
-                    await self.rolling_restart()
-                else:
-                    self.reload_all(kind)
-        except Exception:  # noqa: BLE001 - a broken watcher must not take the server down
-            log.exception("the file watcher stopped; reload mode is off")
+                if changed & files:
+                    self.paths = watched_paths(self.config)
+                    return kind
+                await self._act(kind)
+        if task is not None:
+            await task
+        return None
+
+    async def _act(self, kind: str) -> None:
+        if kind == "restart":
+            await self.rolling_restart()
+        else:
+            self.reload_all(kind)

@@ -28,6 +28,7 @@ from eightys.livereload import LiveReload
 from eightys.log import setup_logging
 from eightys.lua_runtime import LuaLoadError, LuaRuntime
 from eightys.modules import ExtensionModule, load_modules
+from eightys.mysql import MySQLHost
 from eightys.protocols.http import HttpLimits, HttpProtocol
 from eightys.protocols.raw import RawProtocol
 from eightys.timers import Timers
@@ -127,11 +128,13 @@ class Worker:
     def _load(self) -> None:
         config = self.config
         self.content = ContentHost(self)
+        self.mysql = MySQLHost(self)
         self.runtime = LuaRuntime(
             self, engine=config.lua, entry=config.entry, worker_id=self.worker_id,
             workers=config.workers, port=self.listen_port(), node=config.node,
             dev=config.dev,
-            private={**self.content.functions(), b"live_subscribe": self.live_subscribe},
+            private={**self.content.functions(), **self.mysql.functions(),
+                     b"live_subscribe": self.live_subscribe},
         )
         self.modules = load_modules(config.modules, self)
         for module in self.modules:
@@ -168,6 +171,8 @@ class Worker:
     async def _drain(self) -> None:
         if self.server is not None:
             self.server.close()
+        if self.live is not None:
+            self.live.close()  # before shutdown(), which waits for responses to end
         for conn in list(self.connections.values()):
             conn.shutdown()
         deadline = self.loop.time() + self.config.graceful_timeout

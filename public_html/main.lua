@@ -16,3 +16,43 @@ end
 
 httpd:expose("site", SITE)
 
+
+-- The posts demo: MySQL through the ORM. Settings come from DB_HOST, DB_PORT,
+-- DB_USER, DB_PASSWORD and DB_NAME (defaults: 127.0.0.1, 3306, root, no
+-- password, eightys_demo). The connection is made once per worker and kept
+-- across reloads; SQL_READY resolves with true or nil, err.
+local mysql = require("mysql")
+local orm = require("orm")
+
+if SQL == nil then
+    SQL = mysql:new()
+    SQL_READY = aio:chain(
+        SQL:connect(os.getenv("DB_USER") or "root", os.getenv("DB_PASSWORD") or "",
+                    os.getenv("DB_NAME") or "eightys_demo", os.getenv("DB_HOST") or "127.0.0.1",
+                    tonumber(os.getenv("DB_PORT") or "3306")),
+        function(ok, err)
+            if not ok then return nil, err end
+            return SQL:exec([[CREATE TABLE IF NOT EXISTS posts (
+                id INT AUTO_INCREMENT PRIMARY KEY,
+                author VARCHAR(64) NOT NULL,
+                text TEXT NOT NULL,
+                created DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP)]])
+        end,
+        function(result, err)
+            if not result then return nil, err end
+            return true
+        end)
+end
+
+Posts = orm:create(SQL, {
+    source = "posts",
+    entity = {
+        id = { field = "id", type = orm.t.int },
+        author = { field = "author", type = orm.t.varchar(64) },
+        text = { field = "text", type = orm.t.text },
+        created = { field = "created", type = orm.t.datetime },
+    },
+    index = "id",
+    findById = true,
+    findBy = true,
+})

@@ -47,6 +47,8 @@ case "${1:-}" in
     test)
         shift
         ensure_venv
+        # the live-reload test drives a real browser (skipped if missing, except under CI)
+        ensure_debian chromium chromium || true
         cd "$ROOT"
         exec "$VENV/bin/python" -m pytest "$@"
         ;;

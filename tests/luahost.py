@@ -9,6 +9,10 @@ output in lists tests can assert on, and has no sockets, mail or reload (those
     with LuaHost("lua54") as host:
         host.runtime.execute("aio:set_timeout(function() fired = true end, 0.01)")
         host.run_until(lambda: host.runtime.lua.globals()[b"fired"], timeout=1)
+
+``private`` adds entries to the private host table, as the worker does for its
+host-function modules: a function of the host returning them, e.g.
+``LuaHost(private=lambda host: MySQLHost(host).functions())``.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ class LuaHost:
     """One Lua state on its own uvloop loop; dispose() of it (or use ``with``) when done.
     (``close`` is ``net.close``, as the Host protocol requires.)"""
 
-    def __init__(self, engine: str = "luajit", entry_source: str = "") -> None:
+    def __init__(self, engine: str = "luajit", entry_source: str = "",
+                 private: Callable[[LuaHost], dict[bytes, Any]] | None = None) -> None:
         self.loop = uvloop.new_event_loop()
         self.errors: list[str] = []   # log_error lines, decoded
         self.output: list[str] = []   # print() lines, decoded
@@ -43,7 +48,8 @@ class LuaHost:
         fd, self.entry = tempfile.mkstemp(prefix="eightys-test-", suffix=".lua")
         with os.fdopen(fd, "w") as f:
             f.write(entry_source)
-        self.runtime = LuaRuntime(self, engine=engine, entry=self.entry)
+        self.runtime = LuaRuntime(self, engine=engine, entry=self.entry,
+                                  private=private(self) if private is not None else None)
 
     def dispose(self) -> None:
         """Cancel pending timers, close the loop and remove the entry file."""

@@ -47,6 +47,8 @@ package.loaded["aio.aio"] = aio
 package.loaded["eightys.host"] = host
 -- 80s module names
 package.preload["aio.lib.httpd"] = function() return require("eightys.httpd") end
+package.preload["aio.lib.mysql"] = function() return require("mysql") end
+package.preload["aio.lib.orm"] = function() return require("orm") end
 
 local http = require("eightys.http")
 http.attach(host)
