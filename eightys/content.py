@@ -56,6 +56,11 @@ class ContentHost:
         from eightys.static import StaticFile
 
         path = os.fsdecode(file_path)  # names are bytes, not always UTF-8
+        if self.worker.live is not None:
+            # Reload mode: files change under the browser, which must revalidate them
+            # each time; with static/'s day-long max-age, a page refreshed after a
+            # change kept its old stylesheets and scripts.
+            cache_control = b"no-cache"
         try:
             if not stat.S_ISREG(os.stat(path).st_mode):
                 # open() would block on a FIFO for good, and fails on a socket

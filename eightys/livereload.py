@@ -152,7 +152,10 @@ class LiveReload:
             # only a whole gzip body can be opened (a HEAD has none: left as it is)
             if b"\ncontent-encoding: gzip" not in lower or len(body) != declared:
                 return response
-            body = gzip.decompress(body)
+            try:
+                body = gzip.decompress(body)
+            except (OSError, EOFError):  # a broken .gz sibling: sent as it is
+                return response
             declared = len(body)
             head = _CONTENT_ENCODING.sub(b"", head)
         head = _VALIDATORS.sub(b"", head)

@@ -37,7 +37,8 @@ class LuaLoadError(Exception):
 
 
 class Host(Protocol):
-    """What the worker provides to Lua. Each method backs one ``net.*`` function."""
+    """What the worker provides to Lua: the ``net.*`` functions, and the private ones
+    the Lua library uses (timers, logging, HTTP responses, reload)."""
 
     def write(self, elfd: Any, fd: Any, data: Any = None, offset: Any = None, *rest: Any) -> Any: ...
     def close(self, elfd: Any, fd: Any, *rest: Any) -> Any: ...

@@ -20,7 +20,7 @@ import os
 from contextlib import aclosing
 from typing import Awaitable, Callable
 
-from watchfiles import DefaultFilter, awatch
+from watchfiles import Change, DefaultFilter, awatch
 
 from eightys.config import Config
 from eightys.lua_runtime import LUA_LIBRARY_DIR, display_path
@@ -82,7 +82,7 @@ class Reloader:
         real = {os.path.realpath(p) for p in changed}
         if real & self.modules or any(p.endswith(".py") for p in real):
             return "restart"
-        if all(p.endswith(".css") for p in real):
+        if real and all(p.endswith(".css") for p in real):
             return "css"
         return "reload"
 
@@ -111,7 +111,7 @@ class Reloader:
                     await task  # one reload or restart at a time
                     task = None
                 changed = {path for _, path in changes}
-                kind = self.classify(changed)
+                kind = self.classify(changed - _transient(changes))
                 log.info("changed: %s -> %s", ", ".join(sorted(display_path(p) for p in changed)),
                          kind)
                 if changed & files:
@@ -127,3 +127,12 @@ class Reloader:
             await self.rolling_restart()
         else:
             self.reload_all(kind)
+
+
+def _transient(changes: set[tuple[Change, str]]) -> set[str]:
+    """Files created and gone again within one batch: an editor's (or sed -i's)
+    temporary file, renamed over the file saved. Left in, they made a stylesheet
+    saved that way a full reload instead of a stylesheet swap."""
+    added = {path for change, path in changes if change == Change.added}
+    deleted = {path for change, path in changes if change == Change.deleted}
+    return {path for path in added & deleted if not os.path.lexists(path)}

@@ -129,12 +129,12 @@ class Worker:
         config = self.config
         self.content = ContentHost(self)
         self.mysql = MySQLHost(self)
+        private = {**self.content.functions(), **self.mysql.functions(),
+                   b"live_subscribe": self.live_subscribe}
         self.runtime = LuaRuntime(
             self, engine=config.lua, entry=config.entry, worker_id=self.worker_id,
             workers=config.workers, port=self.listen_port(), node=config.node,
-            dev=config.dev,
-            private={**self.content.functions(), **self.mysql.functions(),
-                     b"live_subscribe": self.live_subscribe},
+            dev=config.dev, private=private,
         )
         self.modules = load_modules(config.modules, self)
         for module in self.modules:

@@ -229,6 +229,44 @@ def make_site(tmp: Path) -> Path:
     return site
 
 
+ORM_MAIN = """
+local mysql, orm = require("mysql"), require("orm")
+SQL = SQL or mysql:new({ pool_size = tonumber(os.getenv("DB_POOL_SIZE") or "8") })
+SQL_READY = SQL_READY or SQL:connect("root", "", "eightys_bench", "127.0.0.1", 3306)
+Posts = orm:create(SQL, { source = "posts", index = "id", findById = true, entity = {
+    id = { field = "id", type = orm.t.int }, author = { field = "author", type = orm.t.text },
+    text = { field = "text", type = orm.t.text } } })
+"""
+ORM_PAGE = """<?lua
+local post = await(Posts.one:byId(1))
+| <p>#[[post and post.author]]: #[[post and post.text]]</p>
+done()
+?>
+"""
+
+
+def make_orm_site(tmp: Path) -> Path | None:
+    """A site whose /post page does one primary-key SELECT through the ORM, and the
+    database it reads (MariaDB at 127.0.0.1, root); None if there is no server."""
+    setup = ("CREATE DATABASE IF NOT EXISTS eightys_bench; USE eightys_bench; "
+             "CREATE TABLE IF NOT EXISTS posts (id INT PRIMARY KEY, author TEXT, text TEXT); "
+             "REPLACE INTO posts VALUES (1, 'ann', 'hello from MariaDB');")
+    done = subprocess.run(["mysql", "-h127.0.0.1", "-uroot", "-e", setup], capture_output=True)
+    if done.returncode != 0:
+        print(f"MariaDB not usable, ORM page skipped: {done.stderr.decode().strip()}")
+        return None
+    site = tmp / "orm-site"
+    site.mkdir()
+    (site / "main.lua").write_text(ORM_MAIN)
+    (site / "post.dyn.html").write_text(ORM_PAGE)
+    return site
+
+
+def mariadb_pid() -> int | None:
+    out = subprocess.run(["pgrep", "-x", "mariadbd"], capture_output=True, text=True).stdout.split()
+    return int(out[0]) if out else None
+
+
 def content_server(port: int, site: Path) -> Server:
     cmd = [sys.executable, "-m", "eightys", "server/http.lua", "-p", str(port),
            "-h", "127.0.0.1", "-c", "1"]
@@ -351,6 +389,7 @@ def content_rates(args: argparse.Namespace, client_pin: list[str], server_pin: l
                 runs["nginx static"].append(run_wrk(client_pin, nginx.port, 50, args.duration,
                                                     path="/static/1k.txt"))
         med = {k: sorted(v)[len(v) // 2] if v else 0.0 for k, v in runs.items()}
+        orm_line = orm_rate(args, client_pin, server_pin, site.parent)
         print()
         print(f"| content server, wrk c=50 | req/s | ratio |")
         print("|---|---|---|")
@@ -363,9 +402,40 @@ def content_rates(args: argparse.Namespace, client_pin: list[str], server_pin: l
             print(f"| nginx, same file | {med['nginx static']:,.0f} | 1.00 |")
         else:
             print(f"| static 1 KiB file | {med['static']:,.0f} | - |")
+        if orm_line:
+            rate, cpu = orm_line
+            print(f"| ORM page: one primary-key SELECT | {rate:,.0f} | "
+                  f"{rate / med['echo']:.2f} x echo |")
+            print()
+            print(f"During the ORM run: {cpu}")
         print()
     finally:
         content.stop()
+
+
+def orm_rate(args: argparse.Namespace, client_pin: list[str], server_pin: list[str],
+             tmp: Path) -> tuple[float, str] | None:
+    """req/s of the ORM page (median of the rounds) and the CPU used by the eightys
+    worker and by MariaDB during the last round: which one is the limit."""
+    site = make_orm_site(tmp)
+    db_pid = mariadb_pid()
+    if site is None or db_pid is None:
+        return None
+    server = content_server(free_port(), site)
+    server.start(server_pin)
+    try:
+        run_wrk(client_pin, server.port, 50, 1, path="/post")
+        rates, cpu = [], ""
+        for _ in range(args.rounds):
+            worker = server.pids()[0]
+            before = (cpu_seconds(worker), cpu_seconds(db_pid), time.monotonic())
+            rates.append(run_wrk(client_pin, server.port, 50, args.duration, path="/post"))
+            wall = time.monotonic() - before[2]
+            cpu = (f"eightys worker {(cpu_seconds(worker) - before[0]) / wall:.0%} of a CPU, "
+                   f"MariaDB {(cpu_seconds(db_pid) - before[1]) / wall:.0%} of a CPU")
+        return sorted(rates)[len(rates) // 2], cpu
+    finally:
+        server.stop()
 
 
 def print_table(results: dict[str, dict[str, float]], rss: dict[str, str],

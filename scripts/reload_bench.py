@@ -10,7 +10,8 @@ Runs ``eightys server/http.lua --reload -c 2`` on a temporary copy of public_htm
 (a) latency: ``--edits`` times, writes a new marker into who.dyn.txt and polls
     /who.txt with fresh connections (SO_REUSEPORT spreads them over the workers)
     until both worker ids have answered with the marker. Prints p50/p95/max of the
-    time from the write to the last worker serving it.
+    time from the write to the last worker serving it, and of the time from the
+    write to the ``reload`` event on a live-reload stream (what a browser waits for).
 (b) under load: wrk -c 50 on / while index.dyn.html is edited ``--edits`` times,
     one edit every ``--interval`` seconds. Prints wrk's total requests, non-2xx
     responses and socket errors, and how many reload rounds the server ran.
@@ -33,6 +34,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -119,20 +121,59 @@ def until_every_worker_serves(port: int, marker: str, timeout: float = 10.0) -> 
             seen.add(body)
 
 
+class EventStream(threading.Thread):
+    """A live-reload stream, read in the background: (arrival time, event name)."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=None)
+        self.sock.sendall(b"GET /__eightys/livereload HTTP/1.1\r\nHost: bench\r\n\r\n")
+        self.events: list[tuple[float, str]] = []
+        self.start()
+
+    def run(self) -> None:
+        buffer = b""
+        try:
+            while chunk := self.sock.recv(65536):
+                now = time.perf_counter()
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                self.events += [(now, line[7:].decode()) for line in lines
+                                if line.startswith(b"event: ")]
+        except OSError:
+            pass
+
+    def wait(self, name: str, after: float, timeout: float = 10.0) -> float:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for at, event in list(self.events):
+                if event == name and at > after:
+                    return at
+            time.sleep(0.001)
+        raise TimeoutError(f"no {name} event within {timeout} s")
+
+
+def summary(times: list[float]) -> str:
+    return (f"p50 {percentile(times, 50):.0f} ms, p95 {percentile(times, 95):.0f} ms, "
+            f"max {max(times):.0f} ms")
+
+
 def latency(server: Server, edits: int) -> None:
     until_every_worker_serves(server.port, "start")
+    stream = EventStream(server.port)
     template = server.site / "who.dyn.txt"
-    times = []
+    served, notified = [], []
     for i in range(edits):
         marker = f"edit-{i}-{time.monotonic_ns()}"
         start = time.perf_counter()
         template.write_text(WHO + marker)
         until_every_worker_serves(server.port, marker)
-        times.append((time.perf_counter() - start) * 1000)
+        served.append((time.perf_counter() - start) * 1000)
+        notified.append((stream.wait("reload", start) - start) * 1000)
         time.sleep(0.2)  # separate saves, not one batch
-    print(f"(a) template edit -> served by both workers, {edits} edits: "
-          f"p50 {percentile(times, 50):.0f} ms, p95 {percentile(times, 95):.0f} ms, "
-          f"max {max(times):.0f} ms")
+    stream.sock.close()
+    print(f"(a) {edits} template edits: write -> served by both workers: {summary(served)}")
+    print(f"    write -> reload event on a live-reload stream: {summary(notified)}")
 
 
 def under_load(server: Server, edits: int, interval: float) -> None:

@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 WRITE_HIGH_WATER = 256 * 1024
 #: Stop reading once this many requests on one connection await responses.
 MAX_IN_FLIGHT = 64
+#: When the worker stops, how long a connection that has sent nothing yet gets
+#: for its first request.
+FIRST_REQUEST_WAIT = 0.25
 #: How often ``worker.now`` advances (Worker._sweep runs once a second).
 CLOCK_STEP = 1.0
 
@@ -579,13 +582,24 @@ class HttpProtocol(asyncio.Protocol):
                 self.transport.close()  # type: ignore[union-attr]
 
     def shutdown(self) -> None:
-        """The worker is stopping: finish the requests in progress, then close."""
+        """The worker is stopping: finish what is in progress, then close."""
         self.draining = True
-        if self.state in (IDLE, HEAD) and self.seq_out == self.seq_in and not self.head_size:
+        if self.head_size or self.state == BODY:
+            return  # a request is arriving: answered with Connection: close, then closed
+        if self.seq_out < self.seq_in:
+            self._close_after_current()  # responses still going out
+        elif self.seq_in == 0:
+            # accepted just before the listener closed (clients keep connecting through
+            # a rolling restart): its first request may be on the way
+            self.worker.loop.call_later(FIRST_REQUEST_WAIT, self._close_if_silent)
+        else:
+            self.stopped = True  # an idle keep-alive connection
+            self.transport.close()  # type: ignore[union-attr]
+
+    def _close_if_silent(self) -> None:
+        if not self.closed and self.seq_in == 0 and not self.head_size and self.state != BODY:
             self.stopped = True
             self.transport.close()  # type: ignore[union-attr]
-        else:
-            self._close_after_current()
 
     def close(self) -> None:
         """``net.close`` on an HTTP connection."""
