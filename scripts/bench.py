@@ -246,7 +246,7 @@ done()
 
 
 def make_orm_site(tmp: Path) -> Path | None:
-    """A site whose /post page does one primary-key SELECT through the ORM, and the
+    """A site whose /orm page does one primary-key SELECT through the ORM, and the
     database it reads (MariaDB at 127.0.0.1, root); None if there is no server."""
     setup = ("CREATE DATABASE IF NOT EXISTS eightys_bench; USE eightys_bench; "
              "CREATE TABLE IF NOT EXISTS posts (id INT PRIMARY KEY, author TEXT, text TEXT); "
@@ -258,7 +258,7 @@ def make_orm_site(tmp: Path) -> Path | None:
     site = tmp / "orm-site"
     site.mkdir()
     (site / "main.lua").write_text(ORM_MAIN)
-    (site / "post.dyn.html").write_text(ORM_PAGE)
+    (site / "orm.dyn.html").write_text(ORM_PAGE)  # not post.*: that prefix means POST
     return site
 
 
@@ -424,12 +424,12 @@ def orm_rate(args: argparse.Namespace, client_pin: list[str], server_pin: list[s
     server = content_server(free_port(), site)
     server.start(server_pin)
     try:
-        run_wrk(client_pin, server.port, 50, 1, path="/post")
+        run_wrk(client_pin, server.port, 50, 1, path="/orm")
         rates, cpu = [], ""
         for _ in range(args.rounds):
             worker = server.pids()[0]
             before = (cpu_seconds(worker), cpu_seconds(db_pid), time.monotonic())
-            rates.append(run_wrk(client_pin, server.port, 50, args.duration, path="/post"))
+            rates.append(run_wrk(client_pin, server.port, 50, args.duration, path="/orm"))
             wall = time.monotonic() - before[2]
             cpu = (f"eightys worker {(cpu_seconds(worker) - before[0]) / wall:.0%} of a CPU, "
                    f"MariaDB {(cpu_seconds(db_pid) - before[1]) / wall:.0%} of a CPU")
