@@ -329,6 +329,18 @@ function aio:await(promise)
     return co_yield()
 end
 
+-- A coroutine that reads from socket `target`: an error in it closes the socket
+-- and resolves the reader's promise with nil, err; `driver` sees what it yields.
+local function socket_coroutine(target, fn, resolve, driver)
+    local co = co_create(fn)
+    on_errors[co] = function(err)
+        if target.close then target:close() end
+        resolve(nil, err)
+    end
+    drivers[co] = driver
+    return co
+end
+
 --- Turn a socket's on_data/on_close events into a stream read by a coroutine.
 --- fn(stream, resolve): `stream()` returns the next chunk (waiting for it), or
 --- nil once the socket closed, so `for chunk in stream do ... end` reads all.
@@ -374,12 +386,7 @@ function aio:cor2(target, event_name, close_name, fn)
             wake()
         end
     end
-    co = co_create(fn)
-    on_errors[co] = function(err)
-        if target.close then target:close() end
-        resolve(nil, err)
-    end
-    drivers[co] = function(dead)
+    co = socket_coroutine(target, fn, resolve, function(dead)
         -- a bare coroutine.yield() in fn (the 80s idiom) also waits for the next
         -- event; one that came while fn was in aio:await ends it at once
         if dead then return end
@@ -392,7 +399,7 @@ function aio:cor2(target, event_name, close_name, fn)
             resume(co)
         end
         draining = false
-    end
+    end)
     resume(co, stream, resolve)
     return promise
 end
@@ -486,12 +493,7 @@ function aio:buffered_cor(target, fn)
         pump()
     end
 
-    co = co_create(fn)
-    on_errors[co] = function(err)
-        if target.close then target:close() end
-        resolve(nil, err)
-    end
-    drivers[co] = function(dead, request, limit)
+    co = socket_coroutine(target, fn, resolve, function(dead, request, limit)
         if dead then
             want = nil
             return
@@ -506,7 +508,7 @@ function aio:buffered_cor(target, fn)
             error("aio:buffered_cor: yield a byte count or a non-empty delimiter, got "
                 .. tostring(request), 0)
         end
-    end
+    end)
     resume(co, resolve)
     return promise
 end

@@ -379,38 +379,35 @@ local function template_of(entry)
     return compiled
 end
 
-local function template_handler(entry)
+-- A dynamic page (template or Jinja2): context, hooks, render(entry, ctx) -> page
+-- or nil, err[, details], then the response (or the error page).
+local function page_handler(entry, render)
     return function(fd, qs, headers, body)
         local ctx, status, reason = context(fd, entry, qs, headers, body)
         if not ctx then return fail_page(fd, status, reason) end
         run_hook("on_before_http", ctx)
-        local tpl, err = template_of(entry)
-        local page
-        if tpl then
-            page, err = tpl:render(ctx)
-        end
+        local page, err, details = render(entry, ctx)
         run_hook("on_after_http", ctx)
-        if not page then
-            -- the template knows its files, even when Lua shortened their names
-            return fail_page(fd, 500, err, httpd.dev and tpl and tpl:error_context(err) or nil)
-        end
+        if not page then return fail_page(fd, 500, err, details) end
         finish(fd, ctx, entry.mime, page)
     end
 end
 
-local function jinja_handler(entry)
-    return function(fd, qs, headers, body)
-        local ctx, status, reason = context(fd, entry, qs, headers, body)
-        if not ctx then return fail_page(fd, status, reason) end
-        run_hook("on_before_http", ctx)
-        local page, err = httpd:render(entry.name, {
-            query = ctx.query, headers = headers, session = ctx.session, form = ctx.form,
-            endpoint = ctx.endpoint, method = fd.method,
-        })
-        run_hook("on_after_http", ctx)
-        if not page then return fail_page(fd, 500, err) end
-        finish(fd, ctx, HTML, page)
-    end
+local function render_template(entry, ctx)
+    local tpl, err = template_of(entry)
+    if not tpl then return nil, err end
+    local page
+    page, err = tpl:render(ctx)
+    if page then return page end
+    -- the template knows its files, even when Lua shortened their names
+    return nil, err, httpd.dev and tpl:error_context(err) or nil
+end
+
+local function render_jinja(entry, ctx)
+    return httpd:render(entry.name, {
+        query = ctx.query, headers = ctx.headers, session = ctx.session, form = ctx.form,
+        endpoint = ctx.endpoint, method = ctx.method,
+    })
 end
 
 --- Render the Jinja2 template `name` (a path below the site root) with the
@@ -507,9 +504,10 @@ function httpd:scan()
         local handler
         if entry.kind == "template" then
             entry.mime = mime_of((str_gsub(entry.name, "%.dyn", "")))
-            handler = template_handler(entry)
+            handler = page_handler(entry, render_template)
         elseif entry.kind == "jinja" then
-            handler = jinja_handler(entry)
+            entry.mime = HTML
+            handler = page_handler(entry, render_jinja)
         else
             local ok, mount_err = host.static_mount(entry.path, entry.file,
                 entry.in_static and "public, max-age=86400" or "no-cache")
