@@ -43,6 +43,8 @@ CRASH_WINDOW = 3.0
 MAX_QUICK_CRASHES = 5
 #: Extra time, beyond the graceful timeout, before stragglers get SIGKILL.
 KILL_MARGIN = 5.0
+#: Messages kept for a worker that is (re)starting; more are dropped, not piled up.
+MAX_PENDING_MAIL = 10_000
 #: How long a reload round waits for every worker's answer before notifying browsers.
 RELOAD_WAIT = 3.0
 #: How long a successor worker may take to start in a rolling restart.
@@ -190,8 +192,12 @@ class Master:
             for t in targets:
                 if t.ready and t.channel is not None:
                     t.channel.send_frame(frame)
-                else:
+                elif len(t.pending_mail) < MAX_PENDING_MAIL:
                     t.pending_mail.append(frame)  # delivered once it is ready
+                else:
+                    log.warning("worker %d is not ready and has %d messages waiting; "
+                                "dropping one from worker %d", t.worker_id,
+                                len(t.pending_mail), slot.worker_id)
         elif kind == channel.Kind.READY:
             slot.ready = slot.ever_ready = True
             if slot.started is not None and not slot.started.done():

@@ -81,6 +81,7 @@ class Worker:
         self.modules: list[ExtensionModule] = []
         self.runtime: LuaRuntime = None  # type: ignore[assignment]
         self.content: ContentHost = None  # type: ignore[assignment]  # set by _load
+        self.mysql: MySQLHost = None  # type: ignore[assignment]  # set by _load
         self.server: asyncio.AbstractServer | None = None
         self.channel: ChannelProtocol | None = None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
