@@ -97,6 +97,7 @@ class ContentHost:
         """Forget every mounted file (before a rescan)."""
         self.static_routes.clear()  # in place: HttpProtocol holds a reference
         self._error_pages = {}  # a rescan may bring new error pages
+        self._checked.clear()
 
     def static_serve(self, fd: int, seq: int, url_path: bytes, method: bytes, flags: int,
                      headers: Any) -> Any:

@@ -159,10 +159,10 @@ class Worker:
             self.protocol_factory = self._http_factory
 
     def _http_factory(self) -> asyncio.Protocol:
-        return HttpProtocol(self, next(self._fd_ids))
+        return HttpProtocol(self, self.new_fd())
 
     def _raw_factory(self) -> asyncio.Protocol:
-        return RawProtocol(self, next(self._fd_ids))
+        return RawProtocol(self, self.new_fd())
 
     def begin_shutdown(self) -> None:
         """SIGTERM/SIGINT or the master went away: stop accepting and drain."""

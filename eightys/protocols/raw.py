@@ -12,7 +12,7 @@ not read its replies holds at most ``WRITE_HIGH_WATER`` bytes of them.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from eightys.worker import Worker
@@ -117,7 +117,3 @@ class RawProtocol(asyncio.Protocol):
         self.worker.forget(self.fd)
         reason = str(exc) or type(exc).__name__
         self.worker.runtime.dispatch_close(self.fd, reason.encode())
-
-    def peer(self) -> Any:
-        """``(host, port)`` of the other end, or None."""
-        return self.transport.get_extra_info("peername") if self.transport else None

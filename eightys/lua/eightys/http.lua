@@ -106,7 +106,6 @@ local function server_date_headers()
     end
     return server_date
 end
-_M.server_date_headers = server_date_headers
 
 local DEFAULT_TYPE = "text/plain; charset=utf-8"
 local JSON_TYPE = "application/json; charset=utf-8"
@@ -468,7 +467,6 @@ local function hex_char(h) return str_char(tonumber(h, 16)) end
 url_decode_path = function(s)
     return (str_gsub(s, "%%(%x%x)", hex_char))
 end
-_M.url_decode_path = url_decode_path
 
 --- Decode %XX and '+' (form encoding).
 local function url_decode(s)
@@ -477,7 +475,6 @@ local function url_decode(s)
     s = str_gsub(s, "+", " ")
     return (str_gsub(s, "%%(%x%x)", hex_char))
 end
-_M.url_decode = url_decode
 
 --- Parse "a=1&b=x+y" into {a="1", b="x y"}; the first occurrence of a key wins.
 --- @param qs string|nil

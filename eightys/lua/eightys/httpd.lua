@@ -99,7 +99,6 @@ local function route_of(rel, in_static)
     if name == "index" then name = "" end
     return method, "/" .. dir .. name, kind
 end
-httpd.route_of = route_of
 
 ---------------------------------------------------------------------------
 -- Sessions
@@ -235,7 +234,6 @@ local function request_query(endpoint, qs)
     end
     return query
 end
-httpd.request_query = request_query
 
 ---------------------------------------------------------------------------
 -- Error pages
