@@ -21,6 +21,7 @@ __all__ = [
     "hex_decode",
     "base64_encode",
     "base64_decode",
+    "mysql_encode",
 ]
 
 BytesLike = Union[bytes, bytearray, memoryview, str]
@@ -110,3 +111,18 @@ def base64_decode(data: BytesLike) -> Result:
         return base64.b64decode(body + b"=" * (-len(body) % 4), validate=True)
     except (binascii.Error, ValueError):
         return None, b"invalid base64"
+
+
+_MYSQL_ESCAPES = {0: b"\\0", 1: b"\\1", 8: b"\\b", 10: b"\\n", 13: b"\\r",
+                  34: b'\\"', 39: b"\\'", 92: b"\\\\"}
+_MYSQL_SPECIAL = bytes(_MYSQL_ESCAPES)
+
+
+def mysql_encode(data: BytesLike) -> bytes:
+    r"""Escape a string for a quoted MySQL literal, as 80s's ``codec.mysql_encode``:
+    CR, LF, ``"``, ``'``, backspace, backslash, NUL and byte 1 become ``\r``,
+    ``\n``, ``\"``, ``\'``, ``\b``, ``\\``, ``\0`` and ``\1``."""
+    raw = as_bytes(data)
+    if not any(b in raw for b in _MYSQL_SPECIAL):
+        return raw
+    return b"".join(_MYSQL_ESCAPES.get(b, raw[i:i + 1]) for i, b in enumerate(raw))

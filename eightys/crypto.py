@@ -23,7 +23,8 @@ from functools import lru_cache
 from typing import Union
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -36,6 +37,7 @@ __all__ = [
     "random_bytes",
     "encrypt",
     "decrypt",
+    "cipher",
 ]
 
 MIN_KEY_LENGTH = 16
@@ -134,3 +136,70 @@ def decrypt(token: BytesLike, key: BytesLike) -> Union[bytes, tuple[None, bytes]
     except (InvalidTag, ValueError):
         pass
     return _FAILED
+
+
+# -- 80s's crypto.cipher --------------------------------------------------------
+
+_CIPHER_HMAC = 32
+_CIPHER_HEAD = _CIPHER_HMAC + 4  # hmac + plaintext length (int32, little-endian)
+_CIPHER_FAILED = (None, b"failed to cipher")
+
+
+def _fold_key(key: bytes) -> bytes:
+    """80s's key schedule: the first 16 bytes, with every later byte XORed in at i % 16."""
+    folded = bytearray(key[:16])
+    for i in range(16, len(key)):
+        folded[i & 15] ^= key[i]
+    return bytes(folded)
+
+
+def cipher(data: BytesLike, key: BytesLike, use_iv: bool = True,
+           encrypt_: bool = True) -> Union[bytes, tuple[None, bytes]]:
+    """``crypto.cipher(data, key, use_iv, encrypt)``: 80s's authenticated
+    AES-128-CBC, byte-compatible with it, so values 80s encrypted decrypt here and
+    the other way round.
+
+    Layout: ``HMAC-SHA256(key, rest)[32] | len(data) int32 LE | iv[16] (only with
+    use_iv; else the IV is zero) | AES-128-CBC-PKCS7(data)``. A key over 16 bytes
+    is folded to 16 by XOR (80s's schedule); under 16 is refused. Decryption
+    detects the IV from the lengths and ignores ``use_iv``. Returns the result, or
+    ``nil, err`` for a short key or a token that is truncated or tampered with.
+    """
+    data = as_bytes(data)
+    key = as_bytes(key)
+    if len(key) < MIN_KEY_LENGTH:
+        return None, b"key must be 16 at least bytes long"
+    key = _fold_key(key)
+    if encrypt_:
+        iv = secrets.token_bytes(16) if use_iv else bytes(16)
+        padder = padding.PKCS7(128).padder()
+        padded = padder.update(data) + padder.finalize()
+        encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+        body = len(data).to_bytes(4, "little", signed=True) + (iv if use_iv else b"") \
+            + encryptor.update(padded) + encryptor.finalize()
+        return hmac.digest(key, body, "sha256") + body
+    if len(data) < _CIPHER_HEAD:
+        return None, b"decrypt payload is too short"
+    length = int.from_bytes(data[_CIPHER_HMAC:_CIPHER_HEAD], "little", signed=True)
+    # 80s tells the two layouts apart by size: without an IV the ciphertext is at
+    # most one block longer than the plaintext
+    iv_len = 0 if len(data) - (length + _CIPHER_HEAD) <= 16 else 16
+    if len(data) < _CIPHER_HEAD + iv_len:
+        return None, b"decrypt payload is too short"
+    if not hmac.compare_digest(hmac.digest(key, data[_CIPHER_HMAC:], "sha256"),
+                               data[:_CIPHER_HMAC]):
+        return _CIPHER_FAILED
+    iv = data[_CIPHER_HEAD:_CIPHER_HEAD + iv_len] if iv_len else bytes(16)
+    body = data[_CIPHER_HEAD + iv_len:]
+    if not body or len(body) % 16:
+        return _CIPHER_FAILED
+    decryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
+    unpadder = padding.PKCS7(128).unpadder()
+    try:
+        plain = unpadder.update(decryptor.update(body) + decryptor.finalize()) \
+            + unpadder.finalize()
+    except ValueError:
+        return _CIPHER_FAILED
+    if not 0 <= length <= len(plain):
+        return _CIPHER_FAILED
+    return plain[:length]

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
 
-from eightys import codec, crypto
+from eightys import codec, compat80s, crypto
 
 LUA_LIBRARY_DIR = Path(__file__).parent / "lua"
 
@@ -121,18 +121,21 @@ class LuaRuntime:
             b"reload": host.reload, b"quit": host.quit, b"mail": host.mail,
             b"info": host.info, b"listdir": self._listdir, b"readfile": _readfile,
             b"clock": time.monotonic,
+            b"partscan": compat80s.partscan, b"mkdir": compat80s.mkdir,
         })
         g[b"codec"] = self._table({
             b"url_encode": codec.url_encode, b"url_decode": codec.url_decode,
             b"html_encode": codec.html_escape, b"html_escape": codec.html_escape,
             b"hex_encode": codec.hex_encode, b"hex_decode": codec.hex_decode,
             b"base64_encode": codec.base64_encode, b"base64_decode": codec.base64_decode,
+            b"mysql_encode": codec.mysql_encode,
         })
         g[b"crypto"] = self._table({
             b"sha1": crypto.sha1, b"sha256": crypto.sha256,
             b"hmac_sha256": crypto.hmac_sha256, b"random": crypto.random_bytes,
             b"encrypt": crypto.encrypt, b"decrypt": crypto.decrypt,
             b"to64": codec.base64_encode, b"from64": codec.base64_decode,
+            b"cipher": crypto.cipher,
         })
 
         search = [str(LUA_LIBRARY_DIR / "?.lua"), str(LUA_LIBRARY_DIR / "?" / "init.lua")]

@@ -21,6 +21,7 @@ import sys
 from typing import Any, Callable
 
 from eightys import __version__, channel
+from eightys.compat80s import EightiesHost
 from eightys.config import Config
 from eightys.content import ContentHost
 from eightys.livereload import PATH as LIVE_PATH
@@ -82,6 +83,7 @@ class Worker:
         self.runtime: LuaRuntime = None  # type: ignore[assignment]
         self.content: ContentHost = None  # type: ignore[assignment]  # set by _load
         self.mysql: MySQLHost = None  # type: ignore[assignment]  # set by _load
+        self.compat: EightiesHost = None  # type: ignore[assignment]  # set by _load
         self.server: asyncio.AbstractServer | None = None
         self.channel: ChannelProtocol | None = None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -130,7 +132,9 @@ class Worker:
         config = self.config
         self.content = ContentHost(self)
         self.mysql = MySQLHost(self)
+        self.compat = EightiesHost(self)
         private = {**self.content.functions(), **self.mysql.functions(),
+                   **self.compat.functions(),
                    b"live_subscribe": self.live_subscribe}
         self.runtime = LuaRuntime(
             self, engine=config.lua, entry=config.entry, worker_id=self.worker_id,

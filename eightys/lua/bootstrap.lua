@@ -13,6 +13,7 @@ local traceback = debug.traceback
 local select = select
 local tostring = tostring
 local type = type
+local next = next
 local concat = table.concat
 local log_error = host.log_error
 local log_output = host.log_output
@@ -49,11 +50,22 @@ package.loaded["eightys.host"] = host
 package.preload["aio.lib.httpd"] = function() return require("eightys.httpd") end
 package.preload["aio.lib.mysql"] = function() return require("mysql") end
 package.preload["aio.lib.orm"] = function() return require("orm") end
+package.preload["aio.lib.templates"] = function() return require("eightys.templates") end
+package.preload["aio.lib.http_client"] = function() return require("eightys.http_client") end
+package.preload["aio.lib.dns"] = function() return require("eightys.dns") end
+package.preload["aio.lib.nodes"] = function() return require("eightys.nodes") end
 
 local http = require("eightys.http")
 http.attach(host)
 
+-- the rest of 80s's surface; then apps see Lua functions in net/codec/crypto
+require("eightys.compat80s").wrap_globals()
+local close_handlers = aio.close_handlers
+
 local fds = aio.fds -- fd -> aiosocket for sockets the aio library owns
+-- receiver_fd marker -> handler(sender, message) for mail between library modules
+aio.internal_mail = aio.internal_mail or {}
+local internal_mail = aio.internal_mail
 
 local function report(where, err)
     log_error(where .. ": " .. tostring(err))
@@ -114,6 +126,7 @@ function dispatch.close(fd, err)
         fds[fd] = nil
         sock.closed = true
         ok, e = xpcall(sock.on_close, traceback, sock, ELFD, fd, err)
+        if next(close_handlers) ~= nil then aio:invoke_close(sock) end
     else
         local hook = on_close
         if hook == nil then return true end
@@ -126,6 +139,12 @@ end
 
 --- A message from another worker (net.mail / aio:mail), 80s argument order.
 function dispatch.message(sender, sender_fd, receiver_fd, message)
+    local internal = internal_mail[receiver_fd]
+    if internal then -- library mail (aio.lib.nodes), not the app's
+        local ok, err = xpcall(internal, traceback, sender, message)
+        if not ok then report("mail handler", err) end
+        return ok
+    end
     local hook = on_message
     if hook == nil then return true end
     local ok, err = xpcall(hook, traceback, sender, ELFD, sender_fd, ELFD, receiver_fd, 5, message)
@@ -168,8 +187,5 @@ end
 function dispatch.has_function(name)
     return type(_G[name]) == "function"
 end
-
-S80_FD_SOCKET = 1
-S80_MB_MESSAGE = 5
 
 return dispatch

@@ -83,6 +83,30 @@ class _Stop(Exception):
     """Raised inside a parser callback to ignore the rest of the input."""
 
 
+class _SwitchToStream(Exception):
+    """Raised in on_headers_complete for an aio:stream_http_* route: the rest of
+    the connection is a raw stream (eightys.compat80s)."""
+
+
+def _after_head(data: bytes, method: bytes, url: bytes) -> bytes:
+    """What follows the request head (method ``url``) in ``data``, the read that
+    completed it. The parser does not tell where it stopped: find the blank line
+    after the request line (or, if the request line came in an earlier read, the
+    first blank line)."""
+    start = data.find(method + b" " + url)
+    start = 0 if start == -1 else start
+    end = data.find(b"\r\n\r\n", start)
+    if end != -1:
+        return data[end + 4:]
+    end = data.find(b"\n\n", start)
+    if end != -1:
+        return data[end + 2:]
+    i = 0  # the blank line straddled two reads: only its last bytes are here
+    while i < 3 and i < len(data) and data[i] in b"\r\n":
+        i += 1
+    return data[i:]
+
+
 class HttpLimits:
     """Per-worker HTTP limits (from the CLI/environment)."""
 
@@ -134,6 +158,7 @@ class HttpProtocol(asyncio.Protocol):
         "write_paused",
         "state",
         "since",
+        "streams",
     )
 
     def __init__(self, worker: "Worker", fd: int) -> None:
@@ -145,6 +170,7 @@ class HttpProtocol(asyncio.Protocol):
             dispatch, inject = self.dispatch, worker.live.inject
             self.dispatch = lambda *args: inject(dispatch(*args))
         self.statics: dict[bytes, StaticFile] = worker.content.static_routes
+        self.streams: set[tuple[bytes, bytes]] = worker.compat.stream_routes
         self.progress_waiters: list[asyncio.Future[None]] = []
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
@@ -200,6 +226,7 @@ class HttpProtocol(asyncio.Protocol):
         # One read may hold thousands of pipelined requests: dispatch at most
         # MAX_IN_FLIGHT of them before their output has gone to the transport.
         self.seq_limit = self.seq_out + MAX_IN_FLIGHT
+        switch = False
         try:
             self.parser.feed_data(data)
             if self.state == HEAD:
@@ -214,6 +241,8 @@ class HttpProtocol(asyncio.Protocol):
             reason = exc.__context__
             if isinstance(reason, _Reject):
                 self._refuse(reason.status)
+            elif isinstance(reason, _SwitchToStream):
+                switch = True
             elif not isinstance(reason, _Stop):
                 raise
         except httptools.HttpParserUpgrade:
@@ -228,8 +257,18 @@ class HttpProtocol(asyncio.Protocol):
         self.batch = None
         if batch:
             self.transport.write(batch[0] if len(batch) == 1 else b"".join(batch))  # type: ignore[union-attr]
-        if self.close_after != -1 and self.seq_out > self.close_after:
+        if switch:
+            self._switch_to_stream(data)
+        elif self.close_after != -1 and self.seq_out > self.close_after:
             self.transport.close()  # type: ignore[union-attr]
+
+    def _switch_to_stream(self, data: bytes) -> None:
+        # Until the sans-IO core offers switch_protocol(), the hand-over is here:
+        # this protocol stops, a raw one takes the transport (eightys.compat80s).
+        method, url, headers = self.parser.get_method(), self.url, self.headers
+        self.stopped = self.closed = True
+        self.worker.compat.switch_to_stream(self, method, url, headers,
+                                            _after_head(data, method, url))
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -296,6 +335,11 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.unparsed_head = 0
+        if self.streams:
+            url = self.url
+            q = url.find(b"?")
+            if (self.parser.get_method(), url if q == -1 else url[:q]) in self.streams:
+                raise _SwitchToStream()
         if self.chunked and self.content_length != -1:
             raise _Reject(400)
         if self.content_length > self.limits.max_body:

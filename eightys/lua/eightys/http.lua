@@ -477,9 +477,12 @@ local function url_decode(s)
 end
 
 --- Parse "a=1&b=x+y" into {a="1", b="x y"}; the first occurrence of a key wins.
+--- With private_key (80s), parameters encrypted in `e` by aio:to_url /
+--- aio:create_query are decrypted into the result (and into result.e).
 --- @param qs string|nil
+--- @param private_key? string
 --- @return table
-function aio:parse_query(qs)
+function aio:parse_query(qs, private_key)
     local out = {}
     if qs == nil then return out end
     local pos, len = 1, #qs
@@ -498,6 +501,7 @@ function aio:parse_query(qs)
         end
         pos = stop + 2
     end
+    if private_key ~= nil then return self:_decrypt_query(out, private_key) end
     return out
 end
 
