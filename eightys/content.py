@@ -47,6 +47,8 @@ class ContentHost:
             b"jinja_render": self.jinja_render, b"jinja_error_page": self.jinja_error_page,
             b"mtime": mtime, b"realpath": realpath, b"is_within": is_within,
             b"mime_type": mime_type, b"secret": self.worker.config.secret.encode(),
+            b"site_root": lambda public_html, entry: os.fsencode(
+                site_root(os.fsdecode(public_html) if public_html else None, os.fsdecode(entry))),
         }
 
     # -- static files -------------------------------------------------------------
@@ -176,6 +178,31 @@ class ContentHost:
         if cacheable:
             self._error_pages[key] = page
         return page
+
+
+#: 80s's default PUBLIC_HTML, relative to the working directory.
+DEFAULT_SITE = "server/www/"
+
+
+def site_root(public_html: str | None, entry: str) -> str:
+    """The directory the content server serves, from ``$PUBLIC_HTML`` and the entry script.
+
+    As in 80s, ``PUBLIC_HTML`` names the folder that holds ``main.lua`` and
+    ``public_html/`` (trailing ``/`` optional): the site root is its ``public_html/``.
+    A folder without ``public_html/`` inside is the site root itself (eightys'
+    older form). Unset: 80s's ``server/www/`` if it holds ``public_html/``, else
+    ``public_html/`` beside the entry script's folder (eightys' layout:
+    ``server/http.lua`` next to ``public_html/``). ``main.lua`` is looked for
+    beside the site root, then in it.
+    """
+    if public_html:
+        folder = public_html.rstrip("/") or "/"
+        inner = os.path.join(folder, "public_html")
+        return inner if os.path.isdir(inner) else folder
+    inner = os.path.join(DEFAULT_SITE, "public_html")
+    if os.path.isdir(inner):
+        return inner
+    return os.path.join(os.path.dirname(os.path.dirname(entry)), "public_html")
 
 
 def mtime(path: bytes) -> int | None:

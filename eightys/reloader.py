@@ -34,10 +34,9 @@ STEP_MS = 50
 
 def site_root(config: Config) -> str:
     """The content server's site root, resolved the way httpd.lua does."""
-    root = os.environ.get("PUBLIC_HTML")
-    if root:
-        return os.path.abspath(root)
-    return os.path.join(os.path.dirname(os.path.dirname(config.entry)), "public_html")
+    from eightys.content import site_root as resolve
+
+    return os.path.abspath(resolve(os.environ.get("PUBLIC_HTML"), config.entry))
 
 
 def watched_paths(config: Config) -> list[str]:

@@ -583,13 +583,12 @@ function httpd:initialize(opts)
     return self
 end
 
---- Initialize from the environment: PUBLIC_HTML (site root; default public_html/
---- next to the entry script's directory), MASTER_KEY, NO_STATIC=true.
+--- Initialize from the environment: PUBLIC_HTML (the folder holding main.lua and
+--- public_html/, as in 80s, or the site root itself; default server/www/, else
+--- public_html/ next to the entry script's directory), MASTER_KEY, NO_STATIC=true.
 function httpd:default_initialize()
-    local root = os.getenv("PUBLIC_HTML")
-    if root == nil or root == "" then
-        root = join(dirname(dirname(ENTRYPOINT)), "public_html")
-    end
+    -- 80s: PUBLIC_HTML holds main.lua + public_html/ (eightys/content.py site_root)
+    local root = host.site_root(os.getenv("PUBLIC_HTML"), ENTRYPOINT)
     return self:initialize({
         root = root,
         master_key = os.getenv("MASTER_KEY"),
