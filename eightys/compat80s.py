@@ -76,9 +76,19 @@ class _ChildProtocol(asyncio.SubprocessProtocol):
         self.transport: asyncio.SubprocessTransport | None = None
         self.open_pipes = 2  # stdout, stderr
         self.ended = False
+        # stdin written (or closed) before the child was started
+        self.pending: list[bytes] = []
+        self.close_stdin = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        stdin = transport.get_pipe_transport(0)  # type: ignore[attr-defined]
+        if stdin is not None:
+            for data in self.pending:
+                stdin.write(data)
+            if self.close_stdin:
+                stdin.close()
+        self.pending = []
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
         if not self.ended:
@@ -120,9 +130,15 @@ class _PipeHandle:
         self.transport = None  # the worker's drain aborts handles with a transport
 
     def write(self, data: bytes) -> bool:
-        transport = self.child.transport
-        pipe = transport.get_pipe_transport(0) if transport is not None else None
-        if not self.writable or pipe is None or pipe.is_closing():
+        child = self.child
+        if not self.writable or child.ended or child.close_stdin:
+            return False
+        transport = child.transport
+        if transport is None:  # not started yet
+            child.pending.append(data)
+            return True
+        pipe = transport.get_pipe_transport(0)
+        if pipe is None or pipe.is_closing():
             return False
         pipe.write(data)
         return True
@@ -130,6 +146,8 @@ class _PipeHandle:
     def close(self) -> None:
         transport = self.child.transport
         if transport is None:
+            if self.writable:
+                self.child.close_stdin = True
             return
         if self.writable:
             pipe = transport.get_pipe_transport(0)
@@ -180,18 +198,18 @@ class EightiesHost:
         runtime = self.worker.runtime
         kind = (record_type or b"A").upper()
 
-        async def lookup() -> dict[str, Any]:
+        async def lookup() -> dict[bytes, Any]:
             if kind not in (b"A", b"AAAA"):
-                return {"error": f"{kind.decode()} records are not supported (A, AAAA are)"}
+                return {b"error": f"{kind.decode()} records are not supported (A, AAAA are)"}
             family = socket.AF_INET if kind == b"A" else socket.AF_INET6
             try:
                 infos = await self.worker.loop.getaddrinfo(
                     name.decode("idna"), None, family=family, type=socket.SOCK_STREAM)
             except (OSError, UnicodeError) as exc:
-                return {"error": f"cannot resolve {name.decode('utf-8', 'replace')}: {exc}"}
+                return {b"error": f"cannot resolve {name.decode('utf-8', 'replace')}: {exc}"}
             if not infos:
-                return {"error": f"no {kind.decode()} record for {name.decode()}"}
-            return {"ip": infos[0][4][0]}
+                return {b"error": f"no {kind.decode()} record for {name.decode()}"}
+            return {b"ip": infos[0][4][0]}
 
         return runtime.promise_from(lookup(), lambda result: (runtime.to_lua(result),))
 

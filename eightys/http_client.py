@@ -82,6 +82,16 @@ class _Response:
         self.done = True
 
 
+def _reusable(parser: Any, result: _Response) -> bool:
+    """Whether the connection may carry another request after this response."""
+    if not result.framed or not result.done:
+        return False  # the body ended with the connection
+    connection = result.headers.get(b"connection", b"").lower()
+    if parser.get_http_version() == "1.0":
+        return b"keep-alive" in connection
+    return b"close" not in connection
+
+
 class _Connection:
     __slots__ = ("reader", "writer", "idle_since")
 
@@ -122,25 +132,26 @@ class HttpClient:
         return runtime.promise_from(coro, lambda result: (runtime.to_lua(result),))
 
     async def _request(self, method: str, url: str, headers: list[tuple[bytes, bytes]],
-                       body: bytes, timeout: float, redirects: int, keepalive: bool) -> dict:
+                       body: bytes, timeout: float, redirects: int, keepalive: bool) -> dict[bytes, Any]:
         try:
             return await asyncio.wait_for(
                 self._follow(method, url, headers, body, redirects, keepalive), timeout)
         except asyncio.TimeoutError:
-            return {"error": f"timed out after {timeout:g} s"}
+            return {b"error": f"timed out after {timeout:g} s"}
         except (HttpClientError, OSError, ssl.SSLError, httptools.HttpParserError) as exc:
-            return {"error": str(exc) or type(exc).__name__}
+            return {b"error": str(exc) or type(exc).__name__}
 
     async def _follow(self, method: str, url: str, headers: list[tuple[bytes, bytes]],
-                      body: bytes, redirects: int, keepalive: bool) -> dict:
+                      body: bytes, redirects: int, keepalive: bool) -> dict[bytes, Any]:
         while True:
             response = await self._once(method, url, headers, body, keepalive)
-            location = response["headers"].get(b"location")
-            if redirects <= 0 or response["status"] not in _REDIRECTS or not location:
+            location = response[b"headers"].get(b"location")
+            status = response[b"status"]
+            if redirects <= 0 or status not in _REDIRECTS or not location:
                 return response
             redirects -= 1
             url = urljoin(url, location.decode("latin-1"))
-            if response["status"] == 303 or (response["status"] in (301, 302) and method == "POST"):
+            if status == 303 or (status in (301, 302) and method == "POST"):
                 method, body = "GET", b""
 
     def _tls_context(self) -> ssl.SSLContext:
@@ -170,7 +181,7 @@ class HttpClient:
         pool.append(conn)
 
     async def _once(self, method: str, url: str, headers: list[tuple[bytes, bytes]],
-                    body: bytes, keepalive: bool) -> dict:
+                    body: bytes, keepalive: bool) -> dict[bytes, Any]:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise HttpClientError(f"not an http(s) URL: {url}")
@@ -211,14 +222,14 @@ class HttpClient:
                 raise
             break
         parser, result = response
-        if keepalive and parser.should_keep_alive() and result.framed and method != "HEAD":
+        if keepalive and _reusable(parser, result) and method != "HEAD":
             self._release(origin, conn)
         else:
             conn.close()
         status_line = result.status_line.decode("latin-1")
-        return {"status": parser.get_status_code(),
-                "status_line": f"{parser.get_status_code()} {status_line}",
-                "headers": result.headers, "body": b"".join(result.body)}
+        return {b"status": parser.get_status_code(),
+                b"status_line": f"{parser.get_status_code()} {status_line}".encode("latin-1"),
+                b"headers": result.headers, b"body": b"".join(result.body)}
 
     async def _read(self, conn: _Connection, head_only: bool) -> tuple[Any, _Response]:
         result = _Response(head_only)
