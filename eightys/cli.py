@@ -166,12 +166,33 @@ def config_from_args(argv: Sequence[str]) -> Config:
     )
 
 
+def _write_stubs(args: list[str]) -> int:
+    """``eightys stubs DIR``: write the LuaLS type stubs of the Lua API into DIR."""
+    from eightys.stubs import LUARC_HINT, write_stubs
+
+    if len(args) != 1 or args[0].startswith("-"):
+        print("usage: eightys stubs DIR   (writes LuaLS type stubs for the eightys Lua API)",
+              file=sys.stderr)
+        return USAGE_EXIT
+    try:
+        written = write_stubs(args[0])
+    except OSError as exc:
+        print(f"eightys: error: cannot write stubs to {args[0]}: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(written)} stub files to {args[0]}; in .luarc.json: "
+          + LUARC_HINT % os.path.abspath(args[0]))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: parse, then run the master until it stops. Returns the exit code."""
     from eightys import master
 
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["stubs"]:
+        return _write_stubs(args[1:])
     try:
-        config = config_from_args(sys.argv[1:] if argv is None else argv)
+        config = config_from_args(args)
         return master.run(config)
     except UsageError as exc:
         print(f"eightys: error: {exc}", file=sys.stderr)

@@ -1,0 +1,3 @@
+---@meta aio.lib.dns
+-- 80s name of eightys.dns.
+return require("eightys.dns")

@@ -1,0 +1,3 @@
+---@meta aio.lib.mysql
+-- 80s name of mysql.
+return require("mysql")

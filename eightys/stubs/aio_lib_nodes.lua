@@ -1,0 +1,3 @@
+---@meta aio.lib.nodes
+-- 80s name of eightys.nodes.
+return require("eightys.nodes")

@@ -1,0 +1,3 @@
+---@meta aio.lib.orm
+-- 80s name of orm.
+return require("orm")

@@ -1,0 +1,3 @@
+---@meta aio.lib.templates
+-- 80s name of eightys.templates.
+return require("eightys.templates")
