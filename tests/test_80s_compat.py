@@ -275,3 +275,35 @@ def test_nodes_http_protocol_requires_the_secret(app):
     with urllib.request.urlopen(req, timeout=5) as r:
         listed = json.loads(r.read())
     assert [entry["delegate"] for entry in listed] == [[["peer", 1, 0], "chat", "zed"]]
+
+
+def test_nodes_across_two_servers(start_server):
+    from conftest import free_port
+
+    port_a = free_port()
+    env = {"NODES_MASTER_PORT": str(port_a)}
+    a = start_server(APP, workers=2, port=port_a, env=env)  # the master
+    b = start_server(APP, workers=1, env=env)
+    alice, _ = _chat_client(a.port, "alice")
+    bob, _ = _chat_client(b.port, "bob")
+    try:
+        # bob's registration travels to the master (POST /nodes) and reaches both its workers
+        headers = {"Message": "q", "From": json.dumps([["x", 1, 0]]), "Except": "-",
+                   "To": json.dumps(["chat"]), "Authorization": "TEST-SECRET"}
+
+        def registered() -> bool:
+            for _ in range(4):  # ask several connections: they may land on either worker
+                req = urllib.request.Request(f"http://127.0.0.1:{a.port}/nodes", headers=headers)
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    if "bob" not in r.read().decode():
+                        return False
+            return True
+
+        wait_until(registered, 10, message="bob registered at the master")
+        alice.sendall(b"from a\n")
+        assert b"alice: from a\n" in _read_until(bob, b"from a\n")
+        bob.sendall(b"from b\n")
+        assert b"bob: from b\n" in _read_until(alice, b"from b\n")
+    finally:
+        alice.close()
+        bob.close()

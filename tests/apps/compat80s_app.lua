@@ -6,7 +6,8 @@ local http_client = require("aio.lib.http_client")
 local dns = require("aio.lib.dns")
 local templates = require("aio.lib.templates")
 
-nodes:start { authorization = "TEST-SECRET" }
+local master_port = tonumber(os.getenv("NODES_MASTER_PORT") or "")
+nodes:start { authorization = "TEST-SECRET", master = master_port and { "localhost", master_port, 0 } }
 
 closed_names = closed_names or {}
 aio:register_close_handler("test", function(sock)

@@ -172,7 +172,9 @@ function nodes:announce(from, selector, except, method, endpoint, message)
     if node[1] == "*" then
         if not self.master then return aio:resolved(make_error("no master node")) end
         host_name, port = self.master[1], self.master[2]
-        table.remove(to, 1)
+        -- 80s: a query of the registry names the rest; a PUT (eightys) keeps the
+        -- global node, so the master delivers to its own sockets
+        if method ~= "PUT" then table.remove(to, 1) end
     end
     local message_id = str_format("%s.%d", MESSAGE_BASE, self.message_id)
     self.message_id = self.message_id + 1
@@ -218,8 +220,16 @@ end
 -- Through the worker channel: worker `target` (or "*") delivers to its own sockets.
 local function mail_workers(target, rest, except_text, message, close)
     aio:mail({ worker = target, target = MAIL_MARKER,
-               message = { rest = rest, except = except_text or false,
+               message = { op = "deliver", rest = rest, except = except_text or false,
                            message = message, close = close or false } })
+end
+
+-- Every worker of this server (this one included) delivers to its sockets under rest.
+local function deliver_server(self, rest, except_text, message, close)
+    for w = 0, WORKERS - 1 do
+        if w ~= WORKERID then mail_workers(w, rest, except_text, message, close) end
+    end
+    deliver_local(self, { SELF_NODE, unpack(rest) }, except_text, message, close)
 end
 
 --- Write message to every socket whose name starts with selector (see the top
@@ -236,15 +246,16 @@ function nodes:broadcast(selector, except, message, close)
     end
     local rest = { unpack(selector, 2) }
     if node == self.global then
-        -- every worker of this server ...
-        for w = 0, WORKERS - 1 do
-            if w ~= WORKERID then mail_workers(w, rest, except_text, message, close) end
-        end
-        deliver_local(self, { SELF_NODE, unpack(rest) }, except_text, message, close)
-        -- ... sockets other servers registered here (we are their master) ...
+        -- every worker of this server, and the sockets other servers registered
+        -- here (when this is their master: each worker keeps a copy of the registry)
+        deliver_server(self, rest, except_text, message, close)
         deliver_local(self, selector, except_text, message, close)
-        -- ... and, with a master elsewhere, every server it knows (80s protocol)
         if master_is_remote() then
+            -- the master's own sockets ...
+            self:announce(SELF_NODE, { self.global, unpack(rest) }, except_text, "PUT", "/nodes",
+                message)
+            -- ... and every other server registered there (80s protocol)
+            local master = self.master
             self:announce(SELF_NODE, selector, nil, "GET", "/nodes", "")(function(res)
                 local list = type(res) == "table" and res.status == 200 and json_decode(res.body)
                 if type(list) ~= "table" then return end
@@ -252,7 +263,8 @@ function nodes:broadcast(selector, except, message, close)
                     local delegate = type(entry) == "table" and entry.delegate
                     if type(delegate) == "table" and type(delegate[1]) == "table" then
                         local target = self:get_node(unpack(delegate[1]))
-                        if not on_this_server(target) then
+                        if not on_this_server(target)
+                                and not (target[1] == master[1] and target[2] == master[2]) then
                             delegate[1] = target
                             self:broadcast(delegate, except_text, message, close)
                         end
@@ -271,8 +283,50 @@ function nodes:broadcast(selector, except, message, close)
     self:announce(SELF_NODE, selector, except_text, "PUT", "/nodes", message)
 end
 
+-- A name another server registered here (POST /nodes), kept by every worker.
+local function register_remote(self, from, delegate)
+    local origin = from[1]
+    local name = { unpack(from) }
+    name[#name + 1] = str_format("%s.%d.%d", tostring(origin[1]), tonumber(origin[2]) or 0,
+        tonumber(origin[3]) or 0)
+    local remote = setmetatable({ delegate = delegate }, aiosocket)
+    self:register(remote, name, self.global)
+    return remote
+end
+
+local function unregister_remote(self, from)
+    local origin = from[1]
+    local name = { unpack(from) }
+    name[1] = self.global
+    name[#name + 1] = str_format("%s.%d.%d", tostring(origin[1]), tonumber(origin[2]) or 0,
+        tonumber(origin[3]) or 0)
+    self:unregister({ name = name })
+    return name
+end
+
+-- the registry change reaches the other workers of this server
+local function replicate(op, from, delegate)
+    for w = 0, WORKERS - 1 do
+        if w ~= WORKERID then
+            aio:mail({ worker = w, target = MAIL_MARKER,
+                       message = { op = op, from = json_encode(from),
+                                   delegate = json_encode(delegate or false) } })
+        end
+    end
+end
+
 aio.internal_mail[MAIL_MARKER] = function(sender, mail)
     if type(mail) ~= "table" then return end
+    if mail.op == "register" or mail.op == "unregister" then
+        local from = json_decode(mail.from)
+        if type(from) ~= "table" or type(from[1]) ~= "table" then return end
+        if mail.op == "register" then
+            register_remote(nodes, from, json_decode(mail.delegate))
+        else
+            unregister_remote(nodes, from)
+        end
+        return
+    end
     local rest = {}
     for i = 1, #(mail.rest or {}) do rest[i] = mail.rest[i] end
     deliver_local(nodes, { SELF_NODE, unpack(rest) }, mail.except or nil, mail.message,
@@ -288,8 +342,7 @@ local function validate(self, fd, headers)
     end
     local from = headers.from and json_decode(headers.from)
     local to = headers.to and json_decode(headers.to)
-    if not (message_id and headers.except and type(from) == "table" and type(to) == "table"
-            and type(from[1]) == "table") then
+    if not (message_id and headers.except and type(from) == "table" and type(to) == "table") then
         self:response(fd, "400 Bad Request", message_id, "text/plain", "invalid request")
         return nil
     end
@@ -321,13 +374,12 @@ function nodes:start(params)
     aio:http_post("/nodes", function(fd, query, headers)
         local message_id, from = validate(self, fd, headers)
         if not message_id then return end
-        local origin = from[1]
+        if type(from[1]) ~= "table" then
+            return self:response(fd, "400 Bad Request", message_id, "text/plain", "invalid request")
+        end
         local delegate = json_decode(headers.from)
-        local name = { unpack(from) }
-        name[#name + 1] = str_format("%s.%d.%d", tostring(origin[1]), tonumber(origin[2]) or 0,
-            tonumber(origin[3]) or 0)
-        local remote = setmetatable({ delegate = delegate }, aiosocket)
-        self:register(remote, name, self.global)
+        local remote = register_remote(self, from, delegate)
+        replicate("register", from, delegate)
         self:response(fd, "200 OK", message_id, "application/json",
             { delegate = remote.delegate, name = remote.name })
     end)
@@ -335,12 +387,11 @@ function nodes:start(params)
     aio:http_any("DELETE", "/nodes", function(fd, query, headers)
         local message_id, from = validate(self, fd, headers)
         if not message_id then return end
-        local origin = from[1]
-        local name = { unpack(from) }
-        name[1] = self.global
-        name[#name + 1] = str_format("%s.%d.%d", tostring(origin[1]), tonumber(origin[2]) or 0,
-            tonumber(origin[3]) or 0)
-        self:unregister({ name = name })
+        if type(from[1]) ~= "table" then
+            return self:response(fd, "400 Bad Request", message_id, "text/plain", "invalid request")
+        end
+        local name = unregister_remote(self, { unpack(from) })
+        replicate("unregister", from)
         self:response(fd, "200 OK", message_id, "application/json",
             { delegate = json_decode(headers.from), name = name })
     end)
@@ -353,7 +404,13 @@ function nodes:start(params)
         end
         local except = headers.except ~= "-" and headers.except or nil
         to[1] = self:get_node(unpack(to[1]))
-        self:broadcast(to, except, body or "")
+        if to[1] == self.global then
+            -- from a server whose master this is: this server's own sockets only
+            -- (the sender reaches the other registered servers itself)
+            deliver_server(self, { unpack(to, 2) }, except, body or "")
+        else
+            self:broadcast(to, except, body or "")
+        end
         self:response(fd, "201 Created", message_id, "text/plain", "")
     end)
 end
