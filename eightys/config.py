@@ -44,6 +44,8 @@ class Config:
     max_body_size: int = 16 * 1024 * 1024
     header_timeout: float = 10.0
     keepalive_timeout: float = 15.0
+    handler_timeout: float = 30.0
+    max_headers: int = 100
     dev: bool = False
     #: Watch the code and the site, reload on change, live-reload browsers (--reload).
     reload: bool = False
