@@ -28,8 +28,8 @@ class Address:
 class Config:
     """Everything a master needs to start workers, and a worker needs to run one.
 
-    The master sends it to each worker as JSON (``to_json``/``from_json``), so every
-    field must be plain data.
+    The master sends it to each worker as JSON (``to_json``/``from_json``) through
+    an inherited file descriptor, so every field must be plain data.
     """
 
     entry: str
@@ -52,7 +52,7 @@ class Config:
     extra: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        """Serialise for the worker's command line."""
+        """Serialise for a worker (read back with :meth:`from_json`)."""
         return json.dumps(asdict(self))
 
     @classmethod
