@@ -1,9 +1,17 @@
-"""The server's configuration: one frozen value built by the CLI, shipped to every worker."""
+"""The server's configuration: one frozen value built by the CLI, shipped to every worker,
+and the error for a configuration the user must fix."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+
+
+class UsageError(Exception):
+    """A command-line or start-up mistake the user can fix; reported in one line, exit 2.
+
+    Raised by the CLI and by the master (an address that cannot be bound); defined
+    here, beside the configuration both read, so neither imports the other."""
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,13 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping, Protocol
 
 if TYPE_CHECKING:
+    from eightys.config import Config
     from eightys.jinja import JinjaPages
+    from eightys.lua_runtime import LuaRuntime
     from eightys.static import StaticFile
-    from eightys.worker import Worker
 
 BUILTIN_TEMPLATES = str(Path(__file__).parent / "templates")
 #: Connection header per request flags (bit 1: keep-alive, bit 2: HTTP/1.0), as in http.lua.
@@ -27,10 +28,43 @@ CONNECTION_HEADERS = {0: b"Connection: close\r\n", 1: b"", 2: b"Connection: clos
                       3: b"Connection: keep-alive\r\n"}
 
 
+class StaticSender(Protocol):
+    """What :meth:`ContentHost.static_serve` needs of an HTTP connection."""
+
+    def send_static(self, seq: int, static: "StaticFile", method: bytes,
+                    headers: list[bytes], connection: bytes) -> Any:
+        """Answer request ``seq`` with ``static`` (``connection``: the Connection header line)."""
+
+
+class ContentOwner(Protocol):
+    """What :class:`ContentHost` uses of its owner (the worker): a narrow view, so
+    this module never imports the worker."""
+
+    @property
+    def config(self) -> "Config":
+        """The server's configuration (secret, dev, body limit)."""
+
+    @property
+    def live(self) -> object | None:
+        """Set in reload mode (browser live reload), else None."""
+
+    @property
+    def now(self) -> float:
+        """The coarse clock, in seconds."""
+
+    @property
+    def connections(self) -> Mapping[int, StaticSender]:
+        """Open connections by fd."""
+
+    @property
+    def runtime(self) -> "LuaRuntime":
+        """The Lua runtime (value conversion, globals)."""
+
+
 class ContentHost:
     """Functions the content server calls through the private host table."""
 
-    def __init__(self, worker: "Worker") -> None:
+    def __init__(self, worker: ContentOwner) -> None:
         self.worker = worker
         #: decoded URL path -> StaticFile, consulted by HttpProtocol before Lua
         self.static_routes: dict[bytes, StaticFile] = {}

@@ -30,8 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eightys import channel
-from eightys.cli import UsageError
-from eightys.config import Address, Config
+from eightys.config import Address, Config, UsageError
 from eightys.log import setup_logging
 
 log = logging.getLogger("master")
