@@ -373,6 +373,19 @@ def test_aio_connect_refused_reports_an_error(start_server):
         closed.close()
 
 
+@pytest.mark.parametrize("engine", ["luajit", "lua54"])
+def test_short_lived_aio_connect_readers_leave_the_lua_heap_flat(start_server, engine):
+    # aio:cor/aio:buffered_cor readers of real outgoing sockets, each closed by the
+    # peer: LuaJIT used to keep every one (~2 KiB each) in aio.lua's tables.
+    server = start_server(CONTROL, "--lua", engine, workers=1)
+    with server.client(timeout=60) as c:
+        answer = c.request("CONNECTS 2000").decode()
+    fields = dict(part.split("=") for part in answer.split()[1:])
+    assert fields["ok"] == "2000", answer
+    growth = float(fields["after"]) - float(fields["before"])
+    assert growth < 128, f"Lua heap grew {growth:.0f} KiB over 1800 connections: {answer}"
+
+
 # -- extension modules ------------------------------------------------------------------------
 
 
