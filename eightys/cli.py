@@ -13,15 +13,11 @@ import sys
 from typing import NoReturn, Sequence
 
 from eightys import __version__
-from eightys.config import Address, Config
+from eightys.config import Address, Config, UsageError
 
 DEFAULT_ENTRY = "server/simple_http.lua"
 DEFAULT_PORT = 8080
 USAGE_EXIT = 2
-
-
-class UsageError(Exception):
-    """A command-line or start-up mistake the user can fix; reported in one line, exit 2."""
 
 
 class _Parser(argparse.ArgumentParser):

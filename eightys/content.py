@@ -14,23 +14,63 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote_to_bytes
 
 from eightys.wire import CONNECTION_HEADERS
 
 if TYPE_CHECKING:
+    from eightys.config import Config
     from eightys.jinja import JinjaPages
+    from eightys.lua_runtime import LuaRuntime
+    from eightys.protocols.host import ConnectionHost
     from eightys.static import StaticFile
-    from eightys.worker import Worker
 
 BUILTIN_TEMPLATES = str(Path(__file__).parent / "templates")
+
+
+class StaticSender(Protocol):
+    """What serving a static file needs of an HTTP connection."""
+
+    def send(self, seq: int, data: bytes, final: bool, close: Any = None) -> bool:
+        """Queue part (``final``: the end) of request ``seq``'s response."""
+
+    async def wait_turn(self, seq: int) -> bool:
+        """Wait until ``seq``'s response may go out and the client reads; False if closed."""
+
+    def abort(self) -> None:
+        """Cut the connection."""
+
+
+class ContentOwner(Protocol):
+    """What :class:`ContentHost` uses of its owner (the worker): a narrow view, so
+    this module never imports the worker."""
+
+    @property
+    def config(self) -> "Config":
+        """The server's configuration (secret, dev, body limit)."""
+
+    @property
+    def live(self) -> object | None:
+        """Set in reload mode (browser live reload), else None."""
+
+    @property
+    def host(self) -> "ConnectionHost":
+        """What protocols see: the coarse clock, open connections, task spawning."""
+
+    @property
+    def log(self) -> Any:
+        """The worker's logger."""
+
+    @property
+    def runtime(self) -> "LuaRuntime":
+        """The Lua runtime (value conversion, globals)."""
 
 
 class ContentHost:
     """Functions the content server calls through the private host table."""
 
-    def __init__(self, worker: "Worker") -> None:
+    def __init__(self, worker: ContentOwner) -> None:
         self.worker = worker
         #: decoded URL path -> StaticFile, consulted by HttpProtocol before Lua
         self.static_routes: dict[bytes, StaticFile] = {}

@@ -1,9 +1,11 @@
 """One worker process: one uvloop loop, one Lua state, the listening protocol.
 
-Started by the master as ``python -m eightys.worker CONFIG_JSON WORKER_ID LISTEN_FD
-CHANNEL_FD``. It inherits the listening socket and one end of a socketpair to the
-master (the control channel: mail, reload, quit, readiness). Nothing is shared
-with other workers.
+Started by the master as ``python -m eightys.worker CONFIG_FD WORKER_ID LISTEN_FD
+CHANNEL_FD``. It inherits its configuration as a file descriptor to read (never
+on the command line: it holds the session secret, and ``ps`` shows every
+process's arguments to every user), the listening socket and one end of a
+socketpair to the master (the control channel: mail, reload, quit, readiness).
+Nothing is shared with other workers.
 
 The worker is the Lua runtime's :class:`~eightys.lua_runtime.Host`: its methods
 are what ``net.*`` does.
@@ -401,12 +403,19 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def read_config(fd: int) -> Config:
+    """Read the JSON configuration the master wrote into ``fd`` (to its end) and
+    close it, so the secret lives on in this process's memory only."""
+    with open(fd, "rb") as f:
+        return Config.from_json(f.read().decode())
+
+
 def main(argv: list[str]) -> int:
     """Worker process entry point (see module docstring for the arguments)."""
     import uvloop
 
-    config_json, worker_id, listen_fd, channel_fd = argv
-    config = Config.from_json(config_json)
+    config_fd, worker_id, listen_fd, channel_fd = argv
+    config = read_config(int(config_fd))
     setup_logging()
     listen_sock = socket.socket(fileno=int(listen_fd))
     channel_sock = socket.socket(fileno=int(channel_fd))

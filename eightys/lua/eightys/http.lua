@@ -99,11 +99,14 @@ local JSON_TYPE = "application/json; charset=utf-8"
 local MANAGED = { ["content-length"] = true, ["transfer-encoding"] = true,
                   ["connection"] = true, ["date"] = true, ["server"] = true }
 
+-- A header value may hold no control byte but HTAB (RFC 9110 5.5): CR/LF would
+-- split the response, NUL and the rest are refused by clients and proxies.
+-- "[^\t%C]": any byte that is neither a tab nor a non-control one, in one find.
 local function header_value(name, value)
     value = tostring(value)
-    if str_find(value, "[\r\n]") or str_find(name, "[^%w!#$%%&'*+.^_`|~-]") then
+    if str_find(value, "[^\t%C]") or str_find(name, "[^%w!#$%%&'*+.^_`|~-]") then
         error("bad header " .. str_format("%q", name) .. ": names must be tokens and "
-            .. "values must not contain CR or LF", 4)
+            .. "values must not contain control characters (CR, LF, NUL...) but tab", 4)
     end
     return value
 end
