@@ -1,7 +1,7 @@
 """The parts of 80s's Lua surface that need the worker: ``net.sockname``,
 ``net.popen`` (``aio:popen``), stream routes (``aio:stream_http_*``), HTTP limits
-set from Lua (``aio:set_max_http_body``/``_header``), and the pure helpers
-``net.partscan`` and ``net.mkdir``.
+set from Lua (``aio:set_max_http_body``/``_header``), name lookups and the HTTP
+client. (The pure ``net.partscan`` and ``net.mkdir`` are in eightys.net80s.)
 
 The worker builds one :class:`EightiesHost`; its :meth:`~EightiesHost.functions`
 go into the private host table and ``eightys/lua/eightys/compat80s.lua`` installs
@@ -16,55 +16,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from eightys.http_client import HttpClient
+from eightys.protocols.flow import FlowControl
+from eightys.protocols.raw import RawProtocol
 
 if TYPE_CHECKING:
-    from eightys.protocols.http import HttpProtocol
-    from eightys.worker import Worker
+    from eightys.lua_runtime import LuaRuntime
+    from eightys.protocols.host import ConnectionHost
+    from eightys.protocols.http_core import HttpLimits
+
+
+class CompatOwner(Protocol):
+    """What this module needs from the worker (it never imports the worker)."""
+
+    connections: dict[int, Any]
+    http_limits: "HttpLimits"
+    host: "ConnectionHost"
+    runtime: "LuaRuntime"
+    loop: asyncio.AbstractEventLoop
 
 log = logging.getLogger("eightys.compat80s")
-
-#: Longest needle net.partscan takes (80s's limit).
-MAX_NEEDLE = 256
-#: Stop reading a child's output once this much waits for Lua (it never stalls the loop).
-PIPE_HIGH_WATER = 256 * 1024
-
-
-def partscan(haystack: bytes, needle: bytes, offset: Any = 1) -> tuple[int, int]:
-    """``net.partscan(haystack, needle, offset)``: the first occurrence of ``needle``
-    at or after 1-based ``offset``, as ``(position, len(needle))``; failing that,
-    the longest prefix of ``needle`` that ends the haystack (a delimiter split
-    across reads), as ``(position, matched_length)``; failing that
-    ``(len(haystack) + 1, 0)``. Positions are 1-based. A needle over 256 bytes
-    gives ``(0, 0)`` (80s's limit); an offset below 1 counts as 1."""
-    size = len(haystack)
-    if not haystack or not needle:
-        return size + 1, 0
-    if len(needle) > MAX_NEEDLE:
-        return 0, 0
-    start = int(offset) - 1 if isinstance(offset, (int, float)) else 0
-    start = min(max(start, 0), size)
-    found = haystack.find(needle, start)
-    if found != -1:
-        return found + 1, len(needle)
-    for k in range(min(len(needle) - 1, size - start), 0, -1):
-        if haystack.endswith(needle[:k]):
-            return size - k + 1, k
-    return size + 1, 0
-
-
-def mkdir(path: bytes, permissions: Any = 0o777) -> bool:
-    """``net.mkdir(path[, permissions])``: true if the directory exists afterwards."""
-    try:
-        os.mkdir(path, int(permissions) if isinstance(permissions, (int, float)) else 0o777)
-    except FileExistsError:
-        return True
-    except (OSError, ValueError):
-        return os.path.isdir(path)
-    return True
-
 
 class _ChildProtocol(asyncio.SubprocessProtocol):
     """Delivers a child's stdout+stderr to Lua as ``on_data`` of the read handle."""
@@ -164,27 +138,33 @@ class _PipeHandle:
         self.child.host.kill(self.child)
 
 
+class _StreamProtocol(RawProtocol):
+    """A connection that was HTTP until a stream route took it over: raw from now
+    on, without the accept hook (it was accepted as HTTP)."""
+
+    __slots__ = ()
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.flow = FlowControl(transport)
+        self.host.register(self.fd, self)
+
+
 class EightiesHost:
     """The worker-side half of the 80s compatibility surface."""
 
-    def __init__(self, worker: "Worker") -> None:
+    def __init__(self, worker: CompatOwner) -> None:
         self.worker = worker
-        #: (METHOD, path) of every aio:stream_http_* route; HttpProtocol hands such
-        #: a request's connection over to a raw stream after its head.
-        self.stream_routes: set[tuple[bytes, bytes]] = set()
-        self.stream_dispatch: Callable[..., Any] | None = None
         self.children: set[_ChildProtocol] = set()
         self._defaults = (worker.http_limits.max_header, worker.http_limits.max_body)
-        from eightys.http_client import HttpClient
-
         self.http_client = HttpClient(worker)
 
     def functions(self) -> dict[bytes, Any]:
         """The entries this adds to the private host table."""
         return {
             b"sockname": self.sockname, b"popen": self.popen,
-            b"stream_route": self.stream_route,
-            b"set_stream_dispatch": self.set_stream_dispatch,
+            b"stream_route": self.stream_route, b"stream_switch": self.stream_switch,
+            b"stream_ready": self.stream_ready,
             b"set_http_limit": self.set_http_limit, b"resolve": self.resolve,
             **self.http_client.functions(),
         }
@@ -241,37 +221,30 @@ class EightiesHost:
     # -- stream routes --------------------------------------------------------------
 
     def stream_route(self, method: bytes, path: bytes, on: Any) -> None:
-        """Add (or, with ``on`` false, remove) a stream route."""
-        key = (method, path)
+        """Add (or, with ``on`` false, remove) a stream route: the HTTP core then
+        treats such a request as a pending upgrade once its head is in."""
+        routes = self.worker.http_limits.stream_routes
         if on:
-            self.stream_routes.add(key)
+            routes.add((method, path))
         else:
-            self.stream_routes.discard(key)
+            routes.discard((method, path))
 
-    def set_stream_dispatch(self, fn: Any) -> None:
-        """The Lua function that starts a stream handler: fn(fd, method, url, headers...)."""
-        self.stream_dispatch = fn
+    def stream_ready(self, fd: Any, seq: Any) -> bool:
+        """Whether request ``seq`` on ``fd`` is a stream request waiting to switch."""
+        conn = self.worker.connections.get(fd)
+        return conn is not None and hasattr(conn, "upgrade_request") \
+            and conn.upgrade_request(seq) is not None
 
-    def switch_to_stream(self, conn: "HttpProtocol", method: bytes, url: bytes,
-                         headers: list[bytes], trailing: bytes) -> None:
-        """Hand the HTTP connection ``conn`` over to a raw stream: its handle stays,
-        its events go to the aiosocket the stream handler reads from, and the bytes
-        that followed the request head are its first data."""
-        from eightys.protocols.raw import RawProtocol
-
-        worker = self.worker
-        transport = conn.transport
-        if transport is None or self.stream_dispatch is None:
-            return
-        raw = RawProtocol(worker, conn.fd)
-        raw.transport = transport
-        worker.connections[conn.fd] = raw
-        transport.set_protocol(raw)
-        if conn.read_paused:
-            transport.resume_reading()
-        worker.runtime.dispatch_call(self.stream_dispatch, conn.fd, method, url, *headers)
-        if trailing and not raw.closing:
-            raw.data_received(trailing)
+    def stream_switch(self, fd: Any, seq: Any) -> bool:
+        """Hand connection ``fd``, whose request ``seq`` is a stream route's, over to a
+        raw stream (nothing more is answered as HTTP). Its handle stays; the bytes that
+        followed the head are its first data. False if that is not possible (the
+        connection is gone, or the request is not a pending stream request)."""
+        conn = self.worker.connections.get(fd)
+        if conn is None or not hasattr(conn, "upgrade_request") \
+                or conn.upgrade_request(seq) is None:
+            return False
+        return bool(conn.switch_protocol(seq, b"", _StreamProtocol(self.worker.host, fd)))
 
     # -- net.popen ------------------------------------------------------------------
 
@@ -282,7 +255,7 @@ class EightiesHost:
             return None, b"net.popen: command must be a non-empty string"
         argv = [a if type(a) is bytes else str(a).encode() for a in args]
         worker = self.worker
-        read_fd, write_fd = worker.new_fd(), worker.new_fd()
+        read_fd, write_fd = worker.host.new_fd(), worker.host.new_fd()
         child = _ChildProtocol(self, read_fd, write_fd)
         worker.connections[read_fd] = _PipeHandle(child, writable=False)
         worker.connections[write_fd] = _PipeHandle(child, writable=True)

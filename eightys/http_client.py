@@ -18,13 +18,19 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urljoin, urlsplit
 
 import httptools
 
 if TYPE_CHECKING:
-    from eightys.worker import Worker
+    from eightys.lua_runtime import LuaRuntime
+
+
+class ClientOwner(Protocol):
+    """What the client needs from the worker: its Lua runtime (for promises)."""
+
+    runtime: "LuaRuntime"
 
 DEFAULT_TIMEOUT = 30.0
 MAX_IDLE_PER_ORIGIN = 8
@@ -111,7 +117,7 @@ class _Connection:
 class HttpClient:
     """The worker's HTTP client: a keep-alive pool and the ``http_request`` host function."""
 
-    def __init__(self, worker: "Worker") -> None:
+    def __init__(self, worker: ClientOwner) -> None:
         self.worker = worker
         self.idle: dict[Origin, list[_Connection]] = {}
         self._tls: ssl.SSLContext | None = None

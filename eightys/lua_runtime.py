@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
 
-from eightys import codec, compat80s, crypto
+from eightys import codec, crypto, net80s, wire
 
 LUA_LIBRARY_DIR = Path(__file__).parent / "lua"
 
@@ -121,7 +121,7 @@ class LuaRuntime:
             b"reload": host.reload, b"quit": host.quit, b"mail": host.mail,
             b"info": host.info, b"listdir": self._listdir, b"readfile": _readfile,
             b"clock": time.monotonic,
-            b"partscan": compat80s.partscan, b"mkdir": compat80s.mkdir,
+            b"partscan": net80s.partscan, b"mkdir": net80s.mkdir,
         })
         g[b"codec"] = self._table({
             b"url_encode": codec.url_encode, b"url_decode": codec.url_decode,
@@ -152,6 +152,7 @@ class LuaRuntime:
             b"http_send": host.http_send,
             b"http_drain": host.http_drain,
             b"engine": engine.encode(),
+            b"wire": self.to_lua(wire.lua_table()),
             **(private or {}),
         })
         bootstrap = self._load_file(str(LUA_LIBRARY_DIR / "bootstrap.lua"))
@@ -163,6 +164,9 @@ class LuaRuntime:
         self.dispatch_message: Callable[..., Any] = dispatch[b"message"]
         self.dispatch_call: Callable[..., Any] = dispatch[b"call"]
         self.dispatch_http: Callable[..., Any] = dispatch[b"http"]
+        self.dispatch_http_timeout: Callable[..., Any] = dispatch[b"http_timeout"]
+        self.dispatch_http_gone: Callable[..., Any] = dispatch[b"http_gone"]
+        self.set_draining: Callable[..., Any] = dispatch[b"http_draining"]
         self._run_file: Callable[..., Any] = dispatch[b"run_file"]
         self._call_hook: Callable[..., Any] = dispatch[b"hook"]
         self._new_promise: Callable[..., Any] = dispatch[b"new_promise"]

@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from eightys import codec, crypto
-from eightys.compat80s import mkdir, partscan
+from eightys.net80s import mkdir, partscan
 from eightys.http_client import HttpClient
 
 

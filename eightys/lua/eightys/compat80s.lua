@@ -212,6 +212,37 @@ end
 
 aio.http_stream = aio.http_stream or {}
 
+-- Drive a coroutine a stream handler returned: what it yields is read for it.
+local function drive(thread)
+    local ok, want = co_resume(thread)
+    while ok and co_status(thread) ~= "dead" and want ~= nil and want ~= false do
+        local value = ""
+        if want ~= 0 then value = co_yield(want) end
+        ok, want = co_resume(thread, value)
+    end
+    if not ok then error(want, 0) end
+end
+
+-- The HTTP route of a stream route: the request (already a pending upgrade in the
+-- HTTP core) becomes a raw stream read by the handler.
+local function stream_route(handler)
+    return function(fd, query, headers)
+        if not host.stream_ready(fd.fd, fd.seq) then -- e.g. HEAD on a GET stream route
+            return fd:http_response(400, "text/plain", "this path takes a stream request")
+        end
+        fd.started, fd.finished = true, true -- answered: no HTTP response follows
+        local sock = aiosocket:new(ELFD, fd.fd, true)
+        -- the socket exists before the switch: the bytes after the head go to it
+        aio:buffered_cor(sock, function()
+            local result = handler(sock, query, headers, "")
+            if type(result) == "thread" then drive(result) end
+        end)
+        if not host.stream_switch(fd.fd, fd.seq) then
+            sock:close()
+        end
+    end
+end
+
 --- Register a stream handler h(sock, query, headers, ""): after the request head
 --- the connection is a raw stream. Inside h, coroutine.yield(n) returns the next
 --- n bytes and coroutine.yield("delim") the bytes before delim (nil at the end),
@@ -229,47 +260,13 @@ function aio:stream_http_any(method, path, handler)
     end
     by_method[path] = handler
     if host.stream_route then host.stream_route(method, path, true) end
+    self:http_any(method, path, stream_route(handler))
 end
 
 --- Stream handler for GET (see aio:stream_http_any).
 function aio:stream_http_get(path, handler) return self:stream_http_any("GET", path, handler) end
 --- Stream handler for POST (see aio:stream_http_any).
 function aio:stream_http_post(path, handler) return self:stream_http_any("POST", path, handler) end
-
--- Drive a coroutine a stream handler returned: what it yields is read for it.
-local function drive(thread)
-    local ok, want = co_resume(thread)
-    while ok and co_status(thread) ~= "dead" and want ~= nil and want ~= false do
-        local value = ""
-        if want ~= 0 then value = co_yield(want) end
-        ok, want = co_resume(thread, value)
-    end
-    if not ok then error(want, 0) end
-end
-
--- Python calls this once the connection fd became a raw stream.
-local function start_stream(fd, method, url, ...)
-    local path, query = url, ""
-    local q = str_find(url, "?", 1, true)
-    if q then path, query = str_sub(url, 1, q - 1), str_sub(url, q + 1) end
-    local handler = (aio.http_stream[method] or {})[path]
-    local headers = {}
-    for i = 1, select("#", ...), 2 do
-        local name, value = str_lower((select(i, ...))), (select(i + 1, ...))
-        local prev = headers[name]
-        headers[name] = prev and (prev .. ", " .. value) or value
-    end
-    local sock = aiosocket:new(ELFD, fd, true)
-    if handler == nil then -- removed between the head and now
-        sock:write("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", true)
-        return
-    end
-    aio:buffered_cor(sock, function()
-        local result = handler(sock, query, headers, "")
-        if type(result) == "thread" then drive(result) end
-    end)
-end
-if host.set_stream_dispatch then host.set_stream_dispatch(start_stream) end
 
 ---------------------------------------------------------------------------
 -- Processes, files, streams
