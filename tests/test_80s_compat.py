@@ -307,3 +307,16 @@ def test_nodes_across_two_servers(start_server):
     finally:
         alice.close()
         bob.close()
+
+
+def test_stream_route_takes_a_bare_80s_style_request(app):
+    # an 80s chat client (nc) sends just the request line: no Host, then lines
+    with socket.create_connection(("127.0.0.1", app.port), timeout=5) as sock:
+        sock.sendall(b"GET /chat HTTP/1.1\r\n\r\n")
+        assert _read_until(sock, b"name? ") == b"name? "
+        sock.sendall(b"dave\r\n")
+        assert _read_until(sock, b"\n").startswith(b"hello dave on ")
+    # HEAD on a GET stream route is refused as HTTP, not taken over
+    with socket.create_connection(("127.0.0.1", app.port), timeout=5) as sock:
+        sock.sendall(b"HEAD /chat HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_until(sock, b"\r\n\r\n").startswith(b"HTTP/1.1 400 ")
