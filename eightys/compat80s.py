@@ -79,6 +79,8 @@ class _ChildProtocol(asyncio.SubprocessProtocol):
         self.host.children.discard(self)
         if self.open_pipes <= 0:
             self._end()
+        if self.ended and self.transport is not None:
+            self.transport.close()
 
     def _end(self) -> None:
         if self.ended:
@@ -282,8 +284,3 @@ class EightiesHost:
                 transport.kill()
             except ProcessLookupError:
                 pass
-
-    def stop(self) -> None:
-        """The worker stops: kill every child still running."""
-        for child in list(self.children):
-            self.kill(child)
