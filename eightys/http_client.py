@@ -10,12 +10,13 @@ value, never a Lua error, as in 80s.
   connection are read (httptools parses); at most ``MAX_RESPONSE_BODY`` bytes.
 * Redirects are not followed unless asked (``redirects = n``).
 * The whole exchange has a timeout (default ``DEFAULT_TIMEOUT`` seconds).
-* https uses the system's CA certificates and checks the host name.
+* https checks the certificate (the system's CAs, or ``ca_file``) and the host name.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 import time
 from typing import TYPE_CHECKING, Any, Protocol
@@ -39,7 +40,7 @@ MAX_RESPONSE_BODY = 64 * 1024 * 1024
 MAX_RESPONSE_HEAD = 64 * 1024
 _REDIRECTS = {301, 302, 303, 307, 308}
 
-Origin = tuple[str, str, int]
+Origin = tuple[str, str, int, str]  # scheme, host, port, CA file ("": the system's)
 
 
 class HttpClientError(Exception):
@@ -120,37 +121,40 @@ class HttpClient:
     def __init__(self, worker: ClientOwner) -> None:
         self.worker = worker
         self.idle: dict[Origin, list[_Connection]] = {}
-        self._tls: ssl.SSLContext | None = None
+        self._tls: dict[str, ssl.SSLContext] = {}  # CA file ("": the system's) -> context
 
     def functions(self) -> dict[bytes, Any]:
         """The entries this adds to the private host table."""
         return {b"http_request": self.request}
 
     def request(self, method: bytes, url: bytes, headers: Any, body: Any, timeout: Any,
-                redirects: Any, keepalive: Any) -> Any:
+                redirects: Any, keepalive: Any, ca_file: Any = None) -> Any:
         """Start a request; returns a Lua promise of the response table (or {error})."""
         runtime = self.worker.runtime
         header_list = [(bytes(k), v if type(v) is bytes else str(v).encode())
                        for k, v in runtime.to_python(headers).items()] if headers is not None else []
         coro = self._request(method.decode().upper(), url.decode("utf-8", "replace"), header_list,
                              body or b"", float(timeout or DEFAULT_TIMEOUT), int(redirects or 0),
-                             keepalive is not False)
+                             keepalive is not False, os.fsdecode(ca_file) if ca_file else "")
         return runtime.promise_from(coro, lambda result: (runtime.to_lua(result),))
 
     async def _request(self, method: str, url: str, headers: list[tuple[bytes, bytes]],
-                       body: bytes, timeout: float, redirects: int, keepalive: bool) -> dict[bytes, Any]:
+                       body: bytes, timeout: float, redirects: int, keepalive: bool,
+                       ca_file: str = "") -> dict[bytes, Any]:
         try:
             return await asyncio.wait_for(
-                self._follow(method, url, headers, body, redirects, keepalive), timeout)
+                self._follow(method, url, headers, body, redirects, keepalive, ca_file), timeout)
         except asyncio.TimeoutError:
             return {b"error": f"timed out after {timeout:g} s"}
-        except (HttpClientError, OSError, ssl.SSLError, httptools.HttpParserError) as exc:
+        except (HttpClientError, OSError, ssl.SSLError, ssl.CertificateError,
+                httptools.HttpParserError) as exc:
             return {b"error": str(exc) or type(exc).__name__}
 
     async def _follow(self, method: str, url: str, headers: list[tuple[bytes, bytes]],
-                      body: bytes, redirects: int, keepalive: bool) -> dict[bytes, Any]:
+                      body: bytes, redirects: int, keepalive: bool,
+                      ca_file: str) -> dict[bytes, Any]:
         while True:
-            response = await self._once(method, url, headers, body, keepalive)
+            response = await self._once(method, url, headers, body, keepalive, ca_file)
             location = response[b"headers"].get(b"location")
             status = response[b"status"]
             if redirects <= 0 or status not in _REDIRECTS or not location:
@@ -160,10 +164,12 @@ class HttpClient:
             if status == 303 or (status in (301, 302) and method == "POST"):
                 method, body = "GET", b""
 
-    def _tls_context(self) -> ssl.SSLContext:
-        if self._tls is None:
-            self._tls = ssl.create_default_context()
-        return self._tls
+    def _tls_context(self, ca_file: str) -> ssl.SSLContext:
+        context = self._tls.get(ca_file)
+        if context is None:
+            context = ssl.create_default_context(cafile=ca_file or None)
+            self._tls[ca_file] = context
+        return context
 
     async def _connect(self, origin: Origin) -> _Connection:
         pool = self.idle.get(origin)
@@ -172,9 +178,9 @@ class HttpClient:
             if conn.usable():
                 return conn
             conn.close()
-        scheme, host, port = origin
+        scheme, host, port, ca_file = origin
         reader, writer = await asyncio.open_connection(
-            host, port, ssl=self._tls_context() if scheme == "https" else None,
+            host, port, ssl=self._tls_context(ca_file) if scheme == "https" else None,
             limit=MAX_RESPONSE_HEAD)
         return _Connection(reader, writer)
 
@@ -187,12 +193,13 @@ class HttpClient:
         pool.append(conn)
 
     async def _once(self, method: str, url: str, headers: list[tuple[bytes, bytes]],
-                    body: bytes, keepalive: bool) -> dict[bytes, Any]:
+                    body: bytes, keepalive: bool, ca_file: str) -> dict[bytes, Any]:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise HttpClientError(f"not an http(s) URL: {url}")
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        origin: Origin = (parts.scheme, parts.hostname, port)
+        origin: Origin = (parts.scheme, parts.hostname, port,
+                          ca_file if parts.scheme == "https" else "")
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         names = {name.lower() for name, _ in headers}
         lines = [f"{method} {target} HTTP/1.1\r\n".encode()]

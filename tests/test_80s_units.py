@@ -150,3 +150,66 @@ def test_http_client_body_until_close_and_errors():
     cut.close()
     assert b"error" in request(HttpClient(_Worker()), "http://127.0.0.1:1/",
                                headers=[(b"X", b"a\r\nb")])
+
+
+def _self_signed(tmp_path) -> tuple[str, str]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+def test_http_client_https_checks_the_certificate(tmp_path):
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+
+    async def scenario() -> tuple[dict, dict, dict]:
+        async def handle(reader, writer):
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecure")
+                await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+                pass
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+        port = server.sockets[0].getsockname()[1]
+        client = HttpClient(_Worker())
+        url = f"https://localhost:{port}/"
+        try:
+            trusted = await client._request("GET", url, [], b"", 5, 0, True, cert)
+            untrusted = await client._request("GET", url, [], b"", 5, 0, True)
+            wrong_name = await client._request("GET", f"https://127.0.0.1:{port}/", [], b"",
+                                               5, 0, True, cert)
+        finally:
+            client.close()
+            server.close()
+        return trusted, untrusted, wrong_name
+
+    trusted, untrusted, wrong_name = asyncio.run(scenario())
+    assert trusted[b"status"] == 200 and trusted[b"body"] == b"secure"
+    assert "certificate" in untrusted[b"error"].lower()
+    assert b"error" in wrong_name

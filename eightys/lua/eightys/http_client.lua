@@ -25,9 +25,10 @@ local http_client = {}
 --- Perform a request. params: method (default GET), url, query (table, added
 --- to the URL), headers (table), body (string), timeout (seconds, default 30),
 --- redirects (how many to follow, default 0: redirects are returned as is),
---- keepalive (default true: the connection goes back to the pool).
+--- keepalive (default true: the connection goes back to the pool), ca_file (PEM
+--- CA certificates that https servers are checked against instead of the system's).
 --- Resolves with the response table, or {error = "..."}.
---- @param params {method: string|nil, url: string, query: table|nil, headers: table|nil, body: string|nil, timeout: number|nil, redirects: integer|nil, keepalive: boolean|nil}
+--- @param params {method: string|nil, url: string, query: table|nil, headers: table|nil, body: string|nil, timeout: number|nil, redirects: integer|nil, keepalive: boolean|nil, ca_file: string|nil}
 --- @return aiopromise
 function http_client:request(params)
     if type(params) ~= "table" or type(params.url) ~= "string" then
@@ -49,7 +50,7 @@ function http_client:request(params)
     local body = params.body
     if body ~= nil and type(body) ~= "string" then body = tostring(body) end
     return host.http_request((params.method or "GET"):upper(), url, headers, body,
-        tonumber(params.timeout), tonumber(params.redirects), params.keepalive)
+        tonumber(params.timeout), tonumber(params.redirects), params.keepalive, params.ca_file)
 end
 
 --- GET url; options as in http_client:request (headers, timeout, redirects, ...).
