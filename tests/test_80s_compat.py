@@ -320,3 +320,8 @@ def test_stream_route_takes_a_bare_80s_style_request(app):
     with socket.create_connection(("127.0.0.1", app.port), timeout=5) as sock:
         sock.sendall(b"HEAD /chat HTTP/1.1\r\nHost: x\r\n\r\n")
         assert _read_until(sock, b"\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+
+
+def test_net_mail_in_80s_form(app):
+    assert get(app, "/mail80") == b"true nil"
+    wait_until(lambda: get(app, "/mailbox") == b"0 5 hi 80s", 5, message="the mail")

@@ -195,3 +195,17 @@ aio:stream_http_post("/raw", function(self, query, headers)
         self:close()
     end)
 end)
+
+-- 80s's eight-argument net.mail, delivered to on_message
+function on_message(sender, sender_elfd, sender_fd, elfd, receiver_fd, mtype, message)
+    last_mail = string.format("%s %s %s", tostring(sender), tostring(mtype), tostring(message))
+end
+
+aio:http_get("/mail80", function(fd)
+    local ok, err = net.mail(S80_RELOAD, WORKERID, ELFD, NILFD, 0, NILFD, S80_MB_MESSAGE, "hi 80s")
+    fd:http_response(200, "text/plain", tostring(ok) .. " " .. tostring(err))
+end)
+
+aio:http_get("/mailbox", function(fd)
+    fd:http_response(200, "text/plain", last_mail or "")
+end)
