@@ -603,6 +603,7 @@ function aio:coroutine_pool(body, max)
             report("coroutine", traceback(co, tostring(marker)))
             forget(co)
         end
+        return co -- the caller may want to know where a task that went on waiting is
     end
 end
 

@@ -27,8 +27,6 @@ local str_format = string.format
 local str_gsub = string.gsub
 local str_char = string.char
 local concat = table.concat
-local os_time = os.time
-local os_date = os.date
 
 local aio = aio
 local json_encode = codec.json_encode
@@ -76,20 +74,21 @@ end
 
 -- The Server line and the Connection header per request flags; both derived in
 -- _M.attach from eightys/wire.py's flag bits (keep-alive, HTTP/1.0, TLS, ...).
-local SERVER = "Server: eightys\r\n"
+local SERVER -- set by _M.attach
 local CONNECTION = {}
 local FLAG_HTTP10 = 2
 local draining = false -- the worker is stopping: every response closes its connection
 
 -- "Server: ...\r\nDate: ...\r\n", rebuilt once a second
-local last_time, server_date = -1, ""
+-- The worker sets it once a second (_M.set_date): no clock call per response.
+local server_date = ""
 local function server_date_headers()
-    local now = os_time()
-    if now ~= last_time then
-        last_time = now
-        server_date = SERVER .. "Date: " .. os_date("!%a, %d %b %Y %H:%M:%S GMT", now) .. "\r\n"
-    end
     return server_date
+end
+
+--- "Server: ...\r\nDate: ...\r\n" from now on (the worker calls this every second).
+function _M.set_date(date_line)
+    server_date = SERVER .. date_line
 end
 
 local DEFAULT_TYPE = "text/plain; charset=utf-8"
@@ -398,7 +397,9 @@ end
 --- renders the built-in 404 and 500 answers (the content server sets it).
 aio.http_error_page = aio.http_error_page
 
--- The handler table for a path: method -> handler, and params for pattern routes.
+-- The handler table for a path: method -> handler, and for pattern routes
+-- method -> path parameters, each from the route that matched that method
+-- (GET /u/:id and POST /u/:name give params.id and params.name respectively).
 local function lookup(path)
     local by_path = routes.exact[path]
     if by_path then return by_path, nil end
@@ -408,11 +409,13 @@ local function lookup(path)
         local r = list[i]
         local captures = { path:match(r.pattern) }
         if captures[1] ~= nil then
-            if found == nil then
-                found, params = {}, {}
-                for j = 1, #r.names do params[r.names[j]] = captures[j] end
+            if found == nil then found, params = {}, {} end
+            if found[r.method] == nil then
+                found[r.method] = r.handler
+                local values = {}
+                for j = 1, #r.names do values[r.names[j]] = captures[j] end
+                params[r.method] = values
             end
-            if found[r.method] == nil then found[r.method] = r.handler end
         end
     end
     return found, params
@@ -437,9 +440,12 @@ function aio:route(fd, method, path, query, headers, body)
         by_path, params = lookup(url_decode_path(path))
     end
     if by_path then
-        local handler = by_path[method] or (method == "HEAD" and by_path.GET)
+        local handler = by_path[method]
+        if handler == nil and method == "HEAD" then
+            handler, method = by_path.GET, "GET"
+        end
         if handler then
-            if params then fd.params = params end
+            if params then fd.params = params[method] end
             fd.handler = handler -- for the handler-timeout report
             return handler(fd, query, headers, body)
         end
@@ -511,12 +517,10 @@ end
 -- has fixed arguments and one xpcall, because it runs for every request.
 local IDLE = aio.IDLE
 local co_yield = coroutine.yield
-local co_running = coroutine.running
 local on_http_error
 
 local function serve_loop(req, method, path, query, headers, body)
     while true do
-        req.co = co_running() -- where it waits, should it never answer
         local ok, err = xpcall(aio.on_http, traceback, aio, req, method, path, query, headers, body)
         if not ok then on_http_error(req, err) end
         req, method, path, query, headers, body = co_yield(IDLE)
@@ -569,7 +573,7 @@ function _M.dispatch(fd, seq, method, url, body, flags, raw_headers)
                                sync = true, out = false, started = false,
                                finished = false, closing = false, handler = false,
                                co = false, gone = false }, Request)
-    start_request(req, method, path, query, headers, body or "")
+    local co = start_request(req, method, path, query, headers, body or "")
     req.sync = false
     local out = req.out
     if out then
@@ -581,6 +585,7 @@ function _M.dispatch(fd, seq, method, url, body, flags, raw_headers)
         return out
     end
     if req.finished then return false end
+    req.co = co -- where it waits, should it never answer
     local by_fd = waiting[fd]
     if by_fd == nil then
         by_fd = {}
@@ -643,6 +648,7 @@ function _M.attach(private)
     local wire = private.wire
     for code, phrase in pairs(wire.reasons) do REASONS[code] = phrase end
     SERVER = wire.server_line
+    _M.set_date(private.date_line())
     FLAG_HTTP10 = wire.flag_http10
     local keep_alive = wire.flag_keep_alive
     for flags = 0, wire.flag_limit - 1 do
