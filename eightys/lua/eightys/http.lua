@@ -536,22 +536,64 @@ end
 -- "name\0value\0name\0value" as received -> {lower-case name = value}; a
 -- repeated field's values are joined with ", " (RFC 9110 5.3). One string from
 -- Python instead of one argument per field: O(n), whatever the count.
-local function parse_headers(raw)
-    local headers = {}
-    if raw == "" then return headers end
-    local pos = 1
+local function parse_fields(raw, headers)
+    local pos, count = 1, 0
     while true do
         local sep = str_find(raw, "\0", pos, true)
         local name = str_lower(str_sub(raw, pos, sep - 1))
         local stop = str_find(raw, "\0", sep + 1, true)
         local value = str_sub(raw, sep + 1, stop and stop - 1 or -1)
         local prev = headers[name]
+        if prev == nil then count = count + 1 end
         headers[name] = prev and (prev .. ", " .. value) or value
-        if stop == nil then return headers end
+        if stop == nil then return count end
         pos = stop + 1
     end
 end
+
+-- Clients on a keep-alive connection mostly send the same header block again and
+-- again: a block seen twice is kept parsed, and later requests get a copy of it
+-- (one table insert per field instead of four new strings). Bounded: blocks up
+-- to HEADER_CACHE_BYTES, HEADER_CACHE_BLOCKS of them, forgotten all at once when full.
+local HEADER_CACHE_BLOCKS, HEADER_CACHE_BYTES = 256, 4096
+local parsed_blocks, block_sizes, parsed_count = {}, {}, 0
+local seen_blocks, seen_count = {}, 0
+local table_new = (pcall(require, "table.new")) and require("table.new")
+    or function() return {} end
+
+local function parse_headers(raw)
+    local template = parsed_blocks[raw]
+    if template then
+        local headers = table_new(0, block_sizes[raw])
+        for name, value in next, template do headers[name] = value end
+        return headers
+    end
+    local headers = {}
+    if raw == "" then return headers end
+    local count = parse_fields(raw, headers)
+    if #raw <= HEADER_CACHE_BYTES then
+        if seen_blocks[raw] then -- the second time: keep it parsed
+            if parsed_count >= HEADER_CACHE_BLOCKS then
+                parsed_blocks, block_sizes, parsed_count = {}, {}, 0
+            end
+            template = {}
+            for name, value in next, headers do template[name] = value end
+            parsed_blocks[raw], block_sizes[raw] = template, count
+            parsed_count = parsed_count + 1
+        else
+            if seen_count >= HEADER_CACHE_BLOCKS then seen_blocks, seen_count = {}, 0 end
+            seen_blocks[raw] = true
+            seen_count = seen_count + 1
+        end
+    end
+    return headers
+end
 _M.parse_headers = parse_headers
+
+--- Internal (tests): how many header blocks are kept parsed, and seen once.
+function _M.header_cache_sizes()
+    return parsed_count, seen_count
+end
 
 waiting = {}
 
