@@ -213,3 +213,61 @@ def test_http_client_https_checks_the_certificate(tmp_path):
     assert trusted[b"status"] == 200 and trusted[b"body"] == b"secure"
     assert "certificate" in untrusted[b"error"].lower()
     assert b"error" in wrong_name
+
+
+# -- stream routes in the sans-IO HTTP core (compiled and pure Python) ---------------------
+
+@pytest.fixture(params=["installed", "python"])
+def core(request):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    import eightys.protocols.http_core as installed
+
+    if request.param == "installed":
+        return installed
+    spec = importlib.util.spec_from_file_location(
+        "eightys_http_core_pure_80s", Path(installed.__file__).with_name("http_core.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Clock:
+    now = 1000.0
+
+
+def _stream_conn(core):
+    limits = core.HttpLimits()
+    limits.stream_routes.update({(b"GET", b"/chat"), (b"POST", b"/raw")})
+    return core.HttpConnection(limits, _Clock())
+
+
+def test_core_stream_request_becomes_a_pending_upgrade(core):
+    conn = _stream_conn(core)
+    events = conn.receive_data(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n"
+                               b"GET /chat?room=1 HTTP/1.1\r\n\r\nalice\nmore")
+    assert [e[2] for e in events] == [b"/echo", b"/chat?room=1"]
+    assert conn.state == core.SWITCHING and conn.is_upgrade(1)
+    assert conn.trailing == b"alice\nmore"
+    assert conn.receive_data(b" later") == [] and conn.trailing == b"alice\nmore later"
+    conn.send(0, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", True)
+    assert conn.switch_protocol(1, b"")
+    assert conn.state == core.SWITCHED
+    assert conn.data_to_send().startswith(b"HTTP/1.1 200 OK")
+
+
+def test_core_stream_request_head_split_and_body_kept_for_the_stream(core):
+    conn = _stream_conn(core)
+    assert conn.receive_data(b"POST /raw HTTP/1.1\r\nContent-Length: 5\r\n\r") == []
+    events = conn.receive_data(b"\nhel")
+    assert [e[2] for e in events] == [b"/raw"] and events[0][3] is None  # no body parsed
+    assert conn.trailing == b"hel"
+
+
+def test_core_other_requests_are_not_streams(core):
+    conn = _stream_conn(core)
+    events = conn.receive_data(b"POST /chat HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+    assert events[0][3] == b"hi" and conn.state != core.SWITCHING  # POST /chat is plain HTTP
