@@ -654,25 +654,35 @@ end
 local function waiting_at(co)
     if type(co) ~= "thread" then return "unknown" end
     for line in string.gmatch(traceback(co, "", 0), "\n%s*([^\n]+)") do
-        if not str_find(line, LIBRARY_DIR, 1, true) and not str_find(line, "^%[C%]") then
-            return line
-        end
+        local at = line:match("^(.-:%d+):")
+        if at and not str_find(at, LIBRARY_DIR, 1, true) then return at end
     end
     return "unknown"
 end
 
---- Request `seq` on `fd` got no answer within --handler-timeout; Python has
---- answered 504. Log where it is stuck; whatever it sends later is dropped.
+--- Request `seq` on `fd` got no answer within --handler-timeout: log where it is
+--- stuck and return the 504 to send (the app's error page, if it has one);
+--- whatever the handler sends later is dropped.
 function _M.timeout(fd, seq)
     local by_fd = waiting[fd]
     local req = by_fd and by_fd[seq]
-    if req == nil then return end
+    if req == nil then return nil end
     by_fd[seq] = nil
     if next(by_fd) == nil then waiting[fd] = nil end
-    req.gone = true
-    host.log_error(str_format("handler timeout after %s s: %s %s (handler at %s), waiting on: %s",
+    local err = str_format("handler timeout after %s s: %s %s (handler at %s), waiting on: %s",
         tostring(host.handler_timeout or "?"), req.method, req.path, where(req.handler),
-        req.waiting_on or waiting_at(req.co)))
+        req.waiting_on or waiting_at(req.co))
+    host.log_error(err)
+    local mime, body = DEFAULT_TYPE, "Gateway Timeout"
+    local page = aio.http_error_page
+    if page then
+        local ok, page_mime, page_body = pcall(page, 504, err, req)
+        if ok and page_body then mime, body = page_mime, page_body end
+    end
+    req.gone = true
+    return status_lines[504] .. server_date_headers() .. "Content-Type: " .. mime
+        .. "\r\nContent-Length: " .. #body .. "\r\nConnection: close\r\n\r\n"
+        .. (req.method == "HEAD" and "" or body)
 end
 
 --- Connection `fd` closed while handlers were working on its requests.
