@@ -325,3 +325,10 @@ def test_stream_route_takes_a_bare_80s_style_request(app):
 def test_net_mail_in_80s_form(app):
     assert get(app, "/mail80") == b"true nil"
     wait_until(lambda: get(app, "/mailbox") == b"0 5 hi 80s", 5, message="the mail")
+
+
+def test_connect2_and_parse_http(app):
+    c = get_json(app, "/connect2")
+    assert c["proto"] == "HTTP/1.1" and c["status"] == "200 OK"
+    assert c["type"].startswith("text/plain")
+    assert get(app, "/connect2-refused") == b"refused"

@@ -209,3 +209,21 @@ end)
 aio:http_get("/mailbox", function(fd)
     fd:http_response(200, "text/plain", last_mail or "")
 end)
+
+aio:http_get("/connect2", function(fd)
+    aio:connect2({ host = "127.0.0.1", port = PORT })(function(sock)
+        if iserror(sock) then return fd:http_response(502, "text/plain", sock.error) end
+        aio:read_stream(sock)(function(data)
+            local method, status, headers = aio:parse_http(data, true)
+            fd:http_response(200, "application/json",
+                { proto = method, status = status, type = headers["content-type"] })
+        end)
+        sock:write("GET /ip HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    end)
+end)
+
+aio:http_get("/connect2-refused", function(fd)
+    aio:connect2({ host = "127.0.0.1", port = 1 })(function(sock)
+        fd:http_response(200, "text/plain", iserror(sock) and "refused" or "connected?")
+    end)
+end)
