@@ -38,7 +38,9 @@ class CompatOwner(Protocol):
     runtime: "LuaRuntime"
     loop: asyncio.AbstractEventLoop
 
+
 log = logging.getLogger("eightys.compat80s")
+
 
 class _ChildProtocol(asyncio.SubprocessProtocol):
     """Delivers a child's stdout+stderr to Lua as ``on_data`` of the read handle."""
