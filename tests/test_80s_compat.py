@@ -147,7 +147,7 @@ def test_popen_runs_without_a_shell(app):
 
 def test_popen_children_are_killed_when_the_server_stops(start_server):
     server = start_server(APP, workers=1)
-    seconds = "987.654"
+    seconds = f"9{os.getpid()}.5"  # unique: other test runs may have their own sleepers
     assert get(server, f"/sleep?seconds={seconds}") == b"started"
 
     def sleepers() -> list[int]:
