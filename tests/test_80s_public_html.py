@@ -89,3 +89,24 @@ def test_reload_mode_watches_the_served_folders(tmp_path, monkeypatch):
         paths = [os.path.realpath(p) for p in watched_paths(config)]
         assert str((site / "public_html").resolve()) in paths
         assert str((site / "main.lua").resolve()) in paths
+
+
+def test_initialize_with_an_80s_root(tmp_path):
+    make_80s_layout(tmp_path)
+    (tmp_path / "server" / "site.lua").write_text(
+        'require("aio.lib.httpd"):initialize({ root = "server/www/", body_size = 8 })\n')
+    server = serve(tmp_path, None, entry="server/site.lua")
+    try:
+        assert fetch(server, "/?name=Bo") == (200, b"<p>from main.lua Bo</p>")
+        req = urllib.request.Request(f"http://127.0.0.1:{server.port}/", data=b"x" * 9)
+        assert fetch_request(req)[0] == 413
+    finally:
+        server.stop()
+
+
+def fetch_request(req: urllib.request.Request) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()

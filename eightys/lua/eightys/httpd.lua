@@ -557,11 +557,15 @@ function httpd:run_main()
     end
 end
 
---- Serve the site at opts.root. Options: root (directory), master_key (at least
+--- Serve the site at opts.root (the site root, or as in 80s the folder holding
+--- main.lua and public_html/). Options: root (directory), master_key (at least
 --- 16 bytes; "b64:" prefix for base64), no_static, dev (show errors with source).
 --- Safe to call again (reload): routes are rebuilt, state survives.
 function httpd:initialize(opts)
-    local root = strip_slash(opts.root or "public_html")
+    -- 80s: root may name the folder holding main.lua + public_html/ (content.py site_root)
+    local root = strip_slash(host.site_root(opts.root or "public_html", ENTRYPOINT))
+    if opts.header_size then aio:set_max_http_header(opts.header_size) end -- 80s options
+    if opts.body_size then aio:set_max_http_body(opts.body_size) end
     local real = host.realpath(root)
     if not real then error("site root " .. root .. " does not exist", 2) end
     self.root, self.real_root = root, real
