@@ -332,3 +332,10 @@ def test_connect2_and_parse_http(app):
     assert c["proto"] == "HTTP/1.1" and c["status"] == "200 OK"
     assert c["type"].startswith("text/plain")
     assert get(app, "/connect2-refused") == b"refused"
+
+
+def test_templates_prepare_and_render_80s_calls(app):
+    with urllib.request.urlopen(f"http://127.0.0.1:{app.port}/tpl80?x=%3Cb%3E", timeout=5) as r:
+        assert r.status == 201 and r.headers["X-T"] == "1"
+        assert r.headers["Content-Type"] == "text/html"
+        assert r.read() == b"<p>&lt;b&gt;</p>"

@@ -1,5 +1,6 @@
 ---@meta eightys.templates
--- The template engine (require("aio.lib.templates")); the content server uses it.
+-- The template engine (require("eightys.templates"); require("aio.lib.templates") adds
+-- 80s's templates:prepare / templates:render); the content server uses it.
 
 ---@class templatesmodule
 local templates = {}
@@ -23,5 +24,26 @@ function templates.compile(path, opts) end
 ---@param s string
 ---@return string
 function templates.escape(s) end
+
+---Compile template text (80s): base is the folder includes are relative to.
+---@param content string
+---@param base string
+---@param file_name? string
+---@return compiledtemplate|nil
+---@return string|nil err
+function templates:prepare(content, base, file_name) end
+
+---Render a prepared template (80s): promise of {status, headers, content}.
+---@param fd any
+---@param session table
+---@param headers table
+---@param body string
+---@param method string
+---@param endpoint string
+---@param query table
+---@param mime string
+---@param tpl compiledtemplate
+---@return aiopromise
+function templates:render(fd, session, headers, body, method, endpoint, query, mime, tpl) end
 
 return templates

@@ -227,3 +227,14 @@ aio:http_get("/connect2-refused", function(fd)
         fd:http_response(200, "text/plain", iserror(sock) and "refused" or "connected?")
     end)
 end)
+
+-- 80s's templates:prepare / templates:render
+aio:http_get("/tpl80", function(fd, query)
+    local tpl, err = templates:prepare(
+        '<p><?lu write("%s", query.x or "none") ?></p><?lua status("201 Created") header("X-T", "1") done() ?>',
+        "tests/apps", "inline.dyn.html")
+    if not tpl then return fd:http_response(500, "text/plain", err) end
+    templates:render(fd, {}, {}, "", "GET", "/tpl80", aio:parse_query(query), "text/html", tpl)(function(res)
+        fd:http_response(res.status, res.headers, res.content)
+    end)
+end)
