@@ -229,9 +229,11 @@ class EightiesHost:
         treats such a request as a pending upgrade once its head is in."""
         routes = self.worker.http_limits.stream_routes
         if on:
-            routes.add((method, path))
-        else:
-            routes.discard((method, path))
+            routes.setdefault(path, set()).add(method)
+        elif path in routes:
+            routes[path].discard(method)
+            if not routes[path]:
+                del routes[path]
 
     def stream_ready(self, fd: Any, seq: Any) -> bool:
         """Whether request ``seq`` on ``fd`` is a stream request waiting to switch."""

@@ -241,7 +241,7 @@ class _Clock:
 
 def _stream_conn(core):
     limits = core.HttpLimits()
-    limits.stream_routes.update({(b"GET", b"/chat"), (b"POST", b"/raw")})
+    limits.stream_routes.update({b"/chat": {b"GET"}, b"/raw": {b"POST"}})
     return core.HttpConnection(limits, _Clock())
 
 

@@ -108,9 +108,9 @@ class HttpLimits:
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
         self.handler_timeout = handler_timeout
-        #: (METHOD, path) of the stream routes (80s's aio:stream_http_*): such a
+        #: path -> methods of the stream routes (80s's aio:stream_http_*): such a
         #: request is a pending upgrade once its head is in (eightys.compat80s).
-        self.stream_routes: set[tuple[bytes, bytes]] = set()
+        self.stream_routes: dict[bytes, set[bytes]] = {}
 
 
 class RemoteError:
@@ -329,7 +329,8 @@ class HttpConnection:
         if self.streams:
             url = self.url
             q = url.find(b"?")
-            if (self.parser.get_method(), url if q == -1 else url[:q]) in self.streams:
+            methods = self.streams.get(url if q == -1 else url[:q])
+            if methods is not None and self.parser.get_method() in methods:
                 raise _Stream()
         # RFC 9112 3.2: a HTTP/1.1 request has exactly one Host; more is never valid
         if self.hosts != 1 and (self.hosts > 1 or self.parser.get_http_version() != "1.0"):
