@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
+import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from eightys.http_client import HttpClient
@@ -162,6 +164,8 @@ class EightiesHost:
         self.children: set[_ChildProtocol] = set()
         self._defaults = (worker.http_limits.max_header, worker.http_limits.max_body)
         self.http_client = HttpClient(worker)
+        self._watches: dict[int, asyncio.Event] = {}
+        self._watch_ids = 0
 
     def functions(self) -> dict[bytes, Any]:
         """The entries this adds to the private host table."""
@@ -170,6 +174,7 @@ class EightiesHost:
             b"stream_route": self.stream_route, b"stream_switch": self.stream_switch,
             b"stream_ready": self.stream_ready,
             b"set_http_limit": self.set_http_limit, b"resolve": self.resolve,
+            b"watch": self.watch, b"unwatch": self.unwatch,
             **self.http_client.functions(),
         }
 
@@ -196,6 +201,53 @@ class EightiesHost:
             return {b"ip": infos[0][4][0]}
 
         return runtime.promise_from(lookup(), lambda result: (runtime.to_lua(result),))
+
+    # -- aio:watch --------------------------------------------------------------------
+
+    def watch(self, paths: Any, callback: Any) -> Any:
+        """``aio:watch``: call the Lua ``callback(events)`` with each batch of changes
+        under ``paths`` (files or folders, watched recursively) until :meth:`unwatch`.
+        Each event is ``{name, create, modify, delete, dir, clock}`` as in 80s.
+        Returns the watch id, or nil, err."""
+        from watchfiles import Change, awatch
+
+        runtime = self.worker.runtime
+        targets = [os.fsdecode(p) for p in runtime.to_python(paths).values()] \
+            if paths is not None else []
+        missing = [t for t in targets if not os.path.exists(t)]
+        if not targets or missing:
+            return None, f"cannot watch {', '.join(missing) or 'nothing'}".encode()
+        self._watch_ids += 1
+        watch_id = self._watch_ids
+        stop = asyncio.Event()
+        self._watches[watch_id] = stop
+
+        async def run() -> None:
+            try:
+                async for changes in awatch(*targets, stop_event=stop, step=50,
+                                            rust_timeout=1000, yield_on_timeout=False):
+                    now = time.monotonic()
+                    events = [{b"name": os.fsencode(path), b"create": change == Change.added,
+                               b"modify": change == Change.modified,
+                               b"delete": change == Change.deleted,
+                               b"dir": os.path.isdir(path), b"clock": now}
+                              for change, path in sorted(changes, key=lambda c: c[1])]
+                    runtime.dispatch_call(callback, runtime.to_lua(events))
+            except Exception as exc:  # noqa: BLE001 - a broken watch must not take the worker down
+                log.error("aio:watch %s: %s", ", ".join(targets), exc)
+            finally:
+                self._watches.pop(watch_id, None)
+
+        self.worker.host.spawn(run())
+        return watch_id
+
+    def unwatch(self, watch_id: Any) -> bool:
+        """Stop a watch started by :meth:`watch`; False if it is not running."""
+        stop = self._watches.pop(watch_id, None)
+        if stop is None:
+            return False
+        stop.set()
+        return True
 
     # -- net.sockname -------------------------------------------------------------
 

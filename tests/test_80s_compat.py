@@ -339,3 +339,17 @@ def test_templates_prepare_and_render_80s_calls(app):
         assert r.status == 201 and r.headers["X-T"] == "1"
         assert r.headers["Content-Type"] == "text/html"
         assert r.read() == b"<p>&lt;b&gt;</p>"
+
+
+def test_watch(app, tmp_path):
+    from urllib.parse import quote
+
+    assert get(app, "/watch?dir=" + quote(str(tmp_path))) == b"watching"
+    assert get(app, "/watch?dir=" + quote(str(tmp_path / "missing"))) == b"failed"
+    time.sleep(0.3)  # the watch is set up off the request
+    (tmp_path / "a.txt").write_text("one")
+    wait_until(lambda: any(e.startswith("a.txt:") for e in get_json(app, "/watched")), 5,
+               message="the change event")
+    (tmp_path / "a.txt").unlink()
+    wait_until(lambda: "a.txt:delete" in get_json(app, "/watched"), 5, message="the delete")
+    assert get(app, "/unwatch") == b"true"

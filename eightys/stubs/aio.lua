@@ -386,6 +386,14 @@ function aio:popen_read(elfd, cmd, ...) end
 ---@return aiopromise
 function aio:read_stream(sock) end
 
+---Watch files or folders (recursively); on_change gets each batch of changes.
+---@param elfd any
+---@param targets string[]
+---@param on_change fun(events: {name: string, create: boolean, modify: boolean, delete: boolean, dir: boolean, clock: number}[])
+---@return {close: fun(self): boolean}|nil handle
+---@return string|nil err
+function aio:watch(elfd, targets, on_change) end
+
 ---net.readfile (80s).
 ---@param path string
 ---@param mode? string

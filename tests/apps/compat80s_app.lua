@@ -238,3 +238,26 @@ aio:http_get("/tpl80", function(fd, query)
         fd:http_response(res.status, res.headers, res.content)
     end)
 end)
+
+-- aio:watch (80s's inotify watch)
+watched = watched or {}
+aio:http_get("/watch", function(fd, query)
+    local dir = aio:parse_query(query).dir
+    local w = aio:watch(ELFD, { dir }, function(events)
+        for _, e in ipairs(events) do
+            local name = e.name:match("[^/]+$")
+            watched[#watched + 1] = name .. (e.create and ":create" or e.modify and ":modify"
+                or e.delete and ":delete" or ":?")
+        end
+    end)
+    if w then watcher = w end
+    fd:http_response(200, "text/plain", w and "watching" or "failed")
+end)
+
+aio:http_get("/watched", function(fd)
+    fd:http_response(200, "application/json", codec.array(watched))
+end)
+
+aio:http_get("/unwatch", function(fd)
+    fd:http_response(200, "text/plain", tostring(watcher and watcher:close()))
+end)

@@ -306,6 +306,30 @@ function aio:read_stream(sock)
     return promise
 end
 
+--- Watch files or folders (recursively): on_change(events) gets each batch of
+--- changes, each {name, create, modify, delete, dir, clock}. Returns a handle
+--- whose :close() stops watching, or nil, err. (80s's inotify watch, on watchfiles.)
+--- @param elfd any
+--- @param targets string[]
+--- @param on_change fun(events: table[])
+--- @return table|nil
+--- @return string|nil err
+function aio:watch(elfd, targets, on_change)
+    if type(targets) ~= "table" or type(on_change) ~= "function" then
+        error("aio:watch(elfd, {paths...}, fn) expects a table of paths and a function", 2)
+    end
+    local id, err = host.watch(targets, function(events) on_change(events) end)
+    if not id then return nil, err end
+    local handle = { watching = targets, closed = false }
+    --- Stop watching.
+    function handle:close()
+        if self.closed then return false end
+        self.closed = true
+        return host.unwatch(id)
+    end
+    return handle
+end
+
 --- net.readfile (80s).
 function aio:read_file_sync(path, mode)
     return net.readfile(path, mode)
