@@ -31,6 +31,9 @@ class Kind:
     RELOADED = "reloaded"  # (RELOADED, round, error or None): this worker's reload is done
     NOTIFY = "notify"  # master->worker (NOTIFY, event, data): tell live-reload browsers
     QUIT = "quit"  # worker->master: stop the whole server
+    PUBLISH = "publish"  # (PUBLISH, channel, data, binary): worker->master, relayed to
+    #                      every other worker (WebSocket pub/sub)
+    RETIRE = "retire"  # master->worker: a rolling restart replaced you; drain and exit
 
 
 class FrameError(Exception):

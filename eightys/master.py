@@ -198,6 +198,11 @@ class Master:
                     log.warning("worker %d is not ready and has %d messages waiting; "
                                 "dropping one from worker %d", t.worker_id,
                                 len(t.pending_mail), slot.worker_id)
+        elif kind == channel.Kind.PUBLISH:
+            frame = channel.encode(message)
+            for t in self.slots:
+                if t is not slot and t.ready and t.channel is not None:
+                    t.channel.send_frame(frame)
         elif kind == channel.Kind.READY:
             slot.ready = slot.ever_ready = True
             if slot.started is not None and not slot.started.done():
@@ -363,7 +368,11 @@ class Master:
                 old.retired = True
                 if old.process is not None:
                     self.retired.append(old)
-                    old.process.send_signal(signal.SIGTERM)
+                    if old.channel is not None and old.channel.transport is not None:
+                        # drains like SIGTERM, but knowing why: WebSockets get 1012
+                        old.channel.send_frame(channel.encode((channel.Kind.RETIRE,)))
+                    else:
+                        old.process.send_signal(signal.SIGTERM)
                 log.info("worker %d restarted (pid %d)", old.worker_id,
                          successor.process.pid)  # type: ignore[union-attr]
             self.generation += 1

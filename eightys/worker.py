@@ -32,6 +32,7 @@ from eightys.mysql import MySQLHost
 from eightys.protocols.http import HttpLimits, HttpProtocol
 from eightys.protocols.raw import RawProtocol
 from eightys.timers import Timers
+from eightys.ws_host import WebSockets
 
 #: Exit code of a worker whose Lua code or modules failed to load at start-up.
 EXIT_LOAD_FAILED = 3
@@ -94,6 +95,7 @@ class Worker:
         self._last_reload_error = ""
         #: Browser live reload (--reload only).
         self.live: LiveReload | None = LiveReload() if config.reload else None
+        self.ws = WebSockets(self)
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -131,12 +133,13 @@ class Worker:
         self.content = ContentHost(self)
         self.mysql = MySQLHost(self)
         private = {**self.content.functions(), **self.mysql.functions(),
-                   b"live_subscribe": self.live_subscribe}
+                   **self.ws.functions(), b"live_subscribe": self.live_subscribe}
         self.runtime = LuaRuntime(
             self, engine=config.lua, entry=config.entry, worker_id=self.worker_id,
             workers=config.workers, port=self.listen_port(), node=config.node,
             dev=config.dev, private=private,
         )
+        self.ws.attach(self.runtime)
         self.modules = load_modules(config.modules, self)
         for module in self.modules:
             module.load(reload=False)
@@ -152,8 +155,10 @@ class Worker:
 
     def _choose_protocol(self) -> None:
         # A script that handles raw bytes itself gets raw connections; anything
-        # else is an HTTP app (aio:http_get & co., or the content server).
-        if self.runtime.defines("on_data") or self.runtime.defines("on_accept"):
+        # else is an HTTP app (aio:http_get & co., or the content server). Hooks
+        # next to HTTP routes serve WebSockets (aio:websocket(path, "hooks")).
+        if (self.runtime.defines("on_data") or self.runtime.defines("on_accept")) \
+                and not self.runtime.has_http_routes():
             self.protocol_factory = self._raw_factory
         else:
             self.protocol_factory = self._http_factory
@@ -216,6 +221,11 @@ class Worker:
             assert self.channel is not None
             self.channel.send(channel.Kind.RELOADED, round_id,
                               None if ok else self._last_reload_error)
+        elif kind == channel.Kind.PUBLISH:
+            self.ws.delivered(message[1], message[2], message[3])
+        elif kind == channel.Kind.RETIRE:
+            self.ws.restart()
+            self.begin_shutdown()
         elif kind == channel.Kind.NOTIFY:
             if self.live is not None:
                 self.live.notify(*message[1:])

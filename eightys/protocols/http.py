@@ -134,6 +134,9 @@ class HttpProtocol(asyncio.Protocol):
         "write_paused",
         "state",
         "since",
+        "upgrade",
+        "upgrade_tail",
+        "switch_to",
     )
 
     def __init__(self, worker: "Worker", fd: int) -> None:
@@ -177,6 +180,10 @@ class HttpProtocol(asyncio.Protocol):
         # timeouts
         self.state = HEAD
         self.since = worker.now
+        # an upgrade request waiting for its answer: (seq, method, url, headers)
+        self.upgrade: tuple[int, bytes, bytes, list[bytes]] | None = None
+        self.upgrade_tail: bytes | None = None  # bytes after its head (the new protocol's)
+        self.switch_to: asyncio.Protocol | None = None  # takes over after the answer
 
     # -- connection ---------------------------------------------------------------
 
@@ -188,6 +195,9 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.worker.forget(self.fd)
+        if self.switch_to is not None:  # gone before the handover: the new protocol ends too
+            switch_to, self.switch_to = self.switch_to, None
+            switch_to.connection_lost(exc)
         self._wake_drain_waiters(False)
         if self.progress_waiters:
             self._wake_progress()
@@ -216,10 +226,10 @@ class HttpProtocol(asyncio.Protocol):
                 self._refuse(reason.status)
             elif not isinstance(reason, _Stop):
                 raise
-        except httptools.HttpParserUpgrade:
-            # Upgrades (WebSocket) are not served yet: the request was answered
-            # as plain HTTP; what follows is not HTTP, so close after it.
-            self._close_after_current()
+        except httptools.HttpParserUpgrade as exc:
+            # What follows the upgrade request's head is not HTTP: keep it for the
+            # new protocol (if the handler switches) and read no more until then.
+            self._upgrade_received(data[exc.args[0]:] if exc.args else b"")
         except httptools.HttpParserError:
             # After a closing request llhttp rejects whatever follows ("data after
             # Connection: close"): that is not a bad request, it is not served.
@@ -229,7 +239,7 @@ class HttpProtocol(asyncio.Protocol):
         if batch:
             self.transport.write(batch[0] if len(batch) == 1 else b"".join(batch))  # type: ignore[union-attr]
         if self.close_after != -1 and self.seq_out > self.close_after:
-            self.transport.close()  # type: ignore[union-attr]
+            self._end()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -340,6 +350,8 @@ class HttpProtocol(asyncio.Protocol):
         url = self.url
         headers = self.headers
         body = self.body
+        if self.has_connection_header and parser.should_upgrade():
+            self.upgrade = (seq, method, url, headers)
         # ready for the next request (what on_message_begin would do)
         self.url = b""
         self.headers = []
@@ -456,7 +468,7 @@ class HttpProtocol(asyncio.Protocol):
         if batch:
             self.transport.write(b"".join(batch))  # type: ignore[union-attr]
         if self.close_after != -1 and self.seq_out > self.close_after:
-            self.transport.close()  # type: ignore[union-attr]
+            self._end()
         else:
             self._update_reading()  # more to run, or reading resumes
 
@@ -492,7 +504,7 @@ class HttpProtocol(asyncio.Protocol):
                 self.stopped = True
                 self.held.clear()
                 if self.batch is None:
-                    self.transport.close()  # type: ignore[union-attr]
+                    self._end()
                 return
             seq += 1
             self.seq_out = seq
@@ -534,6 +546,62 @@ class HttpProtocol(asyncio.Protocol):
         self.state = BUSY
         self.stopped = True
         self.send(seq, error_response(status), True, True)
+
+    def _end(self) -> None:
+        """The last response is out: close, or hand the connection to its new protocol."""
+        if self.switch_to is None:
+            self.transport.close()  # type: ignore[union-attr]
+        elif self.upgrade_tail is not None:  # else: the parser has not reached it yet
+            self._hand_over()
+
+    # -- protocol upgrades ---------------------------------------------------------
+
+    def _upgrade_received(self, tail: bytes) -> None:
+        if self.upgrade is None and self.switch_to is None:
+            self._close_after_current()  # not an upgrade we can serve (e.g. a static file)
+            return
+        self.upgrade_tail = tail
+        self.stopped = True
+        self.transport.pause_reading()  # type: ignore[union-attr]
+        self._close_after_current()  # unless the handler switches, its answer ends the connection
+
+    def upgrade_request(self, seq: int) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]] | None:
+        """(method, url, [(name, value), ...] as received) of request ``seq`` if it
+        asked to upgrade and still waits for its answer, else None."""
+        upgrade = self.upgrade
+        if upgrade is None or upgrade[0] != seq or self.closed or seq < self.seq_out:
+            return None
+        headers = upgrade[3]
+        return upgrade[1], upgrade[2], list(zip(headers[::2], headers[1::2]))
+
+    def switch_protocol(self, seq: int, response: bytes, protocol: asyncio.Protocol) -> bool:
+        """Answer request ``seq`` with ``response`` (the 101 head) and, once it is
+        written, hand the transport to ``protocol`` (``connection_made``, then
+        ``data_received`` with the bytes that followed the request head). The
+        handle stays the same; this connection forgets it. False if the connection
+        is gone or ``seq`` is not a pending upgrade request."""
+        if self.upgrade_request(seq) is None:
+            return False
+        self.upgrade = None
+        self.switch_to = protocol
+        if self.close_after == -1 or seq < self.close_after:
+            self.close_after = seq
+        self.send(seq, response, True)
+        return True
+
+    def _hand_over(self) -> None:
+        protocol, tail = self.switch_to, self.upgrade_tail or b""
+        assert protocol is not None
+        self.switch_to = None
+        self.closed = True  # for anything still holding this object
+        self.worker.forget(self.fd)
+        transport = self.transport
+        assert transport is not None
+        transport.set_protocol(protocol)
+        transport.resume_reading()
+        protocol.connection_made(transport)
+        if tail and not transport.is_closing():
+            protocol.data_received(tail)
 
     def _close_after_current(self) -> None:
         last = self.seq_in - 1

@@ -52,7 +52,7 @@ local REASONS = {
     [404] = "Not Found", [405] = "Method Not Allowed", [408] = "Request Timeout",
     [409] = "Conflict", [410] = "Gone", [411] = "Length Required",
     [413] = "Content Too Large", [414] = "URI Too Long", [415] = "Unsupported Media Type",
-    [416] = "Range Not Satisfiable", [417] = "Expectation Failed", [422] = "Unprocessable Content",
+    [416] = "Range Not Satisfiable", [417] = "Expectation Failed", [422] = "Unprocessable Content", [426] = "Upgrade Required",
     [429] = "Too Many Requests", [431] = "Request Header Fields Too Large",
     [500] = "Internal Server Error", [501] = "Not Implemented", [502] = "Bad Gateway",
     [503] = "Service Unavailable", [504] = "Gateway Timeout",
@@ -559,6 +559,12 @@ function _M.dispatch(fd, seq, method, url, body, flags, ...)
         end
         return out
     end
+end
+
+--- Internal: whether any route is registered or aio:on_http was replaced (the
+--- worker then serves HTTP even if the script also defines the raw hooks).
+function _M.has_routes()
+    return next(routes.exact) ~= nil or #routes.patterns > 0 or aio.on_http ~= aio.route
 end
 
 --- Internal: bootstrap hands over the host functions.
