@@ -87,6 +87,17 @@ _BAD_REQUEST = (b"HTTP/1.1 400 Bad Request\r\nServer: eightys\r\nContent-Length:
                 b"Connection: close\r\n\r\n")
 
 
+class _ServerProtocol(ServerProtocol):
+    """The library's protocol, except that a close frame in the middle of a
+    fragmented message ends it normally (RFC 6455 5.4 lets control frames come
+    between fragments; Autobahn 7.1.5 expects the close to be echoed, not 1002)."""
+
+    def recv_frame(self, frame: Frame) -> None:
+        if frame.opcode is Opcode.CLOSE:
+            self.current_size = None  # the unfinished message is dropped
+        super().recv_frame(frame)
+
+
 def _select_subprotocol(protocol: ServerProtocol, offered: Sequence[str]) -> str | None:
     # the first of the server's protocols that the client offers; none in common
     # (or none offered) -> no subprotocol: the client decides whether that will do
@@ -101,7 +112,7 @@ def handshake(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]],
     """Check an upgrade request; returns the sans-IO protocol, the response to send
     (101, or the 4xx that refuses it: 400 bad handshake, 403 Origin not allowed,
     426 not a WebSocket upgrade) and whether it was accepted."""
-    protocol = ServerProtocol(
+    protocol = _ServerProtocol(
         origins=list(options.origins) if options.origins is not None else None,  # type: ignore[arg-type]
         extensions=options.extensions(),
         subprotocols=list(options.subprotocols) or None,  # type: ignore[arg-type]
