@@ -8,7 +8,7 @@
     .venv/bin/python scripts/ws_bench.py --smoke          # a few seconds, small counts
 
 Parts:
-* echo: ``--clients`` (100) connections each keep ``--window`` (1) messages in
+* echo: ``--clients`` (100) connections each keep ``--window`` (8) messages in
   flight against ``server/ws_echo.lua -c 1`` and against a ``websockets`` (asyncio,
   uvloop) echo server, with 64 B and 16 KiB text messages; messages/s and the ratio.
   No compression (the clients do not offer it), so both do the same work.
