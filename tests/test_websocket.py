@@ -408,3 +408,39 @@ def test_sigterm_closes_websockets_with_1001(start_server, clients):
     assert err.value.rcvd.code == 1001
     assert time.monotonic() - started < 3
     assert server.wait_exit() == 0
+
+
+# -- the README ------------------------------------------------------------------------------
+
+
+def readme_lua_blocks(section: str) -> list[str]:
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return [block.split("```", 1)[0] for block in body.split("```lua")[1:]]
+
+
+def test_readme_websocket_examples_run(start_server, tmp_path):
+    main, hooks = readme_lua_blocks("WebSocket")
+    app = tmp_path / "app.lua"
+    app.write_text(main)
+    server = start_server(str(app), workers=2)
+    with connect(url(server, "/rooms/lobby?name=ann"), subprotocols=["chat.v1"]) as ann, \
+            connect(url(server, "/rooms/lobby?name=bob")) as bob:
+        assert ann.recv() == "welcome to lobby, ann" and bob.recv() == "welcome to lobby, bob"
+        assert ann.subprotocol == "chat.v1"
+        ann.send("hi")
+        assert ann.recv() == "ann: hi" and bob.recv() == "ann: hi"
+    wait_until(lambda: server.stdout_text().count(" left (1000)") == 2, 5.0,
+               message=lambda: f"two close lines in {server.stdout_text()!r}")
+    with pytest.raises(InvalidStatus):
+        connect(url(server, "/live"))
+    with connect(url(server, "/live"), additional_headers={"X-Token": "secret"}) as ws:
+        ws.send("echo me")
+        assert ws.recv() == "echo me"
+    server.stop()
+    app.write_text(hooks)
+    server = start_server(str(app), workers=1)
+    with connect(url(server, "/shout")) as ws:
+        ws.send("hey")
+        assert ws.recv() == "HEY"
+    assert http_get(server, "/")[0] == 200
