@@ -30,6 +30,7 @@ class WebSockets:
         #: the close code connections get when the worker stops
         self.close_code = GOING_AWAY
         self.options: list[WsOptions] = []
+        self._option_ids: dict[WsOptions, int] = {}
         self.pubsub = PubSub(self._forward)
         self.on_open: Callable[..., Any] = _unattached
         self.on_message: Callable[..., Any] = _unattached
@@ -81,19 +82,20 @@ class WebSockets:
                        idle_timeout: Any, origins: Any, send_buffer: Any) -> int:
         """Register the options of a route; returns their id for ``accept``."""
         options = WsOptions(
-            subprotocols=tuple(p.decode() for p in protocols.values()) if protocols else (),
+            subprotocols=tuple(p.decode() for p in _sequence(protocols)),
             max_message=int(max_message),
             compress=bool(compress),
             idle_timeout=float(idle_timeout),
-            origins=(tuple(None if o == b"" else o.decode() for o in origins.values())
+            origins=(tuple(None if o == b"" else o.decode("latin-1") for o in _sequence(origins))
                      if origins is not None else None),
             send_buffer=int(send_buffer),
         )
-        try:
-            return self.options.index(options)  # reloads register the same options again
-        except ValueError:
-            self.options.append(options)
-            return len(self.options) - 1
+        known = self._option_ids.get(options)  # reloads register the same options again
+        if known is not None:
+            return known
+        self.options.append(options)
+        self._option_ids[options] = len(self.options) - 1
+        return len(self.options) - 1
 
     def accept(self, fd: Any, seq: Any, options_id: Any) -> Any:
         """``fd:websocket``: validate request ``seq``'s upgrade and switch the
@@ -169,6 +171,13 @@ class WebSockets:
     def delivered(self, name: bytes, data: bytes, binary: bool) -> None:
         """A message published in another worker."""
         self.pubsub.deliver(name, data, binary)
+
+
+def _sequence(table: Any) -> list[Any]:
+    """The items 1..#t of a Lua sequence, in order (empty for nil)."""
+    if table is None:
+        return []
+    return [table[i] for i in range(1, len(table) + 1)]
 
 
 def _unattached(*args: Any) -> None:
