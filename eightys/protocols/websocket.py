@@ -76,8 +76,8 @@ class WsOptions:
         """The extension factories to negotiate (permessage-deflate if ``compress``)."""
         if not self.compress:
             return []
-        # windows of 2^12 and memLevel 5: ~20 KiB of zlib state per connection instead
-        # of ~300 KiB with zlib's defaults, for a compression ratio close to theirs
+        # windows of 2^12 and memLevel 5: ~45 KiB of zlib state per connection (measured
+        # with tracemalloc) instead of ~300 KiB with zlib's defaults
         return [ServerPerMessageDeflateFactory(
             server_max_window_bits=12, client_max_window_bits=12,
             compress_settings={"memLevel": 5})]
