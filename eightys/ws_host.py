@@ -8,7 +8,7 @@ sees, so the protocol never touches the worker.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from eightys import channel
 from eightys.protocols.websocket import (GOING_AWAY, INTERNAL_ERROR, SERVICE_RESTART,
@@ -17,15 +17,32 @@ from eightys.pubsub import PubSub
 
 if TYPE_CHECKING:
     from eightys.lua_runtime import LuaRuntime
-    from eightys.worker import Worker
+    from eightys.protocols.host import ConnectionHost
 
 _NOT_UPGRADE = b"upgrade required"
+
+
+class WsOwner(Protocol):
+    """What :class:`WebSockets` uses of its owner (the worker): a narrow view, so this
+    module never imports the worker."""
+
+    host: "ConnectionHost"
+    connections: dict[int, Any]
+
+    @property
+    def workers(self) -> int:
+        """How many workers the server runs."""
+        ...
+
+    def send_to_master(self, *message: Any) -> None:
+        """Send a control message to the master."""
+        ...
 
 
 class WebSockets:
     """WebSocket connections and channels of one worker."""
 
-    def __init__(self, worker: "Worker") -> None:
+    def __init__(self, worker: WsOwner) -> None:
         self.worker = worker
         #: the close code connections get when the worker stops
         self.close_code = GOING_AWAY
@@ -57,15 +74,15 @@ class WebSockets:
     @property
     def now(self) -> float:
         """The worker's coarse clock."""
-        return self.worker.now
+        return self.worker.host.now
 
     def register(self, fd: int, conn: WebSocketProtocol) -> None:
         """A WebSocket connection took over handle ``fd``."""
-        self.worker.connections[fd] = conn
+        self.worker.host.register(fd, conn)
 
     def forget(self, fd: int) -> None:
         """The connection with handle ``fd`` ended."""
-        self.worker.forget(fd)
+        self.worker.host.forget(fd)
 
     def on_close(self, conn: WebSocketProtocol, code: int, reason: bytes) -> None:
         """A connection closed (once): leave its channels, tell Lua."""
@@ -165,8 +182,8 @@ class WebSockets:
     # -- between workers --------------------------------------------------------------
 
     def _forward(self, name: bytes, data: bytes, binary: bool) -> None:
-        if self.worker.config.workers > 1 and self.worker.channel is not None:
-            self.worker.channel.send(channel.Kind.PUBLISH, name, data, binary)
+        if self.worker.workers > 1:
+            self.worker.send_to_master(channel.Kind.PUBLISH, name, data, binary)
 
     def delivered(self, name: bytes, data: bytes, binary: bool) -> None:
         """A message published in another worker."""

@@ -43,6 +43,8 @@ from websockets.http11 import Request
 from websockets.protocol import OPEN, State
 from websockets.server import ServerProtocol
 
+from eightys.protocols.flow import FlowControl
+
 #: How long a client may take to answer our close frame before the TCP connection is cut.
 CLOSE_TIMEOUT = 5.0
 #: How often ``host.now`` advances (the worker's sweep runs once a second).
@@ -156,7 +158,7 @@ class WebSocketProtocol(asyncio.Protocol):
 
     __slots__ = ("host", "fd", "ws", "options", "query", "transport", "plain", "batching",
                  "parts", "binary", "decoder", "since", "ping_at", "closing_at",
-                 "read_paused", "lost", "channels", "on_message")
+                 "flow", "lost", "channels", "on_message")
 
     def __init__(self, host: WsHost, fd: int, ws: ServerProtocol, url: bytes,
                  options: WsOptions) -> None:
@@ -176,7 +178,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self.since = host.now  # last data from the client
         self.ping_at = 0.0  # when our unanswered keepalive ping went out (0: none)
         self.closing_at = 0.0  # when we began the closing handshake (0: not yet)
-        self.read_paused = False
+        self.flow: FlowControl | None = None
         self.lost = False
         self.channels: set[bytes] = set()  # pub/sub channels (kept by eightys.pubsub)
         self.on_message: Callable[[int, bytes, bool], None] = host.on_message
@@ -185,6 +187,8 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.flow = FlowControl(transport)
+        # one bound for the output: reading stops above it, and sends are refused
         transport.set_write_buffer_limits(high=self.options.send_buffer)  # type: ignore[attr-defined]
         self.host.register(self.fd, self)
         self.batching = True
@@ -219,19 +223,18 @@ class WebSocketProtocol(asyncio.Protocol):
         return False
 
     def pause_writing(self) -> None:
-        if not self.read_paused and self.transport is not None:
-            self.read_paused = True
-            self.transport.pause_reading()
+        self.flow.pause_writing()  # type: ignore[union-attr]
 
     def resume_writing(self) -> None:
-        if self.read_paused and self.transport is not None and not self.lost:
-            self.read_paused = False
-            self.transport.resume_reading()
+        if not self.lost:
+            self.flow.resume_writing()  # type: ignore[union-attr]
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.lost:
             return
         self.lost = True
+        if self.flow is not None:
+            self.flow.wake(False)
         ws = self.ws
         ws.receive_eof()
         received, sent = ws.close_rcvd, ws.close_sent
