@@ -99,6 +99,9 @@ def test_chat_page_in_two_browsers_on_different_workers(start_server, chromium):
         return page.evaluate("[...document.querySelectorAll('#log li')].map(li => li.textContent)")
 
     assert first.evaluate("chat.send('ann', 'hello from worker " + worker_a + "')") is True
+    # (messages published in different workers may reach a page in either order: wait)
+    for page in (first, second):
+        wait_until(lambda: len(log(page)) == 1, 10.0, message="the first message")
     second.evaluate("document.getElementById('name').value = 'bob'")
     second.evaluate("document.getElementById('text').value = 'hi ann'")
     second.evaluate("document.getElementById('send').click()")
