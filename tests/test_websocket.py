@@ -258,6 +258,19 @@ def test_protocol_errors_get_their_close_codes(server):
         assert ws.recv() == "still here"
 
 
+def test_send_buffer_bound_refuses_sends_to_a_client_that_does_not_read(server):
+    raw = RawWs(server, "/echo")
+    raw.frame()
+    raw.send_frame(1, b"flood")
+    text = wait_until(lambda: "flood " in server.stdout_text() and server.stdout_text(), 5.0,
+                      message="the flood handler's result")
+    line = next(line for line in text.splitlines() if line.startswith("flood "))
+    stopped_at = int(line.split()[3].rstrip(":"))
+    # 1 MiB may wait in the worker (plus what the kernel buffers): far from 1000 x 64 KiB
+    assert line.endswith(": send buffer full") and stopped_at < 200, line
+    raw.close()
+
+
 def test_idle_connection_gets_a_ping_then_1011(server):
     raw = RawWs(server, "/idle")
     started = time.monotonic()

@@ -45,6 +45,9 @@ from websockets.server import ServerProtocol
 
 from eightys.protocols.flow import FlowControl
 
+#: Output queued while handling one read goes to the transport early past this size,
+#: so a handler that sends in a loop meets the send-buffer bound.
+FLUSH_AT = 64 * 1024
 #: How long a client may take to answer our close frame before the TCP connection is cut.
 CLOSE_TIMEOUT = 5.0
 #: How often ``host.now`` advances (the worker's sweep runs once a second).
@@ -158,7 +161,7 @@ class WebSocketProtocol(asyncio.Protocol):
 
     __slots__ = ("host", "fd", "ws", "options", "query", "transport", "plain", "batching",
                  "parts", "binary", "decoder", "since", "ping_at", "closing_at",
-                 "flow", "lost", "channels", "on_message")
+                 "flow", "lost", "channels", "on_message", "queued")
 
     def __init__(self, host: WsHost, fd: int, ws: ServerProtocol, url: bytes,
                  options: WsOptions) -> None:
@@ -179,6 +182,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self.ping_at = 0.0  # when our unanswered keepalive ping went out (0: none)
         self.closing_at = 0.0  # when we began the closing handshake (0: not yet)
         self.flow: FlowControl | None = None
+        self.queued = 0  # bytes queued in the library since the last write
         self.lost = False
         self.channels: set[bytes] = set()  # pub/sub channels (kept by eightys.pubsub)
         self.on_message: Callable[[int, bytes, bool], None] = host.on_message
@@ -296,6 +300,7 @@ class WebSocketProtocol(asyncio.Protocol):
     # -- frames out ------------------------------------------------------------------
 
     def _flush(self) -> None:
+        self.queued = 0
         out = self.ws.data_to_send()
         if not out:
             return
@@ -320,7 +325,11 @@ class WebSocketProtocol(asyncio.Protocol):
             ws.send_binary(data)
         else:
             ws.send_text(data)
-        if not self.batching:
+        if self.batching:
+            self.queued += len(data)
+            if self.queued > FLUSH_AT:
+                self._flush()
+        else:
             self._flush()
         return None
 
@@ -342,7 +351,11 @@ class WebSocketProtocol(asyncio.Protocol):
             ws.send_binary(data)
         else:
             ws.send_text(data)
-        if not self.batching:
+        if self.batching:
+            self.queued += len(data)
+            if self.queued > FLUSH_AT:
+                self._flush()
+        else:
             self._flush()
         return True
 

@@ -21,6 +21,14 @@ aio:websocket("/echo", {
             return ws:send("slept")
         end
         if data == "table" then return ws:send({ ok = true }) end
+        if data == "flood" then -- the client reads nothing meanwhile
+            local chunk = string.rep("f", 65536)
+            for i = 1, 1000 do
+                local ok, err = ws:send(chunk)
+                if not ok then return print("flood stopped at " .. i .. ": " .. err) end
+            end
+            return print("flood sent everything")
+        end
         local ok, err = ws:send(data, binary)
         if not ok then print("send failed: " .. tostring(err)) end
     end,
