@@ -271,6 +271,32 @@ def test_send_buffer_bound_refuses_sends_to_a_client_that_does_not_read(server):
     raw.close()
 
 
+def test_random_bytes_after_the_handshake_never_hurt_the_worker(server):
+    import random
+
+    rng = random.Random(6455)
+    worker = server.wait_workers(1)[0]
+    for i in range(60):
+        raw = RawWs(server, "/echo", b"Sec-WebSocket-Extensions: permessage-deflate\r\n"
+                    if i % 2 else b"")
+        raw.frame()
+        garbage = bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 4000)))
+        try:
+            raw.sock.sendall(garbage)
+            raw.sock.shutdown(socket.SHUT_WR)
+            while raw.sock.recv(65536):  # whatever it answers, it ends the connection
+                pass
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        raw.close()
+    assert server.worker_pids() == [worker]  # the same worker process
+    with connect(url(server, "/echo")) as ws:
+        ws.recv()
+        ws.send("fine")
+        assert ws.recv() == "fine"
+    assert "Traceback" not in server.stderr_text()
+
+
 def test_idle_connection_gets_a_ping_then_1011(server):
     raw = RawWs(server, "/idle")
     started = time.monotonic()
