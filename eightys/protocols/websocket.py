@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import logging
+import struct
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
@@ -57,6 +58,8 @@ NORMAL, GOING_AWAY, ABNORMAL, INTERNAL_ERROR, TRY_AGAIN_LATER = 1000, 1001, 1006
 SERVICE_RESTART = 1012
 
 _TEXT, _BINARY, _CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
+_HEAD16 = struct.Struct("!BBH")
+_HEAD64 = struct.Struct("!BBQ")
 _CLOSED = State.CLOSED
 _CLOSING = State.CLOSING
 
@@ -161,7 +164,7 @@ class WebSocketProtocol(asyncio.Protocol):
 
     __slots__ = ("host", "fd", "ws", "options", "query", "transport", "plain", "batching",
                  "parts", "binary", "decoder", "since", "ping_at", "closing_at",
-                 "flow", "lost", "channels", "on_message", "queued")
+                 "flow", "lost", "channels", "on_message", "queued", "out")
 
     def __init__(self, host: WsHost, fd: int, ws: ServerProtocol, url: bytes,
                  options: WsOptions) -> None:
@@ -182,7 +185,8 @@ class WebSocketProtocol(asyncio.Protocol):
         self.ping_at = 0.0  # when our unanswered keepalive ping went out (0: none)
         self.closing_at = 0.0  # when we began the closing handshake (0: not yet)
         self.flow: FlowControl | None = None
-        self.queued = 0  # bytes queued in the library since the last write
+        self.queued = 0  # bytes queued since the last write
+        self.out: list[bytes] = []  # our data frames (plain connections) since the last write
         self.lost = False
         self.channels: set[bytes] = set()  # pub/sub channels (kept by eightys.pubsub)
         self.on_message: Callable[[int, bytes, bool], None] = host.on_message
@@ -300,45 +304,76 @@ class WebSocketProtocol(asyncio.Protocol):
     # -- frames out ------------------------------------------------------------------
 
     def _flush(self) -> None:
+        # Our data frames (with the library's frames queued before each), then what the
+        # library queued since (pongs, close, EOF): no message is ever queued after a
+        # close, as the state is no longer OPEN then.
         self.queued = 0
-        out = self.ws.data_to_send()
-        if not out:
+        out = self.out
+        library = self.ws.data_to_send()
+        eof = bool(library) and library[-1] == b""  # SEND_EOF: the library's alone
+        if out:
+            self.out = []
+            if library:
+                out += library
+        elif library:
+            out = library
+        else:
             return
         transport = self.transport
         if transport is None or self.lost:
             return
-        eof = out[-1] == b""
         data = out[0] if len(out) == 1 else b"".join(out)
         if data:
             transport.write(data)
         if eof:
             transport.close()  # after the closing handshake (or a failure): server closes first
 
-    def send(self, data: bytes, binary: bool) -> str | None:
-        """Queue one message; returns None, or why it was not sent."""
-        ws = self.ws
-        if ws.state is not OPEN or self.lost:
-            return "closed"
-        if self.transport.get_write_buffer_size() > self.options.send_buffer:  # type: ignore[union-attr]
-            return "send buffer full"
-        if binary:
-            ws.send_binary(data)
+    def _queue(self, data: bytes, binary: bool, frame: bytes | None = None) -> None:
+        if self.plain:
+            # No extension: an unmasked frame is a 2-10 byte head and the data, so it
+            # is built here rather than through the library's Frame objects. What the
+            # library queued before (pongs) goes first: peers expect the order kept.
+            earlier = self.ws.data_to_send()
+            if earlier:
+                self.out += earlier
+            if frame is not None:
+                self.out.append(frame)
+            else:
+                n = len(data)
+                first = 0x82 if binary else 0x81
+                if n < 126:
+                    self.out.append(bytes((first, n)))
+                elif n < 65536:
+                    self.out.append(_HEAD16.pack(first, 126, n))
+                else:
+                    self.out.append(_HEAD64.pack(first, 127, n))
+                if n:
+                    self.out.append(data)
+        elif binary:
+            self.ws.send_binary(data)
         else:
-            ws.send_text(data)
+            self.ws.send_text(data)
         if self.batching:
             self.queued += len(data)
             if self.queued > FLUSH_AT:
                 self._flush()
         else:
             self._flush()
+
+    def send(self, data: bytes, binary: bool) -> str | None:
+        """Queue one message; returns None, or why it was not sent."""
+        if self.ws.state is not OPEN or self.lost:
+            return "closed"
+        if self.transport.get_write_buffer_size() > self.options.send_buffer:  # type: ignore[union-attr]
+            return "send buffer full"
+        self._queue(data, binary)
         return None
 
     def publish(self, frame: bytes | None, data: bytes, binary: bool) -> bool:
         """A pub/sub message: ``frame`` is it pre-encoded for connections without
         extensions. A subscriber over its send-buffer bound is dropped (1013).
         Returns whether the message was queued."""
-        ws = self.ws
-        if ws.state is not OPEN or self.lost:
+        if self.ws.state is not OPEN or self.lost:
             return False
         transport = self.transport
         if transport.get_write_buffer_size() > self.options.send_buffer:  # type: ignore[union-attr]
@@ -347,16 +382,7 @@ class WebSocketProtocol(asyncio.Protocol):
         if frame is not None and self.plain and not self.batching:
             transport.write(frame)  # type: ignore[union-attr]
             return True
-        if binary:
-            ws.send_binary(data)
-        else:
-            ws.send_text(data)
-        if self.batching:
-            self.queued += len(data)
-            if self.queued > FLUSH_AT:
-                self._flush()
-        else:
-            self._flush()
+        self._queue(data, binary, frame)
         return True
 
     def ping(self, data: bytes) -> bool:
