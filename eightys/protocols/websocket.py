@@ -6,14 +6,16 @@ An HTTP connection becomes a WebSocket when a handler calls ``fd:websocket``:
 HTTP protocol writes it and hands the transport to a :class:`WebSocketProtocol`
 (``switch_protocol``), which keeps the connection's handle.
 
-What the library does: frame parsing and serialisation, masking, control frames
+What the library does: frame parsing and validation, unmasking, control frames
 (pongs are automatic), the closing handshake, permessage-deflate with the
 negotiated context-takeover and window options, and the size bound on every
 message *after* inflation (``max_size``: a small compressed frame cannot inflate
 into gigabytes; it gets 1009). What this module adds: reassembling fragments
 into one message, UTF-8 validation of text messages as they arrive (1007 at the
-first bad fragment), flow control, the idle/ping timeout, and the bound on what
-may wait for a slow client.
+first bad fragment), the encoding of outgoing data frames on connections without
+compression (a head and the data: cheaper than the library's Frame objects),
+flow control, the idle/ping timeout, and the bound on what may wait for a slow
+client.
 
 Bounds:
 * at most ``max_message`` bytes per message (after inflation) -> 1009;
