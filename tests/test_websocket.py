@@ -322,6 +322,23 @@ def test_upgrade_from_inside_an_http_route(server):
     assert http_get(server, "/guarded", {"X-Token": "secret"})[0] == 426
 
 
+def test_upgrade_decided_after_an_await_keeps_early_frames(server):
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    mask = b"\1\2\3\4"
+    frame = b"\x81\x85" + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(b"early"))
+    sock.sendall(b"GET /later HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                 + frame)
+    data = b""
+    while b"later:early" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    assert data.startswith(b"HTTP/1.1 101 ")
+    assert data.index(b"late open") < data.index(b"later:early")
+    sock.close()
+
+
 def test_pipelined_bytes_after_the_handshake_reach_the_websocket(server):
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
     mask = b"\1\2\3\4"

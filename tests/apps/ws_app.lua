@@ -66,6 +66,12 @@ aio:http_get("/guarded", function(fd, query, headers)
     fd:websocket({ message = function(ws, data) ws:send("guarded:" .. data) end, close = record })
 end)
 
+aio:http_get("/later", function(fd) -- the upgrade is decided after an await
+    aio:await(aio:sleep(0.1))
+    fd:websocket({ open = function(ws) ws:send("late open") end,
+                   message = function(ws, data) ws:send("later:" .. data) end, close = record })
+end)
+
 aio:http_get("/closes", function(fd) fd:http_response(200, "application/json", CLOSES) end)
 aio:http_get("/publish", function(fd, query)
     local q = aio:parse_query(query)
