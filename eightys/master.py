@@ -66,6 +66,8 @@ class WorkerSlot:
     pending_mail: list[bytes] = field(default_factory=list)
     #: Replaced by a successor in a rolling restart: its exit is expected.
     retired: bool = False
+    #: Pub/sub channels this worker has subscribers for (PUBLISH goes only there).
+    channels: set[bytes] = field(default_factory=set)
     #: Resolved when the worker reports READY (True) or dies before (False).
     started: "asyncio.Future[bool] | None" = None
 
@@ -174,6 +176,7 @@ class Master:
         slot.started_at = time.monotonic()
         slot.ready = False
         slot.fatal = None
+        slot.channels = set()  # a new process has no subscribers yet
         slot.channel = MasterChannel(self, slot)
         slot.started = self.loop.create_future()
         self.loop.create_task(self._attach_channel(slot, slot.channel, ours))
@@ -202,10 +205,17 @@ class Master:
                                 "dropping one from worker %d", t.worker_id,
                                 len(t.pending_mail), slot.worker_id)
         elif kind == channel.Kind.PUBLISH:
-            frame = channel.encode(message)
+            name = message[1]
+            frame = None
             for t in self.slots:
-                if t is not slot and t.ready and t.channel is not None:
+                if t is not slot and name in t.channels and t.ready and t.channel is not None:
+                    frame = frame or channel.encode(message)
                     t.channel.send_frame(frame)
+        elif kind == channel.Kind.INTEREST:
+            if message[2]:
+                slot.channels.add(message[1])
+            else:
+                slot.channels.discard(message[1])
         elif kind == channel.Kind.READY:
             slot.ready = slot.ever_ready = True
             if slot.started is not None and not slot.started.done():

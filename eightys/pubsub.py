@@ -3,8 +3,9 @@ to the other workers of the server through the master.
 
 ``aio:publish`` delivers here, in Python, without a Lua call per subscriber (nor
 any Lua call in a worker whose connections did not subscribe), then forwards the
-message once to the master, which relays it to every other worker; each delivers
-it to its own subscribers. No lock, no shared memory: the workers only exchange
+message once to the master, which relays it to the other workers that have
+subscribers for the channel (each worker tells the master when a channel gets its
+first local subscriber and when it loses its last); each delivers it to its own. No lock, no shared memory: the workers only exchange
 messages on their control channels.
 
 A message goes to every subscriber that can take it: a connection whose send
@@ -25,16 +26,21 @@ from eightys.protocols.websocket import WebSocketProtocol
 class PubSub:
     """The channels of one worker."""
 
-    def __init__(self, forward: Callable[[bytes, bytes, bool], None]) -> None:
+    def __init__(self, forward: Callable[[bytes, bytes, bool], None],
+                 interest: Callable[[bytes, bool], None] | None = None) -> None:
         #: channel -> its local subscribers (insertion ordered, so delivery is fair)
         self.channels: dict[bytes, dict[WebSocketProtocol, None]] = {}
         self._forward = forward
+        # told when a channel gets its first local subscriber (True) or loses its last
+        self._interest = interest
 
     def subscribe(self, conn: WebSocketProtocol, channel: bytes) -> bool:
         """Add ``conn`` to ``channel``; False if it already was there."""
         subscribers = self.channels.get(channel)
         if subscribers is None:
             subscribers = self.channels[channel] = {}
+            if self._interest is not None:
+                self._interest(channel, True)
         elif conn in subscribers:
             return False
         subscribers[conn] = None
@@ -49,6 +55,8 @@ class PubSub:
         del subscribers[conn]
         if not subscribers:
             del self.channels[channel]
+            if self._interest is not None:
+                self._interest(channel, False)
         conn.channels.discard(channel)
         return True
 

@@ -48,7 +48,7 @@ class WebSockets:
         self.close_code = GOING_AWAY
         self.options: list[WsOptions] = []
         self._option_ids: dict[WsOptions, int] = {}
-        self.pubsub = PubSub(self._forward)
+        self.pubsub = PubSub(self._forward, self._interest)
         self.on_open: Callable[..., Any] = _unattached
         self.on_message: Callable[..., Any] = _unattached
         self._on_close: Callable[..., Any] = _unattached
@@ -184,6 +184,10 @@ class WebSockets:
     def _forward(self, name: bytes, data: bytes, binary: bool) -> None:
         if self.worker.workers > 1:
             self.worker.send_to_master(channel.Kind.PUBLISH, name, data, binary)
+
+    def _interest(self, name: bytes, subscribed: bool) -> None:
+        if self.worker.workers > 1:
+            self.worker.send_to_master(channel.Kind.INTEREST, name, subscribed)
 
     def delivered(self, name: bytes, data: bytes, binary: bool) -> None:
         """A message published in another worker."""

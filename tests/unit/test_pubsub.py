@@ -50,3 +50,15 @@ def test_unsubscribe_drop_and_slow_subscribers():
     hub.drop(slow)
     assert slow.channels == set() and b"c" not in hub.channels
     assert list(hub.channels) == [b"d"]
+
+
+def test_interest_is_reported_on_the_first_and_last_subscriber():
+    changes = []
+    hub = PubSub(lambda *message: None, lambda channel, on: changes.append((channel, on)))
+    a, b = Conn(), Conn()
+    hub.subscribe(a, b"c")
+    hub.subscribe(b, b"c")
+    hub.unsubscribe(a, b"c")
+    assert changes == [(b"c", True)]
+    hub.drop(b)
+    assert changes == [(b"c", True), (b"c", False)]
