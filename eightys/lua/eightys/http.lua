@@ -27,8 +27,6 @@ local str_format = string.format
 local str_gsub = string.gsub
 local str_char = string.char
 local concat = table.concat
-local os_time = os.time
-local os_date = os.date
 
 local aio = aio
 local json_encode = codec.json_encode
@@ -76,20 +74,21 @@ end
 
 -- The Server line and the Connection header per request flags; both derived in
 -- _M.attach from eightys/wire.py's flag bits (keep-alive, HTTP/1.0, TLS, ...).
-local SERVER = "Server: eightys\r\n"
+local SERVER -- set by _M.attach
 local CONNECTION = {}
 local FLAG_HTTP10 = 2
 local draining = false -- the worker is stopping: every response closes its connection
 
 -- "Server: ...\r\nDate: ...\r\n", rebuilt once a second
-local last_time, server_date = -1, ""
+-- The worker sets it once a second (_M.set_date): no clock call per response.
+local server_date = ""
 local function server_date_headers()
-    local now = os_time()
-    if now ~= last_time then
-        last_time = now
-        server_date = SERVER .. "Date: " .. os_date("!%a, %d %b %Y %H:%M:%S GMT", now) .. "\r\n"
-    end
     return server_date
+end
+
+--- "Server: ...\r\nDate: ...\r\n" from now on (the worker calls this every second).
+function _M.set_date(date_line)
+    server_date = SERVER .. date_line
 end
 
 local DEFAULT_TYPE = "text/plain; charset=utf-8"
@@ -398,7 +397,9 @@ end
 --- renders the built-in 404 and 500 answers (the content server sets it).
 aio.http_error_page = aio.http_error_page
 
--- The handler table for a path: method -> handler, and params for pattern routes.
+-- The handler table for a path: method -> handler, and for pattern routes
+-- method -> path parameters, each from the route that matched that method
+-- (GET /u/:id and POST /u/:name give params.id and params.name respectively).
 local function lookup(path)
     local by_path = routes.exact[path]
     if by_path then return by_path, nil end
@@ -408,11 +409,13 @@ local function lookup(path)
         local r = list[i]
         local captures = { path:match(r.pattern) }
         if captures[1] ~= nil then
-            if found == nil then
-                found, params = {}, {}
-                for j = 1, #r.names do params[r.names[j]] = captures[j] end
+            if found == nil then found, params = {}, {} end
+            if found[r.method] == nil then
+                found[r.method] = r.handler
+                local values = {}
+                for j = 1, #r.names do values[r.names[j]] = captures[j] end
+                params[r.method] = values
             end
-            if found[r.method] == nil then found[r.method] = r.handler end
         end
     end
     return found, params
@@ -437,9 +440,12 @@ function aio:route(fd, method, path, query, headers, body)
         by_path, params = lookup(url_decode_path(path))
     end
     if by_path then
-        local handler = by_path[method] or (method == "HEAD" and by_path.GET)
+        local handler = by_path[method]
+        if handler == nil and method == "HEAD" then
+            handler, method = by_path.GET, "GET"
+        end
         if handler then
-            if params then fd.params = params end
+            if params then fd.params = params[method] end
             fd.handler = handler -- for the handler-timeout report
             return handler(fd, query, headers, body)
         end
@@ -511,12 +517,10 @@ end
 -- has fixed arguments and one xpcall, because it runs for every request.
 local IDLE = aio.IDLE
 local co_yield = coroutine.yield
-local co_running = coroutine.running
 local on_http_error
 
 local function serve_loop(req, method, path, query, headers, body)
     while true do
-        req.co = co_running() -- where it waits, should it never answer
         local ok, err = xpcall(aio.on_http, traceback, aio, req, method, path, query, headers, body)
         if not ok then on_http_error(req, err) end
         req, method, path, query, headers, body = co_yield(IDLE)
@@ -529,25 +533,71 @@ on_http_error = function(req, err)
     fail(req, err)
 end
 
+-- Inputs that repeat (a keep-alive client's header block) are parsed once they are
+-- seen twice; later calls get a copy of the kept result
+-- (one table insert per field instead of new strings). Bounded: inputs up to
+-- max_bytes, max_kept of them (and as many seen once), forgotten all at once when
+-- full. parse(raw, into) fills `into` and returns how many fields it set.
+local table_new = (pcall(require, "table.new")) and require("table.new")
+    or function() return {} end
+
+local function memo_parser(parse, max_kept, max_bytes)
+    local kept, sizes, kept_count = {}, {}, 0
+    local seen, seen_count = {}, 0
+    local function parse_memo(raw)
+        local template = kept[raw]
+        if template then
+            local size = sizes[raw]
+            -- presized when big enough to be worth a C call (growing rehashes)
+            local out = size > 4 and table_new(0, size) or {}
+            for k, v in next, template do out[k] = v end
+            return out
+        end
+        local out = {}
+        local count = parse(raw, out)
+        if #raw <= max_bytes then
+            if seen[raw] then -- the second time: keep it parsed
+                if kept_count >= max_kept then kept, sizes, kept_count = {}, {}, 0 end
+                template = {}
+                for k, v in next, out do template[k] = v end
+                kept[raw], sizes[raw] = template, count
+                kept_count = kept_count + 1
+            else
+                if seen_count >= max_kept then seen, seen_count = {}, 0 end
+                seen[raw] = true
+                seen_count = seen_count + 1
+            end
+        end
+        return out
+    end
+    return parse_memo, function() return kept_count, seen_count end
+end
+
 -- "name\0value\0name\0value" as received -> {lower-case name = value}; a
 -- repeated field's values are joined with ", " (RFC 9110 5.3). One string from
 -- Python instead of one argument per field: O(n), whatever the count.
-local function parse_headers(raw)
-    local headers = {}
-    if raw == "" then return headers end
-    local pos = 1
+local function parse_fields(raw, headers)
+    if raw == "" then return 0 end
+    local pos, count = 1, 0
     while true do
         local sep = str_find(raw, "\0", pos, true)
         local name = str_lower(str_sub(raw, pos, sep - 1))
         local stop = str_find(raw, "\0", sep + 1, true)
         local value = str_sub(raw, sep + 1, stop and stop - 1 or -1)
         local prev = headers[name]
+        if prev == nil then count = count + 1 end
         headers[name] = prev and (prev .. ", " .. value) or value
-        if stop == nil then return headers end
+        if stop == nil then return count end
         pos = stop + 1
     end
 end
+
+-- a keep-alive client mostly sends the same block again and again
+local parse_headers, header_cache_sizes = memo_parser(parse_fields, 256, 4096)
 _M.parse_headers = parse_headers
+
+--- Internal (tests): how many header blocks are kept parsed, and seen once.
+_M.header_cache_sizes = header_cache_sizes
 
 waiting = {}
 
@@ -569,7 +619,7 @@ function _M.dispatch(fd, seq, method, url, body, flags, raw_headers)
                                sync = true, out = false, started = false,
                                finished = false, closing = false, handler = false,
                                co = false, gone = false }, Request)
-    start_request(req, method, path, query, headers, body or "")
+    local co = start_request(req, method, path, query, headers, body or "")
     req.sync = false
     local out = req.out
     if out then
@@ -581,6 +631,7 @@ function _M.dispatch(fd, seq, method, url, body, flags, raw_headers)
         return out
     end
     if req.finished then return false end
+    req.co = co -- where it waits, should it never answer
     local by_fd = waiting[fd]
     if by_fd == nil then
         by_fd = {}
@@ -603,25 +654,35 @@ end
 local function waiting_at(co)
     if type(co) ~= "thread" then return "unknown" end
     for line in string.gmatch(traceback(co, "", 0), "\n%s*([^\n]+)") do
-        if not str_find(line, LIBRARY_DIR, 1, true) and not str_find(line, "^%[C%]") then
-            return line
-        end
+        local at = line:match("^(.-:%d+):")
+        if at and not str_find(at, LIBRARY_DIR, 1, true) then return at end
     end
     return "unknown"
 end
 
---- Request `seq` on `fd` got no answer within --handler-timeout; Python has
---- answered 504. Log where it is stuck; whatever it sends later is dropped.
+--- Request `seq` on `fd` got no answer within --handler-timeout: log where it is
+--- stuck and return the 504 to send (the app's error page, if it has one);
+--- whatever the handler sends later is dropped.
 function _M.timeout(fd, seq)
     local by_fd = waiting[fd]
     local req = by_fd and by_fd[seq]
-    if req == nil then return end
+    if req == nil then return nil end
     by_fd[seq] = nil
     if next(by_fd) == nil then waiting[fd] = nil end
-    req.gone = true
-    host.log_error(str_format("handler timeout after %s s: %s %s (handler at %s), waiting on: %s",
+    local err = str_format("handler timeout after %s s: %s %s (handler at %s), waiting on: %s",
         tostring(host.handler_timeout or "?"), req.method, req.path, where(req.handler),
-        req.waiting_on or waiting_at(req.co)))
+        req.waiting_on or waiting_at(req.co))
+    host.log_error(err)
+    local mime, body = DEFAULT_TYPE, "Gateway Timeout"
+    local page = aio.http_error_page
+    if page then
+        local ok, page_mime, page_body = pcall(page, 504, err, req)
+        if ok and page_body then mime, body = page_mime, page_body end
+    end
+    req.gone = true
+    return status_lines[504] .. server_date_headers() .. "Content-Type: " .. mime
+        .. "\r\nContent-Length: " .. #body .. "\r\nConnection: close\r\n\r\n"
+        .. (req.method == "HEAD" and "" or body)
 end
 
 --- Connection `fd` closed while handlers were working on its requests.
@@ -649,6 +710,7 @@ function _M.attach(private)
     local wire = private.wire
     for code, phrase in pairs(wire.reasons) do REASONS[code] = phrase end
     SERVER = wire.server_line
+    _M.set_date(private.date_line())
     FLAG_HTTP10 = wire.flag_http10
     local keep_alive = wire.flag_keep_alive
     for flags = 0, wire.flag_limit - 1 do
