@@ -168,13 +168,6 @@ def test_bad_handshake_gets_400_and_the_connection_closes(server):
     assert data.startswith(b"HTTP/1.1 400 ")
 
 
-def test_raw_utf8_in_the_path_is_accepted(server):
-    raw = RawWs(server, "/rooms/café")
-    assert raw.head.startswith(b"HTTP/1.1 101 ")
-    assert raw.frame()[1] == "joined café worker=0".encode()
-    raw.close()
-
-
 def test_origin_option(server):
     with pytest.raises(InvalidStatus) as err:
         connect(url(server, "/origin"), origin="https://evil.example")

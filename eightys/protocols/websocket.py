@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import codecs
 import logging
-import re
 import struct
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
@@ -62,7 +61,6 @@ SERVICE_RESTART = 1012
 
 _TEXT, _BINARY, _CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
 _HEAD16 = struct.Struct("!BBH")
-_NOT_ASCII = re.compile(rb"[^\x21-\x7e]")
 _HEAD64 = struct.Struct("!BBQ")
 _CLOSED = State.CLOSED
 _CLOSING = State.CLOSING
@@ -135,10 +133,7 @@ def handshake(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]],
     # The request was parsed already (httptools), but the sans-IO protocol reads its
     # handshake from the wire: hand it the head as received, so its parser then
     # continues with frames.
-    # (raw non-ASCII bytes in the target, which some clients send, are percent-encoded:
-    # the library accepts only ASCII there, and Lua sees the URL as received anyway)
-    target = _NOT_ASCII.sub(lambda m: b"%%%02X" % m.group()[0], url)
-    head = b"%s %s HTTP/1.1\r\n%s\r\n" % (method, target, b"".join(
+    head = b"%s %s HTTP/1.1\r\n%s\r\n" % (method, url, b"".join(
         b"%s: %s\r\n" % pair for pair in headers))
     protocol.receive_data(head)
     events = protocol.events_received()
