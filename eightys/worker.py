@@ -232,6 +232,7 @@ class Worker:
             self.runtime.set_date(wire.date_line())
         for conn in list(self.connections.values()):
             conn.check_timeout(now)
+        self.ws.sweep()
         self.loop.call_later(1.0, self._sweep)
 
     # -- master messages --------------------------------------------------------------

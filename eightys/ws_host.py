@@ -48,6 +48,8 @@ class WebSockets:
         self.close_code = GOING_AWAY
         self.options: list[WsOptions] = []
         self._option_ids: dict[WsOptions, int] = {}
+        #: accepted, waiting for the responses before theirs to go out: fd -> (http, ws)
+        self._switching: dict[int, tuple[Any, WebSocketProtocol]] = {}
         self.pubsub = PubSub(self._forward, self._interest)
         self.on_open: Callable[..., Any] = _unattached
         self.on_message: Callable[..., Any] = _unattached
@@ -88,6 +90,16 @@ class WebSockets:
         """A connection closed (once): leave its channels, tell Lua."""
         self.pubsub.drop(conn)
         self._on_close(conn.fd, code, reason)
+
+    def sweep(self) -> None:
+        """Once a second: an HTTP connection that closed before its switch could
+        happen never makes the WebSocket; Lua forgets what it prepared for it."""
+        for fd, (conn, ws) in list(self._switching.items()):
+            if ws.transport is not None:
+                del self._switching[fd]
+            elif conn.closed:
+                del self._switching[fd]
+                self._on_close(fd, 1006, b"")
 
     def restart(self) -> None:
         """A rolling restart retires this worker: connections get 1012 (service restart)."""
@@ -133,6 +145,8 @@ class WebSockets:
         ws = WebSocketProtocol(self, fd, protocol, head[1], options)
         if not conn.switch_protocol(seq, response, ws):
             return None, b"closed"
+        if ws.transport is None:  # the switch comes after this handler (or earlier responses)
+            self._switching[fd] = (conn, ws)  # see sweep()
         return (protocol.subprotocol or "").encode()
 
     def _conn(self, fd: Any) -> WebSocketProtocol | None:

@@ -339,6 +339,21 @@ def test_upgrade_decided_after_an_await_keeps_early_frames(server):
     sock.close()
 
 
+def test_client_gone_before_a_queued_switch_leaves_nothing_behind(server):
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    sock.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"  # answered after 0.5 s
+                 b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    wait_until(lambda: http_get(server, "/pending")[1] == "1", 2.0, message="the accepted upgrade")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # reset, before the slow response (and so the 101) could go out
+    # (reading is paused while the upgrade waits, so the server learns of the reset only
+    # when it writes: the WebSocket may open, and then closes with 1006, once)
+    wait_until(lambda: http_get(server, "/pending")[1] == "0", 5.0, message="pending cleared")
+    time.sleep(0.3)
+    assert [c.split()[2] for c in closes(server) if c.startswith("/echo")] in ([], ["1006"])
+
+
 def test_pipelined_bytes_after_the_handshake_reach_the_websocket(server):
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
     mask = b"\1\2\3\4"

@@ -72,6 +72,16 @@ aio:http_get("/later", function(fd) -- the upgrade is decided after an await
                    message = function(ws, data) ws:send("later:" .. data) end, close = record })
 end)
 
+aio:http_get("/slow", function(fd)
+    aio:await(aio:sleep(0.5))
+    fd:http_response(200, "text/plain", "slow")
+end)
+aio:http_get("/pending", function(fd)
+    local n = 0
+    for _ in pairs(require("eightys.websocket").pending) do n = n + 1 end
+    fd:http_response(200, "text/plain", tostring(n))
+end)
+
 aio:http_get("/closes", function(fd) fd:http_response(200, "application/json", CLOSES) end)
 aio:http_get("/publish", function(fd, query)
     local q = aio:parse_query(query)

@@ -350,7 +350,8 @@ function aio:websocket(path, handlers, options)
     end
 end
 
---- Internal (tests): the open connections by id.
+--- Internal (tests): the open connections by id, and those accepted but not yet open.
 _M.sockets = sockets
+_M.pending = pending
 
 return _M
