@@ -22,12 +22,12 @@ SOURCE_OWNERS = {"aio": "aio", "aiosocket": "aiosocket", "nodes": "nodes", "dns"
                  "http_client": "http_client", "httpd": "httpd", "mysql": "mysql",
                  "orm": "orm", "Client": "mysqlclient", "Repo": "ormrepo",
                  "Request": "httprequest", "Stream": "httpstream", "Timer": "aiotimer",
-                 "Promise": "aiopromise"}
+                 "Promise": "aiopromise", "WebSocket": "websocket"}
 # internal helpers, not API
 INTERNAL = {"aio:coroutine_pool", "Repo.delete_object", "Template:error_context",
             "Template:render"}
 README_OWNERS = {"fd": "httprequest", "stream": "httpstream", "client": "mysqlclient",
-                 "repo": "ormrepo"}
+                 "repo": "ormrepo", "ws": "websocket"}
 
 
 def stub_text() -> str:
