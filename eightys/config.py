@@ -50,6 +50,8 @@ class Config:
     #: Signs session cookies when no MASTER_KEY is set; one per server run, shared by its workers.
     secret: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    #: Warnings about the configuration, logged once by the master at start.
+    notes: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         """Serialise for the worker's command line."""
@@ -61,4 +63,5 @@ class Config:
         data = json.loads(text)
         data["address"] = Address(**data["address"])
         data["modules"] = tuple(data["modules"])
+        data["notes"] = tuple(data.get("notes", ()))
         return cls(**data)

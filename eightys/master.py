@@ -210,6 +210,8 @@ class Master:
             slot.pending_mail.clear()
             if self.starting and not self.stopping and all(s.ready for s in self.slots):
                 self.starting = False
+                for note in self.config.notes:
+                    log.warning("%s", note)
                 log.info("serving %s on %s with %d worker(s)%s", self.config.entry,
                          self._describe_address(), len(self.slots),
                          " (SO_REUSEPORT)" if len(self.sockets) > 1 else "")

@@ -46,7 +46,6 @@ _G.httpd = httpd
 
 local host = require("eightys.host") -- private host functions (eightys/content.py)
 
-httpd.sessions = httpd.sessions or {}     -- the default (per-worker) session store's data
 httpd.file_routes = httpd.file_routes or {} -- "METHOD path" -> true, routes made by the scan
 httpd.jinja_globals = httpd.jinja_globals or {}
 
@@ -104,81 +103,173 @@ end
 -- Sessions
 ---------------------------------------------------------------------------
 
---- The default session store: a table per worker. A store is any object with
---- get(id) -> table|nil, set(id, table) and delete(id); assign another to
---- httpd.session_store (e.g. one backed by Redis) to share sessions.
-local memory_store = {}
+--- The server-side session store (per worker), for sessions too large for a
+--- cookie or that must be revoked server-side: `httpd.session_store =
+--- httpd.memory_store`. A store is any object with get(id) -> table|nil,
+--- set(id, table) and delete(id). Entries form a list in order of last use, so
+--- the oldest is the first to expire and the first evicted when the store holds
+--- `max_sessions` (100,000): expiry and eviction cost O(1), whatever the size,
+--- and a flood of cookie-less clients can never grow it past the bound.
+local memory_store = httpd.memory_store or { max_sessions = MAX_SESSIONS }
+httpd.memory_store = memory_store
+memory_store.index = memory_store.index or {}  -- id -> entry {id, data, expires, prev, next}
+memory_store.count = memory_store.count or 0
+-- head (least recently used) and tail (most recently used) of the list
+memory_store.head = memory_store.head or false
+memory_store.tail = memory_store.tail or false
+
+local function unlink(store, entry)
+    local prev, nxt = entry.prev, entry.next
+    if prev then prev.next = nxt else store.head = nxt end
+    if nxt then nxt.prev = prev else store.tail = prev end
+    entry.prev, entry.next = false, false
+end
+
+local function push_tail(store, entry)
+    local tail = store.tail
+    entry.prev, entry.next = tail, false
+    if tail then tail.next = entry else store.head = entry end
+    store.tail = entry
+end
+
+local function drop(store, entry)
+    unlink(store, entry)
+    store.index[entry.id] = nil
+    store.count = store.count - 1
+end
+
+-- Drop expired entries from the head (the oldest): a few per call, so no call is slow.
+local function expire(store, now)
+    for _ = 1, 4 do
+        local head = store.head
+        if not head or head.expires >= now then return end
+        drop(store, head)
+    end
+end
 
 function memory_store:get(id)
-    local entry = httpd.sessions[id]
+    local entry = self.index[id]
     if entry == nil then return nil end
-    if entry.expires < net.clock() then
-        httpd.sessions[id] = nil
-        httpd.session_count = httpd.session_count - 1
+    local now = net.clock()
+    if entry.expires < now then
+        drop(self, entry)
         return nil
     end
-    entry.expires = net.clock() + SESSION_TTL
+    entry.expires = now + SESSION_TTL -- sliding: it becomes the newest
+    unlink(self, entry)
+    push_tail(self, entry)
     return entry.data
 end
 
 function memory_store:set(id, data)
-    local sessions = httpd.sessions
-    if sessions[id] == nil then
-        httpd.session_count = (httpd.session_count or 0) + 1
-        if httpd.session_count > MAX_SESSIONS then
-            -- full: drop expired ones, then arbitrary ones, until there is room
-            local now = net.clock()
-            for key, entry in pairs(sessions) do
-                if entry.expires < now or httpd.session_count > MAX_SESSIONS then
-                    sessions[key] = nil
-                    httpd.session_count = httpd.session_count - 1
-                end
-                if httpd.session_count <= MAX_SESSIONS * 0.9 then break end
-            end
-        end
+    local now = net.clock()
+    expire(self, now)
+    local entry = self.index[id]
+    if entry then
+        unlink(self, entry)
+    else
+        entry = { id = id, data = data, expires = 0, prev = false, next = false }
+        self.index[id] = entry
+        self.count = self.count + 1
+        while self.count > self.max_sessions and self.head do drop(self, self.head) end
     end
-    sessions[id] = { data = data, expires = net.clock() + SESSION_TTL }
+    entry.data, entry.expires = data, now + SESSION_TTL
+    push_tail(self, entry)
 end
 
 function memory_store:delete(id)
-    if httpd.sessions[id] then
-        httpd.sessions[id] = nil
-        httpd.session_count = httpd.session_count - 1
-    end
+    local entry = self.index[id]
+    if entry then drop(self, entry) end
 end
 
-httpd.session_store = httpd.session_store or memory_store
+-- Sessions without a store live in the cookie: AES-256-GCM under a key derived
+-- (HKDF, in crypto.encrypt) from the server secret, the expiry inside the
+-- authenticated payload, so every worker (and every server with the same
+-- SECRET_KEY) reads them and a client can neither read nor alter nor extend one.
+local MAX_COOKIE = 4000 -- browsers keep cookies up to 4096 bytes, name and attributes included
+local session_key
+
+local function cookie_header(value, max_age)
+    return SESSION_COOKIE .. "=" .. value .. "; Path=/; HttpOnly; SameSite=Lax; Max-Age=" .. max_age
+end
+
+local function cookie_value(headers)
+    local cookie = headers.cookie
+    if cookie == nil then return nil end
+    return str_match(cookie, "%f[%w_]" .. SESSION_COOKIE .. "=([%w%.%-_]+)")
+end
 
 local function sign(id)
     return str_sub(codec.hex_encode(crypto.hmac_sha256(id, httpd.secret)), 1, 32)
 end
 
+-- session, state: state is what save_session needs to know (the store's id, or
+-- the cookie's JSON and expiry, to send a cookie only when something changed).
 local function session_from(headers)
-    local cookie = headers.cookie
-    if cookie then
-        local value = str_match(cookie, "%f[%w_]" .. SESSION_COOKIE .. "=([%w%.]+)")
+    local value = cookie_value(headers)
+    local store = httpd.session_store
+    if store then
         if value then
             local id, signature = str_match(value, "^(%x+)%.(%x+)$")
             if id and signature == sign(id) then
-                local data = httpd.session_store:get(id)
+                local data = store:get(id)
                 if data then return data, id end
             end
         end
+        return {}, nil
+    end
+    if value then
+        local token = codec.base64_decode(value)
+        local plain = token and crypto.decrypt(token, session_key)
+        local payload = plain and codec.json_decode(plain)
+        if type(payload) == "table" and type(payload.x) == "number" and payload.x > os.time()
+                and type(payload.d) == "table" then
+            return payload.d, { json = codec.json_encode(payload.d), expires = payload.x }
+        end
+        return {}, { json = "{}", expires = 0, stale = true } -- expired or forged: clear it
     end
     return {}, nil
 end
 
 -- Save the session after a page; returns a Set-Cookie value when the client needs one.
-local function save_session(session, id)
-    if id == nil then
-        if next(session) == nil then return nil end -- nothing worth a cookie
-        id = codec.hex_encode(crypto.random(16))
-        httpd.session_store:set(id, session)
-        return SESSION_COOKIE .. "=" .. id .. "." .. sign(id)
-            .. "; Path=/; HttpOnly; SameSite=Lax; Max-Age=" .. SESSION_TTL
+local function save_session(session, state)
+    local store = httpd.session_store
+    if store then
+        local id = state
+        if id == nil then
+            if next(session) == nil then return nil end -- nothing worth a cookie
+            id = codec.hex_encode(crypto.random(16))
+            store:set(id, session)
+            return cookie_header(id .. "." .. sign(id), SESSION_TTL)
+        end
+        store:set(id, session)
+        return nil
     end
-    httpd.session_store:set(id, session)
-    return nil
+    if state == nil and next(session) == nil then return nil end
+    local json, err = codec.json_encode(session)
+    if not json then
+        host.log_error("session not saved: it must hold plain data (" .. tostring(err) .. ")")
+        return nil
+    end
+    local now = os.time()
+    if state then
+        if json == "{}" then
+            if state.stale or state.json ~= "{}" then return cookie_header("", 0) end
+            return nil
+        end
+        -- unchanged and more than half its lifetime left: the cookie the client has is good
+        if json == state.json and state.expires - now > SESSION_TTL / 2 then return nil end
+    end
+    local expires = now + SESSION_TTL
+    local value = str_gsub(codec.base64_encode(crypto.encrypt(
+        '{"x":' .. expires .. ',"d":' .. json .. '}', session_key)), "[+/=]",
+        { ["+"] = "-", ["/"] = "_", ["="] = "" })
+    if #value > MAX_COOKIE then
+        host.log_error(("session not saved: %d bytes encrypted, more than a cookie holds (%d); "
+            .. "keep less in it, or use a server-side store (httpd.session_store)"):format(#value, MAX_COOKIE))
+        return nil
+    end
+    return cookie_header(value, SESSION_TTL)
 end
 
 ---------------------------------------------------------------------------
@@ -287,12 +378,12 @@ local function context(fd, entry, qs, headers, body)
         if not parsed then return nil, status, reason end
         form = parsed
     end
-    local session, session_id = session_from(headers)
+    local session, session_state = session_from(headers)
     -- one table per request, handed to the template engine as its ctx too; every
     -- field is set here (a table that grows later is rehashed)
     local ctx = {
         fd = fd, method = fd.method, endpoint = endpoint, query = query, headers = headers,
-        body = body, form = form, session = session, session_id = session_id,
+        body = body, form = form, session = session, session_state = session_state,
         locals = {}, status_code = 200, response_headers = {},
         status = false, header = false,
         await = shared_await, to_url = shared_to_url, render = shared_render,
@@ -305,7 +396,7 @@ local function context(fd, entry, qs, headers, body)
 end
 
 local function finish(fd, ctx, mime, page)
-    local cookie = save_session(ctx.session, ctx.session_id)
+    local cookie = save_session(ctx.session, ctx.session_state)
     local status = ctx.status_code
     if status == 301 or status == 302 or status == 303 or status == 307 or status == 308 then
         page = "" -- 80s: a redirect has no body
@@ -575,7 +666,8 @@ function httpd:initialize(opts)
     else
         self.master_key = nil
     end
-    self.secret = self.master_key or host.secret
+    self.secret = host.secret
+    session_key = self.secret .. "/session"
     aio.http_error_page = error_page
     self:run_main()
     local count, err = self:scan()
