@@ -38,6 +38,11 @@ class ContentHost:
         self._jinja_root: str | None = None
         self._error_pages: dict[tuple[int, bool], bytes] = {}
         self._checked: dict[bytes, float] = {}  # url path -> when its file was last stat'ed
+        #: the site root, symlinks resolved; files whose real path is elsewhere are refused
+        self.real_root: bytes | None = None
+        self.site_dir = b""  # the root as named (absolute), symlinks not resolved
+        #: httpd.follow_symlinks: links out of the root are served (the site owner said so)
+        self.follow_symlinks = False
 
     def functions(self) -> dict[bytes, Any]:
         """The entries this adds to the private host table."""
@@ -46,8 +51,32 @@ class ContentHost:
             b"static_serve": self.static_serve, b"form_parse": self.form_parse,
             b"jinja_render": self.jinja_render, b"jinja_error_page": self.jinja_error_page,
             b"mtime": mtime, b"realpath": realpath, b"is_within": is_within,
-            b"mime_type": mime_type, b"secret": self.worker.config.secret.encode(),
+            b"mime_type": mime_type, b"site_root": self.site_root,
+            b"inside_root": self.inside_root, b"secret": self.worker.config.secret.encode(),
         }
+
+    # -- the site root ------------------------------------------------------------
+
+    def site_root(self, root: bytes, real_root: bytes, follow_symlinks: bool) -> None:
+        """Set the root every served file, template and include must be inside."""
+        self.site_dir = os.path.abspath(root)
+        self.real_root = real_root
+        self.follow_symlinks = bool(follow_symlinks)
+        self._jinja_root = None
+
+    def inside_root(self, path: bytes) -> bool:
+        """Whether ``path`` may be served: it exists and its real path (symlinks
+        resolved) is inside the site root, unless the site follows symlinks."""
+        root = self.real_root
+        if root is None or b"\0" in path:
+            return False
+        if self.follow_symlinks:
+            # links may lead out, ".." may not: the path itself must name a file below the root
+            return os.path.exists(path) and (
+                is_within(os.path.abspath(path), self.site_dir) or
+                is_within(os.path.realpath(path), root))
+        real = realpath(path)
+        return real is not None and is_within(real, root)
 
     # -- static files -------------------------------------------------------------
 
@@ -73,14 +102,19 @@ class ContentHost:
         self._jinja_root = None  # the site may have changed
         return True
 
-    def fresh(self, url_path: bytes, static: "StaticFile") -> "StaticFile":
-        """``static``, or a reloaded copy if its file changed on disk. Looked at
+    def fresh(self, url_path: bytes, static: "StaticFile") -> "StaticFile | None":
+        """``static``, or a reloaded copy if its file changed on disk, or None if
+        it left the site root (a symlink out of it now; the route is dropped). Looked at
         most once per second per file (the worker's coarse clock), so serving
         from memory stays cheap and an edited file is served within a second."""
         now = self.worker.now
         if self._checked.get(url_path) == now:
             return static
         self._checked[url_path] = now
+        if not self.inside_root(os.fsencode(static.path)):
+            # replaced by a link out of the site (or gone): no longer served
+            self.static_routes.pop(url_path, None)
+            return None
         if not static.is_stale():
             return static
         from eightys.static import StaticFile
@@ -105,12 +139,14 @@ class ContentHost:
         route of a static file; the HTTP protocol usually serves them itself)."""
         conn = self.worker.connections.get(fd)
         static = self.static_routes.get(url_path)
+        if static is not None:
+            static = self.fresh(url_path, static)
         if conn is None or static is None:
             return False
         flat: list[bytes] = []
         for name, value in self.worker.runtime.to_python(headers).items():
             flat += (name, value)
-        conn.send_static(seq, self.fresh(url_path, static), method, flat,
+        conn.send_static(seq, static, method, flat,
                          CONNECTION_HEADERS[flags])
         return True
 
@@ -138,7 +174,8 @@ class ContentHost:
             from eightys.jinja import JinjaPages  # jinja2 loads only for sites that use it
 
             self._jinja = JinjaPages(root, dev=self.worker.config.dev,
-                                     builtin_dir=BUILTIN_TEMPLATES)
+                                     builtin_dir=BUILTIN_TEMPLATES,
+                                     allow=lambda path: self.inside_root(os.fsencode(path)))
             self._jinja_root = root
             self._error_pages = {}
         return self._jinja

@@ -366,8 +366,9 @@ class HttpProtocol(asyncio.Protocol):
             static = statics.get(path)
             if static is not None:
                 static = self.worker.content.fresh(path, static)
-                self.send_static(seq, static, method, headers, CONNECTION_HEADERS[flags])
-                return
+                if static is not None:  # None: it left the site root; Lua answers 404
+                    self.send_static(seq, static, method, headers, CONNECTION_HEADERS[flags])
+                    return
         out = self.dispatch(
             self.fd, seq, method, url,
             (body[0] if len(body) == 1 else b"".join(body)) if body else None,

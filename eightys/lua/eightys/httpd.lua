@@ -444,6 +444,15 @@ local function chunkname(path)
     return path
 end
 
+-- Templates and includes are read only from inside the site root: an include
+-- of "../../etc/passwd", or of a link leading out, fails like a missing file.
+local function read_inside_root(path)
+    if not host.inside_root(path) then
+        return nil, "outside the site root"
+    end
+    return templates.read_file(path)
+end
+
 -- The template for an entry, recompiled when one of its files changed (checked
 -- at most once a second, so a busy page costs no stat per request).
 local os_time = os.time
@@ -453,14 +462,21 @@ local function template_of(entry)
     if tpl and now - entry.checked < 1 then return tpl end
     entry.checked = now
     if tpl then
+        -- a file replaced by a link out of the site counts as changed: the
+        -- recompile below refuses it
         local fresh = true
         for path, mtime in pairs(entry.mtimes) do
-            if host.mtime(path) ~= mtime then fresh = false break end
+            if host.mtime(path) ~= mtime or not host.inside_root(path) then
+                fresh = false
+                break
+            end
         end
         if fresh then return tpl end
+        entry.template = nil
     end
+    if not host.inside_root(entry.file) then return nil, "not inside the site root", 404 end
     local compiled, err = templates.compile(entry.file, { root = httpd.root,
-        chunkname = chunkname })
+        chunkname = chunkname, read = read_inside_root })
     if not compiled then return nil, err end
     local mtimes = {}
     for _, dep in ipairs(compiled.deps) do mtimes[dep] = host.mtime(dep) end
@@ -477,14 +493,17 @@ local function page_handler(entry, render)
         run_hook("on_before_http", ctx)
         local page, err, details = render(entry, ctx)
         run_hook("on_after_http", ctx)
-        if not page then return fail_page(fd, 500, err, details) end
+        if not page then
+            if details == 404 then return fail_page(fd, 404) end
+            return fail_page(fd, 500, err, details)
+        end
         finish(fd, ctx, entry.mime, page)
     end
 end
 
 local function render_template(entry, ctx)
-    local tpl, err = template_of(entry)
-    if not tpl then return nil, err end
+    local tpl, err, status = template_of(entry)
+    if not tpl then return nil, err, status end
     local page
     page, err = tpl:render(ctx)
     if page then return page end
@@ -493,6 +512,7 @@ local function render_template(entry, ctx)
 end
 
 local function render_jinja(entry, ctx)
+    if not host.inside_root(entry.file) then return nil, "not inside the site root", 404 end
     return httpd:render(entry.name, {
         query = ctx.query, headers = ctx.headers, session = ctx.session, form = ctx.form,
         endpoint = ctx.endpoint, method = ctx.method,
@@ -516,7 +536,9 @@ end
 
 local function static_handler(entry)
     return function(fd)
-        return host.static_serve(fd.fd, fd.seq, entry.path, fd.method, fd.flags, fd.headers)
+        if not host.static_serve(fd.fd, fd.seq, entry.path, fd.method, fd.flags, fd.headers) then
+            fail_page(fd, 404) -- it left the site root since the scan
+        end
     end
 end
 
@@ -548,16 +570,15 @@ local function walk(root, rel, in_static, found, seen)
             if str_sub(bare, 1, 2) ~= "i." and not (bare == "static" and httpd.no_static)
                     and not (rel == "" and bare == "errors") then
                 local real = host.realpath(join(root, child))
-                -- a symlink loop or a link out of the site is not followed
-                if real and host.is_within(real, httpd.real_root) and not seen[real] then
+                -- a symlink loop, or a link out of the site (unless httpd.follow_symlinks), is not followed
+                if real and host.inside_root(join(root, child)) and not seen[real] then
                     seen[real] = true
                     walk(root, child, in_static or bare == "static", found, seen)
                 end
             end
         else
             local path = join(root, child)
-            local real = host.realpath(path)
-            if real and host.is_within(real, httpd.real_root) then
+            if host.inside_root(path) then
                 local method, route, kind = route_of(child, in_static)
                 if method then
                     found[#found + 1] = { method = method, path = route, kind = kind,
@@ -669,7 +690,11 @@ function httpd:initialize(opts)
     self.secret = host.secret
     session_key = self.secret .. "/session"
     aio.http_error_page = error_page
+    self.follow_symlinks = opts.follow_symlinks or false
+    host.site_root(root, real, self.follow_symlinks)
     self:run_main()
+    -- main.lua may say httpd.follow_symlinks = true
+    host.site_root(root, real, self.follow_symlinks)
     local count, err = self:scan()
     if not count then error("cannot read " .. root .. ": " .. tostring(err), 2) end
     return self
@@ -686,6 +711,7 @@ function httpd:default_initialize()
         root = root,
         master_key = os.getenv("MASTER_KEY"),
         no_static = os.getenv("NO_STATIC") == "true",
+        follow_symlinks = os.getenv("FOLLOW_SYMLINKS") == "true",
         dev = DEV,
     })
 end
