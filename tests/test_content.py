@@ -49,7 +49,8 @@ MASTER_KEY = "test-master-key-0123456789"
 MAX_BODY = 64 * 1024
 HTML = "text/html; charset=utf-8"
 TEXT = "text/plain; charset=utf-8"
-STATIC_CACHE = "public, max-age=86400"
+STATIC_CACHE = "no-cache"
+IMMUTABLE = "public, max-age=31536000, immutable"
 BUILTIN_404 = "<h1>404 <small>Not Found</small></h1>"
 BUILTIN_500 = "<h1>500 <small>Internal Server Error</small></h1>"
 BUILTIN_400 = "<h1>400 <small>Bad Request</small></h1>"
@@ -198,7 +199,11 @@ def test_static_dir_is_served_as_is_with_cache_control(server: Server) -> None:
     response = get(server, "/static/raw.dyn.html")
     assert response.text == '<?lu write("never run") ?>'
     assert response.header("Cache-Control") == STATIC_CACHE
-    # elsewhere static files must be revalidated
+    # fingerprinted names, and the folders main.lua lists in httpd.immutable, are kept a year
+    for target in ("/static/app.3f2a1c.css", "/static/vendor/lib.js"):
+        response = get(server, target)
+        assert response.status == 200 and response.header("Cache-Control") == IMMUTABLE, target
+    # everywhere else files must be revalidated
     assert get(server, "/about").header("Cache-Control") == "no-cache"
     assert get(server, "/notes.txt").header("Cache-Control") == "no-cache"
     # templates have no Cache-Control of their own
@@ -464,6 +469,28 @@ def test_templates_recompile_when_their_files_change(server: Server, site: Site)
     wait_until(lambda: get(server, "/edit").text == "v2 p2 new", 5.0, 0.1, "the page to recompile")
     check_page(get(server, "/edit"), "v2 p2 new")
     assert server.worker_pids() == workers  # no restart, no reload
+
+
+def test_edited_css_is_fetched_fresh_on_a_normal_reload(server: Server, site: Site) -> None:
+    """What a browser does on a normal reload of a no-cache file: revalidate with
+    the validators it has. Unchanged: 304; edited: 200 with the new text."""
+    path = site.root / "static/edit.css"
+    first = get(server, "/static/edit.css")
+    assert first.header("Cache-Control") == "no-cache"
+    etag, modified = first.header("ETag"), first.header("Last-Modified")
+    validators = [("If-None-Match", etag), ("If-Modified-Since", modified)]
+    assert get_with(server, "/static/edit.css", validators).status == 304
+    path.write_text("body { color: blue; }")
+
+    def fresh() -> bool:
+        response = get_with(server, "/static/edit.css", validators)
+        return response.status == 200 and response.text == "body { color: blue; }"
+
+    wait_until(fresh, 5.0, 0.1, "the edited stylesheet")
+
+
+def get_with(server: Server, target: str, headers: list[tuple[str, str]]) -> Response:
+    return get(server, target, headers)
 
 
 # -- sessions -----------------------------------------------------------------------------------

@@ -6,7 +6,7 @@
 --   post.x.dyn.html       POST /x (also put., delete.)
 --   x.j2.html             Jinja2 page, GET /x
 --   x.priv.html           include-only, never routed
---   static/...            served as is, whatever the name, with Cache-Control
+--   static/...            served as is, whatever the name
 --   anything else         served as is (x.html as /x, other names unchanged)
 --   i.name/ and .hidden   ignored directories; *.lua files are never served
 --   main.lua              beside the site root (or in it): run at start and on reload
@@ -594,6 +594,30 @@ local function mime_of(name)
     return host.mime_type(name)
 end
 
+local IMMUTABLE = "public, max-age=31536000, immutable"
+
+-- Cache-Control of a file: browsers revalidate (ETag/Last-Modified, a 304 when
+-- unchanged), so an edited file is fetched fresh on the next load; only names
+-- that change with their content (app.3f2a1c.css: a hex fingerprint of 6+
+-- digits) and folders listed in httpd.immutable (e.g. { "static/vendor/" }) are
+-- cached for a year without asking.
+local function cache_control_of(self, rel)
+    local name = str_match(rel, "([^/]*)$")
+    if str_find(name, "[%.%-]%x%x%x%x%x%x+%.[^%.]+$") then
+        local hash = str_match(name, "[%.%-](%x+)%.[^%.]+$")
+        if str_find(hash, "%d") and str_find(hash, "%a") or #hash >= 8 then return IMMUTABLE end
+    end
+    local dirs = self.immutable
+    if type(dirs) == "table" then
+        for _, dir in ipairs(dirs) do
+            dir = str_gsub(dir, "^/", "")
+            if str_sub(dir, -1) ~= "/" then dir = dir .. "/" end
+            if str_sub(rel, 1, #dir) == dir then return IMMUTABLE end
+        end
+    end
+    return "no-cache"
+end
+
 --- (Re)build the routes from the site root: new files get routes, deleted files
 --- lose theirs, changed templates recompile on their next request.
 function httpd:scan()
@@ -620,7 +644,7 @@ function httpd:scan()
             handler = page_handler(entry, render_jinja)
         else
             local ok, mount_err = host.static_mount(entry.path, entry.file,
-                entry.in_static and "public, max-age=86400" or "no-cache")
+                cache_control_of(self, entry.name))
             if ok then
                 handler = static_handler(entry)
             else
