@@ -11,6 +11,7 @@ lookup and a precomputed response.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import stat
 from pathlib import Path
@@ -52,7 +53,7 @@ class ContentHost:
             b"jinja_render": self.jinja_render, b"jinja_error_page": self.jinja_error_page,
             b"mtime": mtime, b"realpath": realpath, b"is_within": is_within,
             b"mime_type": mime_type, b"site_root": self.site_root,
-            b"inside_root": self.inside_root, b"secret": self.worker.config.secret.encode(),
+            b"inside_root": self.inside_root, b"is_local": self.is_local, b"secret": self.worker.config.secret.encode(),
         }
 
     # -- the site root ------------------------------------------------------------
@@ -77,6 +78,24 @@ class ContentHost:
                 is_within(os.path.realpath(path), root))
         real = realpath(path)
         return real is not None and is_within(real, root)
+
+    def is_local(self, fd: int) -> bool:
+        """Whether connection ``fd`` comes from this machine (a loopback address or
+        a Unix socket): --dev error details are shown to those clients only."""
+        conn = self.worker.connections.get(fd)
+        transport = getattr(conn, "transport", None)
+        if transport is None:
+            return False
+        peer = transport.get_extra_info("peername")
+        if not isinstance(peer, tuple):
+            return True  # a Unix socket: only this machine can connect
+        try:
+            address = ipaddress.ip_address(peer[0].split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return address.is_loopback
 
     # -- static files -------------------------------------------------------------
 

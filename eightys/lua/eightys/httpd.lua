@@ -339,9 +339,12 @@ local function read_source(path)
     return text
 end
 
--- details: what templates' error_context gives (file, line, message, source_lines)
-local function error_page(status, err, details)
-    if err ~= nil and httpd.dev then
+-- The error page: details (what templates' error_context gives: file, line,
+-- message, source_lines) only in --dev and only for a client on this machine;
+-- anyone else gets the production page (the error is in the log either way).
+local function error_page(status, err, details, fd)
+    local dev = httpd.dev and (fd == nil or host.is_local(fd.fd))
+    if err ~= nil and dev then
         details = details or templates.error_context(tostring(err), { read = read_source })
             or { message = tostring(err) }
         details.message = details.message or tostring(err)
@@ -350,9 +353,20 @@ local function error_page(status, err, details)
     else
         details = nil
     end
-    local body = host.jinja_error_page(status, { dev = httpd.dev, details = details,
+    local body = host.jinja_error_page(status, { dev = dev, details = details,
                                                   message = details and details.message })
     return HTML, body
+end
+
+-- aio.http_error_page(status, err, req): the pages the HTTP layer sends (404,
+-- 500 for a failed route, 504 for a handler that never answered) in the site's
+-- layout. A 504's err says what the request was waiting on (req.waiting_on, set
+-- e.g. by a <?lua ?> block that has not called done()).
+local function http_error_page(status, err, fd)
+    if status == 504 and fd and fd.waiting_on and err == nil then
+        err = "waiting on: " .. fd.waiting_on
+    end
+    return error_page(status, err, nil, fd)
 end
 
 ---------------------------------------------------------------------------
@@ -425,7 +439,7 @@ local function fail_page(fd, status, err, details)
     if status >= 500 then
         host.log_error("page " .. fd.method .. " " .. fd.path .. ": " .. tostring(err))
     end
-    local mime, body = error_page(status, err, details)
+    local mime, body = error_page(status, err, details, fd)
     fd:http_response(status, mime, body)
 end
 
@@ -713,7 +727,7 @@ function httpd:initialize(opts)
     end
     self.secret = host.secret
     session_key = self.secret .. "/session"
-    aio.http_error_page = error_page
+    aio.http_error_page = http_error_page
     self.follow_symlinks = opts.follow_symlinks or false
     host.site_root(root, real, self.follow_symlinks)
     self:run_main()
