@@ -132,7 +132,8 @@ def parse_address(host: str | None, port: int, ipv6: bool) -> Address:
 
 
 def server_secret(secret_file: str | None) -> tuple[str, str | None]:
-    """The server secret and, when it is a throw-away one, a warning to log.
+    """The server secret and, when it is a throw-away one, a warning (the content
+    server logs it: sessions are what end with the secret).
 
     From ``--secret-file`` (its text, stripped), else ``$SECRET_KEY``, else random:
     never from the command line itself, where every user of the machine could read it.
@@ -175,7 +176,7 @@ def config_from_args(argv: Sequence[str]) -> Config:
             raise UsageError(f"{flag} must be >= 0")
     node = args.node or os.environ.get("HOSTNAME") or "localhost"
     secret, secret_warning = server_secret(args.secret_file)
-    notes = [secret_warning] if secret_warning else []
+    notes = []
     host = args.host
     if args.reload and host is None:
         # reload mode shows source code in error pages: not to the whole network by default
@@ -197,6 +198,7 @@ def config_from_args(argv: Sequence[str]) -> Config:
         dev=args.dev or args.reload,
         reload=args.reload,
         secret=secret,
+        secret_random=secret_warning is not None,
         notes=tuple(notes),
     )
 

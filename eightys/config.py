@@ -49,6 +49,8 @@ class Config:
     reload: bool = False
     #: Signs session cookies when no MASTER_KEY is set; one per server run, shared by its workers.
     secret: str = ""
+    #: No SECRET_KEY/--secret-file: the secret is random, sessions end at restart.
+    secret_random: bool = False
     extra: dict[str, str] = field(default_factory=dict)
     #: Warnings about the configuration, logged once by the master at start.
     notes: tuple[str, ...] = ()

@@ -53,8 +53,14 @@ class ContentHost:
             b"jinja_render": self.jinja_render, b"jinja_error_page": self.jinja_error_page,
             b"mtime": mtime, b"realpath": realpath, b"is_within": is_within,
             b"mime_type": mime_type, b"site_root": self.site_root,
-            b"inside_root": self.inside_root, b"is_local": self.is_local, b"secret": self.worker.config.secret.encode(),
+            b"inside_root": self.inside_root, b"is_local": self.is_local,
+            b"log_warning": self.log_warning, b"display_path": display_path,
+            b"secret_random": self.worker.config.secret_random, b"secret": self.worker.config.secret.encode(),
         }
+
+    def log_warning(self, text: bytes) -> None:
+        """A warning from the content server (configuration, not a request's error)."""
+        self.worker.log.warning("%s", text.decode("utf-8", "replace"))
 
     # -- the site root ------------------------------------------------------------
 
@@ -211,7 +217,7 @@ class ContentHost:
         try:
             return pages.render(name.decode(), values)
         except Exception as exc:  # noqa: BLE001 - any template failure is a 500, never a crash
-            info = describe_error(exc, root=pages.root)
+            info = describe_error(exc, root=os.getcwd())
             return None, f"{info.get('file')}:{info.get('line')}: {info.get('message')}".encode()
 
     def jinja_error_page(self, status: int, context: Any) -> bytes:
@@ -232,6 +238,14 @@ class ContentHost:
         if cacheable:
             self._error_pages[key] = page
         return page
+
+
+def display_path(path: bytes) -> bytes:
+    """How errors and logs name a file: relative to the working directory when it
+    is below it, else absolute (one name per file, whatever PUBLIC_HTML said)."""
+    absolute = os.path.abspath(path)
+    rel = os.path.relpath(absolute)
+    return absolute if rel.startswith(b"..") else rel
 
 
 def mtime(path: bytes) -> int | None:

@@ -32,7 +32,7 @@ from typing import Any
 from eightys import channel
 from eightys.cli import UsageError
 from eightys.config import Address, Config
-from eightys.log import setup_logging
+from eightys.log import setup_logging, user_traceback
 
 log = logging.getLogger("master")
 
@@ -261,7 +261,7 @@ class Master:
             return
         reason = _exit_reason(code)
         if slot.fatal:
-            log.error("worker %d failed to load:\n%s", slot.worker_id, slot.fatal)
+            log.error("worker %d failed to load:\n%s", slot.worker_id, user_traceback(slot.fatal))
         if self.starting and not slot.ever_ready:
             log.error("worker %d (pid %d) %s during start-up; stopping", slot.worker_id,
                       process.pid, reason)

@@ -25,7 +25,7 @@ from eightys.config import Config
 from eightys.content import ContentHost
 from eightys.livereload import PATH as LIVE_PATH
 from eightys.livereload import LiveReload
-from eightys.log import setup_logging
+from eightys.log import setup_logging, user_traceback
 from eightys.lua_runtime import LuaLoadError, LuaRuntime
 from eightys.modules import ExtensionModule, load_modules
 from eightys.mysql import MySQLHost
@@ -373,8 +373,13 @@ class Worker:
             conn.drain(callback)
 
     def log_error(self, text: bytes) -> None:
-        """Errors from Lua code (with their tracebacks)."""
-        self.log.error("%s", text.decode("utf-8", "replace"))
+        """Errors from Lua code, with their tracebacks through the user's code
+        (the full traceback, with eightys' own frames, at debug level)."""
+        full = text.decode("utf-8", "replace")
+        shown = user_traceback(full)
+        self.log.error("%s", shown)
+        if shown != full:
+            self.log.debug("full traceback: %s", full)
 
     def log_output(self, text: bytes) -> None:
         """Lua's print()."""

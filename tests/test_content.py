@@ -858,12 +858,13 @@ def test_jinja_page_autoescapes_and_sees_query_session_and_exposed(server: Serve
                          "<p>site=Test &lt;Site&gt;</p><p>tags=a,b</p><p>method=GET</p>")
 
 
-def test_jinja_error_is_a_500(server: Server, dev_server: Server) -> None:
+def test_jinja_error_is_a_500(server: Server, dev_server: Server, site: Site) -> None:
     response = get(server, "/bad")
     check_error_page(response, 500, BUILTIN_500)
     assert "ZeroDivisionError" not in response.text
     response = get(dev_server, "/bad")
-    check_error_page(response, 500, '<div class="where">bad.j2.html:1</div>')
+    # named like every file: relative to the working directory, or absolute outside it
+    check_error_page(response, 500, f'<div class="where">{site.root / "bad.j2.html"}:1</div>')
     assert "ZeroDivisionError" in response.text
     assert '<span class="current"><b>1 &gt;</b>&lt;p&gt;{{ 1 // 0 }}&lt;/p&gt;</span>' in response.text
 

@@ -29,7 +29,7 @@ local ipairs = ipairs
 local tostring = tostring
 local error = error
 local xpcall = xpcall
-local traceback = debug.traceback
+local traceback = require("eightys.errors").traceback
 local str_find = string.find
 local str_sub = string.sub
 local str_gsub = string.gsub
@@ -448,14 +448,16 @@ local function run_hook(name, ctx)
     if type(hook) == "function" then hook(ctx.method, ctx.endpoint, ctx.session) end
 end
 
--- How a template file is named in errors and logs: below the site root's own name
--- ("public_html/blog/index.dyn.html"), which stays short where Lua shortens long names.
+-- How a template file is named in errors and logs: relative to the working
+-- directory (or absolute), like every other file eightys names.
+local display_names = {} -- path -> name; one entry per template file
 local function chunkname(path)
-    local root = httpd.root
-    if str_sub(path, 1, #root + 1) == root .. "/" then
-        return str_match(root, "([^/]*)$") .. str_sub(path, #root + 1)
+    local name = display_names[path]
+    if name == nil then
+        name = host.display_path(path)
+        display_names[path] = name
     end
-    return path
+    return name
 end
 
 -- Templates and includes are read only from inside the site root: an include
@@ -697,7 +699,9 @@ function httpd:run_main()
     for _, path in ipairs({ join(dirname(strip_slash(self.root)), "main.lua"),
                             join(self.root, "main.lua") }) do
         if host.mtime(path) then
-            local chunk, err = loadfile(path)
+            local text, read_err = templates.read_file(path)
+            if not text then error(read_err, 0) end
+            local chunk, err = load(text, "@" .. host.display_path(path), "t")
             if not chunk then error(err, 0) end
             local ok, run_err = xpcall(chunk, traceback)
             if not ok then error(run_err, 0) end
@@ -726,6 +730,11 @@ function httpd:initialize(opts)
         self.master_key = nil
     end
     self.secret = host.secret
+    if host.secret_random and WORKERID == 0 and not self.warned_secret then
+        self.warned_secret = true
+        host.log_warning("no SECRET_KEY or --secret-file: sessions use a random secret, "
+            .. "so they end when the server restarts")
+    end
     session_key = self.secret .. "/session"
     aio.http_error_page = http_error_page
     self.follow_symlinks = opts.follow_symlinks or false
