@@ -55,6 +55,7 @@ class ContentHost:
             b"mime_type": mime_type, b"site_root": self.site_root,
             b"inside_root": self.inside_root, b"is_local": self.is_local,
             b"log_warning": self.log_warning, b"display_path": display_path,
+            b"reload_mode": self.worker.live is not None,
             b"secret_random": self.worker.config.secret_random, b"secret": self.worker.config.secret.encode(),
         }
 

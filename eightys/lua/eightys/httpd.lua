@@ -339,6 +339,26 @@ local function read_source(path)
     return text
 end
 
+-- The page with the error in a <template data-eightys-error>, which the
+-- live-reload script shows as its overlay.
+local function with_overlay(body, details)
+    local text = {}
+    if details.file then
+        text[1] = details.file .. (details.line and (":" .. details.line) or "") .. ": "
+            .. tostring(details.message)
+    else
+        text[1] = tostring(details.message)
+    end
+    for _, src in ipairs(details.source_lines or {}) do
+        text[#text + 1] = (src.current and "> " or "  ") .. src.number .. " | " .. src.text
+    end
+    local marker = "<template data-eightys-error>" .. codec.html_encode(concat(text, "\n"))
+        .. "</template>"
+    local at = str_find(body, "</body>", 1, true)
+    if at then return str_sub(body, 1, at - 1) .. marker .. str_sub(body, at) end
+    return body .. marker
+end
+
 -- The error page: details (what templates' error_context gives: file, line,
 -- message, source_lines) only in --dev and only for a client on this machine;
 -- anyone else gets the production page (the error is in the log either way).
@@ -355,6 +375,11 @@ local function error_page(status, err, details, fd)
     end
     local body = host.jinja_error_page(status, { dev = dev, details = details,
                                                   message = details and details.message })
+    if details and host.reload_mode then
+        -- reload mode: the browser shows this error over the page (the overlay Lua
+        -- load errors get), whatever the site's error page looks like
+        body = with_overlay(body, details)
+    end
     return HTML, body
 end
 
