@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import sys
+import traceback
 from typing import Any, Callable
 
 from eightys import __version__, channel
@@ -26,7 +27,7 @@ from eightys.content import ContentHost
 from eightys.livereload import PATH as LIVE_PATH
 from eightys.livereload import LiveReload
 from eightys.log import setup_logging, user_traceback
-from eightys.lua_runtime import LuaLoadError, LuaRuntime
+from eightys.lua_runtime import LuaLoadError, LuaRuntime, display_path
 from eightys.modules import ExtensionModule, load_modules
 from eightys.mysql import MySQLHost
 from eightys.protocols.http import HttpLimits, HttpProtocol
@@ -388,7 +389,16 @@ class Worker:
 
 
 def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    """``file:line: Type: message`` at the innermost frame outside eightys itself
+    (the line of a -m module that raised), or ``Type: message``."""
+    text = f"{type(exc).__name__}: {exc}"
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not os.path.abspath(f.filename).startswith(package)
+              and not f.filename.startswith("<frozen")]
+    if frames:
+        return f"{display_path(frames[-1].filename)}:{frames[-1].lineno}: {text}"
+    return text
 
 
 def main(argv: list[str]) -> int:

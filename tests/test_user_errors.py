@@ -1,0 +1,64 @@
+"""Errors point at the user's code: file:line of the user's file, in Lua's words,
+without eightys' own frames, with the fields of an error table, and a clear
+message for a response body that cannot be sent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import Server
+from http_helpers import HttpClient
+
+APP = """\
+aio:http_get("/table", function(fd) error({ code = 1, message = "nope" }) end)
+aio:http_get("/later", function(fd) aio:await(aio:sleep(0.01)) error({ code = 2 }) end)
+aio:http_get("/function", function(fd) fd:http_response(200, "text/plain", function() end) end)
+aio:http_get("/readfile", function(fd)
+    local data, err = net.readfile("/nonexistent/file")
+    fd:http_response(200, "text/plain", tostring(data) .. " " .. err)
+end)
+aio:http_get("/listdir", function(fd)
+    local names, err = net.listdir("/nonexistent")
+    fd:http_response(200, "text/plain", tostring(names) .. " " .. err)
+end)
+aio:http_get("/crypto", function(fd)
+    local token = crypto.encrypt("data", nil)
+    fd:http_response(200, "text/plain", token)
+end)
+"""
+
+
+def get(server: Server, target: str):
+    with HttpClient.connect(server) as c:
+        return c.request("GET", target)
+
+
+def test_errors_name_the_users_line(start_server, tmp_path: Path) -> None:
+    app = tmp_path / "app.lua"
+    app.write_text(APP)
+    server = start_server(app, workers=1)
+    shown = "app.lua"  # the end of the name: Lua shortens long paths to ".../app.lua"
+    for target in ("/table", "/later", "/function", "/crypto"):
+        assert get(server, target).status == 500, target
+    log = server.wait_for_log("crypto.encrypt")
+    assert f"{shown}:1: error {{code = 1, message = \"nope\"}}" in log
+    assert f"{shown}:2: error {{code = 2}}" in log
+    assert "table: 0x" not in log
+    assert (f"{shown}:3: the response body must be a string or a table (JSON), got a function"
+            in log)
+    assert f"{shown}:13: crypto.encrypt: expected a string, got nil" in log
+    # framework frames are not what a user needs to read
+    assert "eightys/lua/" not in log and "[C]: in function 'xpcall'" not in log
+    assert "NoneType" not in log
+    assert get(server, "/readfile").text == "nil no such file: /nonexistent/file"
+    assert get(server, "/listdir").text == "nil no such file: /nonexistent"
+
+
+def test_load_time_error_through_python_has_file_line(run_eightys, tmp_path: Path) -> None:
+    app = tmp_path / "app.lua"
+    app.write_text('local x = 1\nlocal token = crypto.encrypt("user=42", MASTER_KEY)\n')
+    result = run_eightys(str(app), "-p", "0", "-c", "1")
+    assert result.returncode == 1
+    assert "app.lua:2: crypto.encrypt: expected a string, got nil" in result.stderr
+    assert "expected bytes or str" not in result.stderr
+    assert "bootstrap.lua" not in result.stderr
