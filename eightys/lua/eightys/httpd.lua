@@ -373,8 +373,11 @@ local function error_page(status, err, details, fd)
     else
         details = nil
     end
-    local body = host.jinja_error_page(status, { dev = dev, details = details,
-                                                  message = details and details.message })
+    -- the site's error pages see what main.lua exposed (its layout needs it)
+    local vars = {}
+    for k, v in pairs(httpd.jinja_globals) do vars[k] = v end
+    vars.dev, vars.details, vars.message = dev, details, details and details.message
+    local body = host.jinja_error_page(status, vars)
     if details and host.reload_mode then
         -- reload mode: the browser shows this error over the page (the overlay Lua
         -- load errors get), whatever the site's error page looks like
