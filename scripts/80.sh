@@ -49,6 +49,9 @@ case "${1:-}" in
         ensure_venv
         # the live-reload test drives a real browser (skipped if missing, except under CI)
         ensure_debian chromium chromium || true
+        # the dev-mode test reaches the server from a network namespace (root only)
+        ensure_debian curl curl || true
+        ensure_debian ip iproute2 || true
         cd "$ROOT"
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
