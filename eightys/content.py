@@ -113,8 +113,7 @@ class ContentHost:
         path = os.fsdecode(file_path)  # names are bytes, not always UTF-8
         if self.worker.live is not None:
             # Reload mode: files change under the browser, which must revalidate them
-            # each time; with static/'s day-long max-age, a page refreshed after a
-            # change kept its old stylesheets and scripts.
+            # each time, fingerprinted names and httpd.immutable folders included.
             cache_control = b"no-cache"
         try:
             if not stat.S_ISREG(os.stat(path).st_mode):
