@@ -13,15 +13,11 @@ import sys
 from typing import NoReturn, Sequence
 
 from eightys import __version__
-from eightys.config import Address, Config
+from eightys.config import Address, Config, UsageError
 
 DEFAULT_ENTRY = "server/simple_http.lua"
 DEFAULT_PORT = 8080
 USAGE_EXIT = 2
-
-
-class UsageError(Exception):
-    """A command-line or start-up mistake the user can fix; reported in one line, exit 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -94,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
                    default=_env_float("HTTP_KEEPALIVE_TIMEOUT", 15.0),
                    help="idle keep-alive connections are closed after this "
                         "(default $HTTP_KEEPALIVE_TIMEOUT or 15)")
+    p.add_argument("--handler-timeout", type=float, metavar="SECONDS",
+                   default=_env_float("HTTP_HANDLER_TIMEOUT", 30.0),
+                   help="a handler that has not started its response after this gets 504 "
+                        "and a log line saying where it waits; 0 turns it off "
+                        "(default $HTTP_HANDLER_TIMEOUT or 30)")
+    p.add_argument("--max-headers", type=int, metavar="N",
+                   default=_env_int("HTTP_MAX_HEADERS", 100),
+                   help="most header fields in one request; more gets 431 "
+                        "(default $HTTP_MAX_HEADERS or 100)")
     p.add_argument("--dev", action="store_true",
                    help="development mode: error pages show the file, line and source")
     p.add_argument("--reload", action="store_true",
@@ -171,7 +176,9 @@ def config_from_args(argv: Sequence[str]) -> Config:
                         ("--max-header-size", args.max_header_size),
                         ("--max-body-size", args.max_body_size),
                         ("--header-timeout", args.header_timeout),
-                        ("--keepalive-timeout", args.keepalive_timeout)):
+                        ("--keepalive-timeout", args.keepalive_timeout),
+                        ("--handler-timeout", args.handler_timeout),
+                        ("--max-headers", args.max_headers)):
         if value < 0:
             raise UsageError(f"{flag} must be >= 0")
     node = args.node or os.environ.get("HOSTNAME") or "localhost"
@@ -195,6 +202,8 @@ def config_from_args(argv: Sequence[str]) -> Config:
         max_body_size=args.max_body_size,
         header_timeout=args.header_timeout,
         keepalive_timeout=args.keepalive_timeout,
+        handler_timeout=args.handler_timeout,
+        max_headers=args.max_headers,
         dev=args.dev or args.reload,
         reload=args.reload,
         secret=secret,

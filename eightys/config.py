@@ -1,9 +1,17 @@
-"""The server's configuration: one frozen value built by the CLI, shipped to every worker."""
+"""The server's configuration: one frozen value built by the CLI, shipped to every worker,
+and the error for a configuration the user must fix."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+
+
+class UsageError(Exception):
+    """A command-line or start-up mistake the user can fix; reported in one line, exit 2.
+
+    Raised by the CLI and by the master (an address that cannot be bound); defined
+    here, beside the configuration both read, so neither imports the other."""
 
 
 @dataclass(frozen=True)
@@ -28,8 +36,8 @@ class Address:
 class Config:
     """Everything a master needs to start workers, and a worker needs to run one.
 
-    The master sends it to each worker as JSON (``to_json``/``from_json``), so every
-    field must be plain data.
+    The master sends it to each worker as JSON (``to_json``/``from_json``) through
+    an inherited file descriptor, so every field must be plain data.
     """
 
     entry: str
@@ -44,6 +52,8 @@ class Config:
     max_body_size: int = 16 * 1024 * 1024
     header_timeout: float = 10.0
     keepalive_timeout: float = 15.0
+    handler_timeout: float = 30.0
+    max_headers: int = 100
     dev: bool = False
     #: Watch the code and the site, reload on change, live-reload browsers (--reload).
     reload: bool = False
@@ -56,7 +66,7 @@ class Config:
     notes: tuple[str, ...] = ()
 
     def to_json(self) -> str:
-        """Serialise for the worker's command line."""
+        """Serialise for a worker (read back with :meth:`from_json`)."""
         return json.dumps(asdict(self))
 
     @classmethod

@@ -15,23 +15,63 @@ import ipaddress
 import os
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import unquote_to_bytes
+
+from eightys.wire import CONNECTION_HEADERS
 
 if TYPE_CHECKING:
+    from eightys.config import Config
     from eightys.jinja import JinjaPages
+    from eightys.lua_runtime import LuaRuntime
+    from eightys.protocols.host import ConnectionHost
     from eightys.static import StaticFile
-    from eightys.worker import Worker
 
 BUILTIN_TEMPLATES = str(Path(__file__).parent / "templates")
-#: Connection header per request flags (bit 1: keep-alive, bit 2: HTTP/1.0), as in http.lua.
-CONNECTION_HEADERS = {0: b"Connection: close\r\n", 1: b"", 2: b"Connection: close\r\n",
-                      3: b"Connection: keep-alive\r\n"}
+
+
+class StaticSender(Protocol):
+    """What serving a static file needs of an HTTP connection."""
+
+    def send(self, seq: int, data: bytes, final: bool, close: Any = None) -> bool:
+        """Queue part (``final``: the end) of request ``seq``'s response."""
+
+    async def wait_turn(self, seq: int) -> bool:
+        """Wait until ``seq``'s response may go out and the client reads; False if closed."""
+
+    def abort(self) -> None:
+        """Cut the connection."""
+
+
+class ContentOwner(Protocol):
+    """What :class:`ContentHost` uses of its owner (the worker): a narrow view, so
+    this module never imports the worker."""
+
+    @property
+    def config(self) -> "Config":
+        """The server's configuration (secret, dev, body limit)."""
+
+    @property
+    def live(self) -> object | None:
+        """Set in reload mode (browser live reload), else None."""
+
+    @property
+    def host(self) -> "ConnectionHost":
+        """What protocols see: the coarse clock, open connections, task spawning."""
+
+    @property
+    def log(self) -> Any:
+        """The worker's logger."""
+
+    @property
+    def runtime(self) -> "LuaRuntime":
+        """The Lua runtime (value conversion, globals)."""
 
 
 class ContentHost:
     """Functions the content server calls through the private host table."""
 
-    def __init__(self, worker: "Worker") -> None:
+    def __init__(self, worker: ContentOwner) -> None:
         self.worker = worker
         #: decoded URL path -> StaticFile, consulted by HttpProtocol before Lua
         self.static_routes: dict[bytes, StaticFile] = {}
@@ -89,7 +129,7 @@ class ContentHost:
     def is_local(self, fd: int) -> bool:
         """Whether connection ``fd`` comes from this machine (a loopback address or
         a Unix socket): --dev error details are shown to those clients only."""
-        conn = self.worker.connections.get(fd)
+        conn = self.worker.host.connections.get(fd)
         transport = getattr(conn, "transport", None)
         if transport is None:
             return False
@@ -132,7 +172,7 @@ class ContentHost:
         it left the site root (a symlink out of it now; the route is dropped). Looked at
         most once per second per file (the worker's coarse clock), so serving
         from memory stays cheap and an edited file is served within a second."""
-        now = self.worker.now
+        now = self.worker.host.now
         if self._checked.get(url_path) == now:
             return static
         self._checked[url_path] = now
@@ -162,7 +202,7 @@ class ContentHost:
                      headers: Any) -> Any:
         """Answer request ``seq`` on connection ``fd`` with a mounted file (the Lua
         route of a static file; the HTTP protocol usually serves them itself)."""
-        conn = self.worker.connections.get(fd)
+        conn = self.worker.host.connections.get(fd)
         static = self.static_routes.get(url_path)
         if static is not None:
             static = self.fresh(url_path, static)
@@ -171,9 +211,42 @@ class ContentHost:
         flat: list[bytes] = []
         for name, value in self.worker.runtime.to_python(headers).items():
             flat += (name, value)
-        conn.send_static(seq, static, method, flat,
+        self.send_static(conn, seq, static, method, flat,
                          CONNECTION_HEADERS[flags])
         return True
+
+    def static_hook(self, conn: Any, request: tuple) -> bool:
+        """The HTTP protocol's static fast path: answer a GET/HEAD for a mounted file
+        before Lua runs (a dict lookup and a precomputed response). False: not ours."""
+        statics = self.static_routes
+        if not statics:
+            return False
+        url = request[2]
+        query_at = url.find(b"?")
+        path = url if query_at == -1 else url[:query_at]
+        if b"%" in path:
+            path = unquote_to_bytes(path)
+        static = statics.get(path)
+        if static is not None:
+            static = self.fresh(path, static)
+        if static is None:  # not mounted, or it left the site root: Lua answers (404)
+            return False
+        headers = request[5].split(b"\0") if request[5] else []
+        self.send_static(conn, request[0], static, request[1], headers,
+                         CONNECTION_HEADERS[request[4]])
+        return True
+
+    def send_static(self, conn: Any, seq: int, static: "StaticFile", method: bytes,
+                    headers: list[bytes], connection: bytes) -> None:
+        """Answer request ``seq`` on ``conn`` with a static file: from memory at once,
+        or, for a large file, streamed in chunks no faster than the client reads."""
+        response = static.respond(method, headers, connection)
+        if response.file_range is None:
+            conn.send(seq, response.head + response.body if response.body else response.head,
+                      True)
+        else:
+            conn.send(seq, response.head, False)
+            self.worker.host.spawn(_stream_file(conn, seq, response.file_range, self.worker.log))
 
     # -- forms --------------------------------------------------------------------
 
@@ -246,6 +319,24 @@ def display_path(path: bytes) -> bytes:
     absolute = os.path.abspath(path)
     rel = os.path.relpath(absolute)
     return absolute if rel.startswith(b"..") else rel
+
+
+async def _stream_file(conn: Any, seq: int, file_range: tuple[str, int, int],
+                       log: Any) -> None:
+    # uvloop has no sendfile: read chunks and write them, waiting while the client is
+    # behind (and while earlier responses are still going out, so a pipelined file is
+    # never held in memory whole).
+    from eightys.static import iter_chunks
+
+    try:
+        for chunk in iter_chunks(*file_range):
+            if not await conn.wait_turn(seq):
+                return
+            conn.send(seq, chunk, False)
+        conn.send(seq, b"", True)
+    except OSError as exc:  # the file went away mid-way: the response cannot be completed
+        log.error("static file %s: %s", file_range[0], exc)
+        conn.abort()
 
 
 def mtime(path: bytes) -> int | None:

@@ -16,10 +16,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from eightys.protocols.http import HttpProtocol
+from typing import Any, Protocol
 
 PATH = b"/__eightys/livereload"
 
@@ -91,11 +88,20 @@ def sse_event(event: str, data: str) -> bytes:
     return f"event: {event}\n{lines}\n".encode()
 
 
+class StreamConnection(Protocol):
+    """What live reload needs of an HTTP connection: a way to send (part of) the
+    response to one of its requests."""
+
+    def send(self, seq: int, data: bytes, final: bool) -> bool:
+        """Send ``data`` for request ``seq`` (``final``: the response ends); False
+        once the client is gone."""
+
+
 class LiveReload:
     """One worker's live-reload state: subscribers, last error, generation."""
 
     def __init__(self) -> None:
-        self.subscribers: list[tuple["HttpProtocol", int]] = []
+        self.subscribers: list[tuple[StreamConnection, int]] = []
         self.error = ""  # the last reload's error while it is not fixed
         self.generation = "0"
 
@@ -104,7 +110,7 @@ class LiveReload:
         return (_SCRIPT % {"generation": json.dumps(self.generation),
                            "error": json.dumps(self.error), "path": PATH.decode()}).encode()
 
-    def subscribe(self, conn: "HttpProtocol", seq: int) -> None:
+    def subscribe(self, conn: StreamConnection, seq: int) -> None:
         """Answer request ``seq`` on ``conn`` with an event stream that stays open."""
         conn.send(seq, _STREAM_HEAD + _chunk(b"retry: 500\n\n" + sse_event("hello", self.generation)),
                   False)

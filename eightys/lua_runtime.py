@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
 
-from eightys import codec, crypto
+from eightys import codec, crypto, wire
 
 LUA_LIBRARY_DIR = Path(__file__).parent / "lua"
 
@@ -165,6 +165,7 @@ class LuaRuntime:
             b"http_send": host.http_send,
             b"http_drain": host.http_drain,
             b"engine": engine.encode(),
+            b"wire": self.to_lua(wire.lua_table()),
             **(private or {}),
         })
         bootstrap = self._load_file(str(LUA_LIBRARY_DIR / "bootstrap.lua"))
@@ -176,6 +177,9 @@ class LuaRuntime:
         self.dispatch_message: Callable[..., Any] = dispatch[b"message"]
         self.dispatch_call: Callable[..., Any] = dispatch[b"call"]
         self.dispatch_http: Callable[..., Any] = dispatch[b"http"]
+        self.dispatch_http_timeout: Callable[..., Any] = dispatch[b"http_timeout"]
+        self.dispatch_http_gone: Callable[..., Any] = dispatch[b"http_gone"]
+        self.set_draining: Callable[..., Any] = dispatch[b"http_draining"]
         self._run_file: Callable[..., Any] = dispatch[b"run_file"]
         self._call_hook: Callable[..., Any] = dispatch[b"hook"]
         self._new_promise: Callable[..., Any] = dispatch[b"new_promise"]

@@ -30,8 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eightys import channel
-from eightys.cli import UsageError
-from eightys.config import Address, Config
+from eightys.config import Address, Config, UsageError
 from eightys.log import setup_logging, user_traceback
 
 log = logging.getLogger("master")
@@ -158,15 +157,19 @@ class Master:
             return
         ours, theirs = socket.socketpair()
         listen_fd = slot.sock.fileno()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "eightys.worker", self._config_json,
-             str(slot.worker_id), str(listen_fd), str(theirs.fileno())],
-            pass_fds=(listen_fd, theirs.fileno()),
-            # Its own process group: a signal for the terminal's group (Ctrl-C, hangup)
-            # reaches the master alone, which relays it once to every worker.
-            process_group=0,
-        )
-        theirs.close()
+        config_fd = config_file(self._config_json)
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "eightys.worker", str(config_fd),
+                 str(slot.worker_id), str(listen_fd), str(theirs.fileno())],
+                pass_fds=(config_fd, listen_fd, theirs.fileno()),
+                # Its own process group: a signal for the terminal's group (Ctrl-C, hangup)
+                # reaches the master alone, which relays it once to every worker.
+                process_group=0,
+            )
+        finally:
+            os.close(config_fd)
+            theirs.close()
         slot.process = process
         slot.started_at = time.monotonic()
         slot.ready = False
@@ -420,6 +423,27 @@ class Master:
             return address.describe()
         port = self.sockets[0].getsockname()[1]
         return Address(address.family, address.host, port).describe()
+
+
+def config_file(config_json: str) -> int:
+    """An anonymous in-memory file holding ``config_json``, positioned at its start,
+    for one worker to inherit and read (``worker.read_config``).
+
+    The configuration holds the session secret, so it must not travel on the
+    command line, which every local user can read with ``ps``. An in-memory file
+    (not a pipe) because a write into it never blocks the master, whatever the
+    size; only the owner (or root) can open another process's descriptors.
+    """
+    fd = os.memfd_create("eightys-config", os.MFD_CLOEXEC)
+    try:
+        data = memoryview(config_json.encode())
+        while data:
+            data = data[os.write(fd, data):]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _exit_reason(code: int) -> str:

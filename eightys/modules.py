@@ -12,16 +12,43 @@ from __future__ import annotations
 import importlib.util
 import os
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 if TYPE_CHECKING:
-    from eightys.worker import Worker
+    import asyncio
+
+    from eightys.config import Config
+    from eightys.lua_runtime import LuaRuntime
+
+
+class ModuleOwner(Protocol):
+    """What modules use of the worker that loads them: a narrow view, so this
+    module never imports the worker."""
+
+    @property
+    def loop(self) -> "asyncio.AbstractEventLoop":
+        """The worker's event loop."""
+
+    @property
+    def worker_id(self) -> int:
+        """WORKERID."""
+
+    @property
+    def config(self) -> "Config":
+        """The server's configuration (workers, node, entry)."""
+
+    @property
+    def runtime(self) -> "LuaRuntime":
+        """The Lua runtime modules register functions in."""
+
+    def listen_port(self) -> int:
+        """The port the worker listens on (0 for a Unix socket)."""
 
 
 class ModuleContext:
     """What a module's ``on_load``/``on_unload`` get as ``ctx``."""
 
-    def __init__(self, worker: "Worker") -> None:
+    def __init__(self, worker: ModuleOwner) -> None:
         self._worker = worker
         #: The worker's event loop, for modules that schedule their own work.
         self.loop = worker.loop
@@ -56,7 +83,7 @@ class ModuleContext:
 class ExtensionModule:
     """One loaded ``-m`` module in one worker."""
 
-    def __init__(self, path: str, module: ModuleType, worker: "Worker") -> None:
+    def __init__(self, path: str, module: ModuleType, worker: ModuleOwner) -> None:
         self.path = path
         self.module = module
         self.context = ModuleContext(worker)
@@ -79,7 +106,7 @@ class ExtensionModule:
             hook(self.context, self.params, reload)
 
 
-def load_modules(paths: tuple[str, ...], worker: "Worker") -> list[ExtensionModule]:
+def load_modules(paths: tuple[str, ...], worker: ModuleOwner) -> list[ExtensionModule]:
     """Import each module file; raise ImportError naming the file if one lacks on_load."""
     loaded = []
     for path in paths:

@@ -1,9 +1,11 @@
 """One worker process: one uvloop loop, one Lua state, the listening protocol.
 
-Started by the master as ``python -m eightys.worker CONFIG_JSON WORKER_ID LISTEN_FD
-CHANNEL_FD``. It inherits the listening socket and one end of a socketpair to the
-master (the control channel: mail, reload, quit, readiness). Nothing is shared
-with other workers.
+Started by the master as ``python -m eightys.worker CONFIG_FD WORKER_ID LISTEN_FD
+CHANNEL_FD``. It inherits its configuration as a file descriptor to read (never
+on the command line: it holds the session secret, and ``ps`` shows every
+process's arguments to every user), the listening socket and one end of a
+socketpair to the master (the control channel: mail, reload, quit, readiness).
+Nothing is shared with other workers.
 
 The worker is the Lua runtime's :class:`~eightys.lua_runtime.Host`: its methods
 are what ``net.*`` does.
@@ -12,7 +14,6 @@ are what ``net.*`` does.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 import signal
@@ -30,7 +31,9 @@ from eightys.log import setup_logging, user_traceback
 from eightys.lua_runtime import LuaLoadError, LuaRuntime, display_path
 from eightys.modules import ExtensionModule, load_modules
 from eightys.mysql import MySQLHost
-from eightys.protocols.http import HttpLimits, HttpProtocol
+from eightys.protocols.host import ConnectionHost
+from eightys.protocols.http import HttpProtocol
+from eightys.protocols.http_core import HttpLimits
 from eightys.protocols.raw import RawProtocol
 from eightys.timers import Timers
 
@@ -76,8 +79,10 @@ class Worker:
         self.listen_sock = listen_sock
         self.channel_sock = channel_sock
         self.log = logging.getLogger(f"worker {worker_id}")
+        #: What the connection protocols see of this worker (set up in run()).
+        self.host: ConnectionHost = None  # type: ignore[assignment]
+        #: Open connections by handle (the host's registry).
         self.connections: dict[int, Any] = {}
-        self._fd_ids = itertools.count(1)
         self.timers: Timers = None  # type: ignore[assignment]  # needs the loop: set in run()
         self.modules: list[ExtensionModule] = []
         self.runtime: LuaRuntime = None  # type: ignore[assignment]
@@ -89,9 +94,8 @@ class Worker:
         self.stopping: asyncio.Event | None = None
         self.protocol_factory: Callable[[], asyncio.Protocol] = self._raw_factory
         self.http_limits = HttpLimits(config.max_header_size, config.max_body_size,
-                                      config.header_timeout, config.keepalive_timeout)
-        #: A coarse clock (loop time, updated once a second by the sweep) for timeouts.
-        self.now = 0.0
+                                      config.header_timeout, config.keepalive_timeout,
+                                      config.handler_timeout, config.max_headers)
         self._last_reload_error = ""
         #: Browser live reload (--reload only).
         self.live: LiveReload | None = LiveReload() if config.reload else None
@@ -102,7 +106,8 @@ class Worker:
         """Load the code, serve until told to stop, drain, return the exit code."""
         self.loop = asyncio.get_running_loop()
         self.stopping = asyncio.Event()
-        self.now = self.loop.time()
+        self.host = ConnectionHost(self.loop, self.http_limits, self.log)
+        self.connections = self.host.connections
         self.timers = Timers(self.loop, lambda callback: self.runtime.dispatch_call(callback))
         self._sweep()
         _, self.channel = await self.loop.connect_accepted_socket(
@@ -132,7 +137,8 @@ class Worker:
         self.content = ContentHost(self)
         self.mysql = MySQLHost(self)
         private = {**self.content.functions(), **self.mysql.functions(),
-                   b"live_subscribe": self.live_subscribe}
+                   b"live_subscribe": self.live_subscribe,
+                   b"handler_timeout": config.handler_timeout}
         self.runtime = LuaRuntime(
             self, engine=config.lua, entry=config.entry, worker_id=self.worker_id,
             workers=config.workers, port=self.listen_port(), node=config.node,
@@ -141,6 +147,17 @@ class Worker:
         self.modules = load_modules(config.modules, self)
         for module in self.modules:
             module.load(reload=False)
+        runtime = self.runtime
+        host = self.host
+        host.dispatch_http = runtime.dispatch_http
+        host.dispatch_call = runtime.dispatch_call
+        host.http_timeout = runtime.dispatch_http_timeout
+        host.http_gone = runtime.dispatch_http_gone
+        host.raw_accept = runtime.dispatch_accept
+        host.raw_data = runtime.dispatch_data
+        host.raw_write = runtime.dispatch_write
+        host.raw_close = runtime.dispatch_close
+        host.inject = self.live.inject if self.live is not None else None  # type: ignore[assignment]
         self.runtime.run_entry()
         self._choose_protocol()
         self._install_live_route()
@@ -158,12 +175,17 @@ class Worker:
             self.protocol_factory = self._raw_factory
         else:
             self.protocol_factory = self._http_factory
+        # the static fast path only when the site has static files: one call less per
+        # request for every other app
+        self.host.static = self.content.static_hook if self.content.static_routes else None
 
-    def _http_factory(self) -> asyncio.Protocol:
-        return HttpProtocol(self, self.new_fd())
+    def _http_factory(self) -> Any:
+        host = self.host
+        return HttpProtocol(host, host.new_fd())
 
-    def _raw_factory(self) -> asyncio.Protocol:
-        return RawProtocol(self, self.new_fd())
+    def _raw_factory(self) -> Any:
+        host = self.host
+        return RawProtocol(host, host.new_fd())
 
     def begin_shutdown(self) -> None:
         """SIGTERM/SIGINT or the master went away: stop accepting and drain."""
@@ -175,6 +197,7 @@ class Worker:
             self.server.close()
         if self.live is not None:
             self.live.close()  # before shutdown(), which waits for responses to end
+        self.runtime.set_draining(True)  # responses from now on say Connection: close
         for conn in list(self.connections.values()):
             conn.shutdown()
         deadline = self.loop.time() + self.config.graceful_timeout
@@ -190,18 +213,10 @@ class Worker:
     def _sweep(self) -> None:
         # Once a second: advance the coarse clock and let each connection apply
         # its timeouts. O(connections), instead of a timer armed per request.
-        self.now = now = self.loop.time()
+        self.host.now = now = self.loop.time()
         for conn in list(self.connections.values()):
             conn.check_timeout(now)
         self.loop.call_later(1.0, self._sweep)
-
-    def forget(self, fd: int) -> None:
-        """A connection ended: drop its handle."""
-        self.connections.pop(fd, None)
-
-    def new_fd(self) -> int:
-        """A fresh connection handle (never reused, unlike OS file descriptors)."""
-        return next(self._fd_ids)
 
     # -- master messages --------------------------------------------------------------
 
@@ -291,10 +306,10 @@ class Worker:
             if not isinstance(port, int) or not 0 < port < 65536:
                 return None, b"bad port"
             target = (text, port)
-        fd = self.new_fd()
-        protocol = RawProtocol(self, fd, outbound=True)
-        self.connections[fd] = protocol
-        self.loop.create_task(self._connect(protocol, *target))
+        fd = self.host.new_fd()
+        protocol = RawProtocol(self.host, fd, outbound=True)
+        self.host.register(fd, protocol)
+        self.host.spawn(self._connect(protocol, *target))
         return fd
 
     async def _connect(self, protocol: RawProtocol, host: str, port: int | None) -> None:
@@ -361,8 +376,8 @@ class Worker:
         conn = self.connections.get(fd)
         if conn is None:
             return False
-        if final and self.live is not None and data.startswith(b"HTTP/"):
-            data = self.live.inject(data)  # a complete page from an async handler
+        if not isinstance(conn, HttpProtocol):
+            raise TypeError(f"connection {fd} is not an HTTP connection")
         return conn.send(seq, data, bool(final), close)
 
     def http_drain(self, fd: Any, callback: Any) -> None:
@@ -370,6 +385,8 @@ class Worker:
         conn = self.connections.get(fd)
         if conn is None:
             self.runtime.dispatch_call(callback, False)
+        elif not isinstance(conn, HttpProtocol):
+            raise TypeError(f"connection {fd} is not an HTTP connection")
         else:
             conn.drain(callback)
 
@@ -401,12 +418,19 @@ def _describe(exc: BaseException) -> str:
     return text
 
 
+def read_config(fd: int) -> Config:
+    """Read the JSON configuration the master wrote into ``fd`` (to its end) and
+    close it, so the secret lives on in this process's memory only."""
+    with open(fd, "rb") as f:
+        return Config.from_json(f.read().decode())
+
+
 def main(argv: list[str]) -> int:
     """Worker process entry point (see module docstring for the arguments)."""
     import uvloop
 
-    config_json, worker_id, listen_fd, channel_fd = argv
-    config = Config.from_json(config_json)
+    config_fd, worker_id, listen_fd, channel_fd = argv
+    config = read_config(int(config_fd))
     setup_logging()
     listen_sock = socket.socket(fileno=int(listen_fd))
     channel_sock = socket.socket(fileno=int(channel_fd))

@@ -332,6 +332,28 @@ def test_header_table(client: HttpClient) -> None:
     check_date_and_server(response)
 
 
+@pytest.mark.parametrize("value", [b"a\tb c", b"caf\xc3\xa9 \xff", b"!~", b""])
+def test_header_values_with_tab_and_non_ascii_bytes_are_sent(client: HttpClient,
+                                                              value: bytes) -> None:
+    response = client.request("GET", f"/xecho?v={value.hex()}")
+    assert (response.status, response.text) == (200, "echoed")
+    # h11 strips the whitespace around a value, as every client does
+    assert response.all("X-Echo") == [value.strip(b" \t").decode("latin-1")]
+
+
+@pytest.mark.parametrize("value", [b"a\x00b\x0bc", b"a\r\nX-Injected: 1", b"a\nb", b"a\rb",
+                                   b"\x01", b"a\x1fb", b"a\x7fb"])
+def test_header_values_with_control_bytes_are_refused(server: Server, client: HttpClient,
+                                                      value: bytes) -> None:
+    where = f"tests/apps/http_app.lua:{line_of(APP_PATH, 'MARK:xecho')}: bad header \"X-Echo\""
+    seen = server.stderr_text().count(where)
+    response = client.request("GET", f"/xecho?v={value.hex()}")
+    assert (response.status, response.text) == (500, "Internal Server Error")
+    assert response.header("X-Echo") is None and response.header("X-Injected") is None
+    check_ok(client.request("GET", "/hello"), "hello")  # the same connection
+    server.wait_for_log(where, seen + 1)
+
+
 def test_204_has_no_body_and_no_length(client: HttpClient) -> None:
     response = client.request("GET", "/nocontent")
     assert (response.status, response.body) == (204, b"")

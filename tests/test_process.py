@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -372,6 +373,19 @@ def test_aio_connect_refused_reports_an_error(start_server):
         closed.close()
 
 
+@pytest.mark.parametrize("engine", ["luajit", "lua54"])
+def test_short_lived_aio_connect_readers_leave_the_lua_heap_flat(start_server, engine):
+    # aio:cor/aio:buffered_cor readers of real outgoing sockets, each closed by the
+    # peer: LuaJIT used to keep every one (~2 KiB each) in aio.lua's tables.
+    server = start_server(CONTROL, "--lua", engine, workers=1)
+    with server.client(timeout=60) as c:
+        answer = c.request("CONNECTS 2000").decode()
+    fields = dict(part.split("=") for part in answer.split()[1:])
+    assert fields["ok"] == "2000", answer
+    growth = float(fields["after"]) - float(fields["before"])
+    assert growth < 128, f"Lua heap grew {growth:.0f} KiB over 1800 connections: {answer}"
+
+
 # -- extension modules ------------------------------------------------------------------------
 
 
@@ -491,3 +505,74 @@ def test_lines_app_slow_reply_does_not_block_others(start_server):
         assert fast.request("UPPER abc") == b"ABC"
         assert fast.request("QUIT") == b"BYE"
         assert fast.until_close() == b""
+
+
+# -- secrets ------------------------------------------------------------------------------
+
+SECRET_APP = """
+local host = require("eightys.host")
+aio:http_get("/secret", function(fd)
+    fd:http_response(200, "text/plain", WORKERID .. " " .. host.secret .. " " .. net.info())
+end)
+"""
+
+
+def _secrets_by_worker(server: Server, workers: int = 2, tries: int = 200) -> dict[int, str]:
+    answers: dict[int, str] = {}
+    for _ in range(tries):
+        with server.connect() as sock:
+            sock.sendall(b"GET /secret HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        worker, secret, _ = data.partition(b"\r\n\r\n")[2].decode().split(" ", 2)
+        answers[int(worker)] = secret
+        if len(answers) == workers:
+            return answers
+    pytest.fail(f"only workers {sorted(answers)} answered in {tries} tries")
+
+
+def _all_command_lines() -> dict[int, bytes]:
+    lines = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                lines[int(entry.name)] = (entry / "cmdline").read_bytes()
+            except OSError:
+                pass  # exited meanwhile
+    return lines
+
+
+def test_no_secret_on_any_command_line_or_in_worker_environments(start_server, tmp_path):
+    app = tmp_path / "secret.lua"
+    app.write_text(SECRET_APP)
+    master_key = "known-master-key-0123456789abcdef"
+    server = start_server(app, env={"MASTER_KEY": master_key})
+    first = _secrets_by_worker(server)
+    secret = first[0]
+    assert len(secret) == 64 and first[1] == secret  # one secret per run, in every worker
+    # A respawned worker gets the same configuration, still not through its arguments.
+    old = server.worker_pids()
+    os.kill(old[0], signal.SIGKILL)
+    wait_until(lambda: len(set(server.worker_pids()) - set(old)) == 1, 10,
+               message="a replacement worker")
+    assert _secrets_by_worker(server) == {0: secret, 1: secret}
+
+    # Every process on the machine (any user can read these), and `ps` for good measure.
+    for pid, cmdline in _all_command_lines().items():
+        for needle in (secret, master_key):
+            assert needle.encode() not in cmdline, (pid, cmdline)
+    ps = subprocess.run(["ps", "-eo", "args", "ww"], capture_output=True, check=True).stdout
+    assert b"eightys.worker" in ps
+    assert secret.encode() not in ps and master_key.encode() not in ps
+    # The workers' environment is the one the user gave the master, nothing added.
+    master_env = set(Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0"))
+    for pid in server.worker_pids():
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        assert secret.encode() not in environ
+        assert set(environ.split(b"\0")) <= master_env
+    # The configuration descriptor is closed in the worker once read.
+    for pid in server.worker_pids():
+        links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()
+                 if fd.is_symlink()]
+        assert not [link for link in links if "eightys-config" in link], links

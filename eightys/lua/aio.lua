@@ -235,22 +235,39 @@ end
 -- Coroutines
 ---------------------------------------------------------------------------
 
--- Per-coroutine state, weak so finished coroutines are collected.
-local drivers = setmetatable({}, { __mode = "k" })   -- co -> fn(dead, ...yielded)
-local on_errors = setmetatable({}, { __mode = "k" }) -- co -> fn(err)
-local awaiting = setmetatable({}, { __mode = "k" })  -- co -> true while in aio:await
+-- Per-coroutine state. An entry is removed explicitly when its coroutine ends
+-- (returns or raises), when a pool drops a coroutine, and when a socket reader's
+-- socket has closed and nothing can wake it any more. Weak keys cannot be
+-- relied on: the values (closures over the coroutine and its socket) reach
+-- their keys, and LuaJIT has no ephemerons, so such an entry would never go.
+local drivers = {}   -- co -> fn(dead, ...yielded)
+local on_errors = {} -- co -> fn(err)
+-- co -> true while in aio:await. Weak: the value does not reach the key, so a
+-- coroutine waiting on a promise that is dropped unresolved is still collected.
+local awaiting = setmetatable({}, { __mode = "k" })
+
+local function forget(co)
+    drivers[co] = nil
+    on_errors[co] = nil
+    awaiting[co] = nil
+end
 
 local function after_resume(co, ok, ...)
     if not ok then
         local err = ...
         report("coroutine", traceback(co, err))
         local handler = on_errors[co]
+        forget(co)
         if handler then handler(err) end
         return false, err
     end
     if not awaiting[co] then
         local driver = drivers[co]
-        if driver then driver(co_status(co) == "dead", ...) end
+        if driver then
+            local dead = co_status(co) == "dead"
+            if dead then forget(co) end
+            driver(dead, ...)
+        end
     end
     return true, ...
 end
@@ -279,8 +296,13 @@ end
 --- @return aiopromise
 function aio:async(fn, on_error, ...)
     local resolve, promise = new_promise()
-    local co = co_create(function(...)
-        resolve(fn(...))
+    local co
+    co = co_create(function(...)
+        local function finish(...)
+            on_errors[co] = nil -- ended: nothing left to report
+            return resolve(...)
+        end
+        return finish(fn(...))
     end)
     on_errors[co] = function(err)
         if on_error then on_error(err) end
@@ -375,6 +397,14 @@ function aio:cor2(target, event_name, close_name, fn)
         end
     end
 
+    -- Once the close is seen, a reader suspended outside aio:await has no event
+    -- left to wake it: its state goes (a reader that ends is forgotten anyway).
+    local function release_if_stranded()
+        if closed and missed == 0 and not awaiting[co] and co_status(co) == "suspended" then
+            forget(co)
+        end
+    end
+
     target[event_name] = function(self, elfd, fd, ...)
         tail = tail + 1
         chunks[tail] = pack(...)
@@ -384,6 +414,7 @@ function aio:cor2(target, event_name, close_name, fn)
         target[close_name] = function()
             closed = true
             wake()
+            release_if_stranded()
         end
     end
     co = socket_coroutine(target, fn, resolve, function(dead)
@@ -399,6 +430,7 @@ function aio:cor2(target, event_name, close_name, fn)
             resume(co)
         end
         draining = false
+        release_if_stranded()
     end)
     resume(co, stream, resolve)
     return promise
@@ -475,6 +507,11 @@ function aio:buffered_cor(target, fn)
             searched = searched - pos + 1
             pos = 1
         end
+        if eof and want == nil and not awaiting[co] and co_status(co) == "suspended" then
+            -- after the close, a reader suspended outside a read or aio:await has
+            -- nothing left to wake it: its state goes
+            forget(co)
+        end
     end
 
     target.on_data = function(self, elfd, fd, data)
@@ -531,9 +568,13 @@ function aio:coroutine_pool(body, max)
     local parked, size = {}, 0
     local function park(co)
         return function(dead, marker)
-            if marker == IDLE and size < max then
-                size = size + 1
-                parked[size] = co
+            if marker == IDLE then
+                if size < max then
+                    size = size + 1
+                    parked[size] = co
+                else
+                    drivers[co] = nil -- the pool is full: this one is dropped
+                end
             end
         end
     end
@@ -555,9 +596,12 @@ function aio:coroutine_pool(body, max)
             if size < max then
                 size = size + 1
                 parked[size] = co
+            else
+                drivers[co] = nil -- the pool is full: this one is dropped
             end
         elseif not ok then
             report("coroutine", traceback(co, marker))
+            forget(co)
         end
     end
 end

@@ -64,6 +64,12 @@ local dispatch = {}
 
 --- One HTTP request (see eightys/lua/eightys/http.lua).
 dispatch.http = http.dispatch
+--- A handler did not answer within --handler-timeout (504 already sent): log it.
+dispatch.http_timeout = http.timeout
+--- A connection with handlers still working closed: forget them.
+dispatch.http_gone = http.gone
+--- The worker is stopping: responses from now on close their connection.
+dispatch.http_draining = http.set_draining
 
 --- A connection was accepted; fd is its handle.
 function dispatch.accept(fd)

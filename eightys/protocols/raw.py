@@ -4,33 +4,31 @@ Used for accepted connections when the entry script defines ``on_data`` or
 ``on_accept`` (a raw app such as ``server/echo.lua``), and for every outgoing
 ``net.connect``/``aio:connect`` socket.
 
-Flow control lives here: when the kernel cannot take what Lua writes, reading
-stops until the buffer drains (then ``on_write`` fires), so a client that does
-not read its replies holds at most ``WRITE_HIGH_WATER`` bytes of them.
+Flow control (:class:`~eightys.protocols.flow.FlowControl`): when the kernel cannot
+take what Lua writes, reading stops until the buffer drains (then ``on_write``
+fires), so a client that does not read its replies holds at most
+``WRITE_HIGH_WATER`` bytes of them.
 """
 
 from __future__ import annotations
 
-import asyncio
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from eightys.worker import Worker
-
-#: Pause reading from a peer once this much output is waiting for it.
-WRITE_HIGH_WATER = 256 * 1024
+from eightys.protocols.flow import FlowControl
+from eightys.protocols.host import ConnectionHost
 
 
-class RawProtocol(asyncio.Protocol):
+class RawProtocol:
     """One raw connection, accepted or outgoing. Its handle in Lua is ``self.fd``."""
 
-    __slots__ = ("worker", "fd", "transport", "outbound", "closing", "_batch", "_pending")
+    __slots__ = ("host", "fd", "transport", "flow", "outbound", "closing", "_batch", "_pending")
 
-    def __init__(self, worker: "Worker", fd: int, outbound: bool = False) -> None:
-        self.worker = worker
+    def __init__(self, host: ConnectionHost, fd: int, outbound: bool = False) -> None:
+        self.host = host
         self.fd = fd
         self.outbound = outbound
-        self.transport: asyncio.Transport | None = None
+        self.transport: Any = None
+        self.flow: FlowControl | None = None
         self.closing = False
         # Writes made while Lua handles one read are joined into one transport.write.
         self._batch: list[bytes] | None = None
@@ -39,11 +37,11 @@ class RawProtocol(asyncio.Protocol):
 
     # -- asyncio callbacks -------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-        self.worker.connections[self.fd] = self
-        runtime = self.worker.runtime
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.flow = FlowControl(transport)
+        host = self.host
+        host.register(self.fd, self)
         if self.outbound:
             if self._pending:
                 transport.write(b"".join(self._pending))
@@ -51,17 +49,17 @@ class RawProtocol(asyncio.Protocol):
             if self.closing:
                 transport.close()
                 return
-            runtime.dispatch_write(self.fd)  # 80s: a completed connect fires on_write
-        elif not runtime.dispatch_accept(self.fd):
+            host.raw_write(self.fd)  # 80s: a completed connect fires on_write
+        elif not host.raw_accept(self.fd):
             transport.close()
 
     def data_received(self, data: bytes) -> None:
         batch: list[bytes] = []
         self._batch = batch
-        ok = self.worker.runtime.dispatch_data(self.fd, data)
+        ok = self.host.raw_data(self.fd, data)
         self._batch = None
         if batch:
-            self.transport.write(batch[0] if len(batch) == 1 else b"".join(batch))  # type: ignore[union-attr]
+            self.transport.write(batch[0] if len(batch) == 1 else b"".join(batch))
         if not ok or self.closing:
             # a Lua error in the handler closes this connection only
             self.close()
@@ -70,17 +68,18 @@ class RawProtocol(asyncio.Protocol):
         return False  # close our side too; on_close follows
 
     def pause_writing(self) -> None:
-        self.transport.pause_reading()  # type: ignore[union-attr]
+        self.flow.pause_writing()  # type: ignore[union-attr]
 
     def resume_writing(self) -> None:
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            transport.resume_reading()
-            self.worker.runtime.dispatch_write(self.fd)
+        self.flow.resume_writing()  # type: ignore[union-attr]
+        if not self.transport.is_closing():
+            self.host.raw_write(self.fd)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.worker.forget(self.fd)
-        self.worker.runtime.dispatch_close(self.fd, str(exc).encode() if exc else None)
+        self.host.forget(self.fd)
+        if self.flow is not None:
+            self.flow.wake(False)
+        self.host.raw_close(self.fd, str(exc).encode() if exc else None)
 
     # -- called for net.* ----------------------------------------------------------
 
@@ -114,6 +113,6 @@ class RawProtocol(asyncio.Protocol):
     def connect_failed(self, exc: BaseException) -> None:
         """An outgoing connection could not be made: report it as a close with a reason."""
         self.closing = True
-        self.worker.forget(self.fd)
+        self.host.forget(self.fd)
         reason = str(exc) or type(exc).__name__
-        self.worker.runtime.dispatch_close(self.fd, reason.encode())
+        self.host.raw_close(self.fd, reason.encode())

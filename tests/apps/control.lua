@@ -23,6 +23,11 @@
 --   FETCH [port]        -> aio:connect to 127.0.0.1:port (default $UPSTREAM_PORT), sends
 --                          "hello upstream", answers UPSTREAM <reply, newlines as |>, or
 --                          UPSTREAM-ERR <reason> if the connection failed
+--   CONNECTS n          -> n times in a row: aio:connect to this server, "PING" and "QUIT",
+--                          read the answer to the close with aio:cor (even cycles) or
+--                          aio:buffered_cor (odd); then CONNECTS ok=<cycles that read
+--                          "PONG|BYE|"> before=<KiB> after=<KiB>: the Lua heap after a
+--                          full collection once a tenth of the cycles ran, and at the end
 --   UPPER text          -> example.upper(text)          (needs -m modules/example.py)
 --   RESOLVE host        -> RESOLVED a,b,.. from example.resolve(host), or ERR <err>
 --   QUIT                -> BYE, then the server closes the connection
@@ -96,6 +101,43 @@ local function fetch(fd, port)
     sock:write("hello upstream\n")
 end
 
+--- One short-lived outgoing connection to this server, read to its close.
+local function connect_cycle(i)
+    local sock, err = aio:connect(ELFD, "127.0.0.1", PORT)
+    if not sock then return nil, err end
+    sock:write("PING\nQUIT\n")
+    if i % 2 == 0 then
+        return aio:await(aio:cor(sock, function(stream, resolve)
+            local parts = {}
+            for chunk in stream do parts[#parts + 1] = chunk end
+            resolve(table.concat(parts))
+        end))
+    end
+    return aio:await(aio:buffered_cor(sock, function(resolve)
+        local first = coroutine.yield("\n")
+        local second = coroutine.yield("\n")
+        local _, eof = coroutine.yield("\n")
+        resolve(first .. "\n" .. second .. "\n" .. (eof == "eof" and "" or "no eof"))
+    end))
+end
+
+local function heap_kib()
+    collectgarbage("collect")
+    collectgarbage("collect")
+    return collectgarbage("count")
+end
+
+local function connects(fd, n)
+    aio:async(function()
+        local ok, before = 0, nil
+        for i = 1, n do
+            if i == math.floor(n / 10) + 1 then before = heap_kib() end
+            if connect_cycle(i) == "PONG\nBYE\n" then ok = ok + 1 end
+        end
+        reply(fd, string.format("CONNECTS ok=%d before=%.0f after=%.0f", ok, before, heap_kib()))
+    end)
+end
+
 local function handle(fd, line)
     local command, rest = line:match("^(%u+)%s*(.-)%s*$")
     if command == "PING" then
@@ -157,6 +199,8 @@ local function handle(fd, line)
         reply(fd, serialize(PAYLOAD))
     elseif command == "FETCH" then
         fetch(fd, tonumber(rest ~= "" and rest or os.getenv("UPSTREAM_PORT")))
+    elseif command == "CONNECTS" then
+        connects(fd, tonumber(rest))
     elseif command == "UPPER" then
         reply(fd, example.upper(rest))
     elseif command == "RESOLVE" then

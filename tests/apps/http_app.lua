@@ -16,6 +16,8 @@
 --   GET  /json                -> a table body: {"name":"eightys","n":3}
 --   GET  /headers             -> a header table (custom headers, Set-Cookie list,
 --                                and a Content-Length the server must ignore)
+--   GET  /xecho?v=HEX         -> 200 "echoed" with the header X-Echo: <the bytes HEX encodes>
+--                                (bytes a header may not hold: 500)
 --   GET  /nocontent           -> 204 without a body
 --   GET  /boom                -> raises (the tests expect 500 and this file:line in the log)
 --   GET  /asyncboom           -> raises after a 0.05 s sleep (500 from a resumed coroutine)
@@ -98,6 +100,11 @@ aio:http_get("/headers", function(fd)
         ["Set-Cookie"] = { "a=1", "b=2" },
         ["Content-Length"] = "999", -- managed by the server: must be dropped
     }, "custom")
+end)
+
+aio:http_get("/xecho", function(fd, query)
+    local value = codec.hex_decode(aio:parse_query(query).v or "")
+    fd:http_response(200, { ["X-Echo"] = value }, "echoed") -- MARK:xecho
 end)
 
 aio:http_get("/nocontent", function(fd)

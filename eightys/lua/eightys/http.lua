@@ -42,21 +42,8 @@ local url_decode_path -- defined with the query helpers below
 -- Status lines, dates, headers
 ---------------------------------------------------------------------------
 
-local REASONS = {
-    [100] = "Continue", [101] = "Switching Protocols",
-    [200] = "OK", [201] = "Created", [202] = "Accepted", [204] = "No Content",
-    [206] = "Partial Content",
-    [301] = "Moved Permanently", [302] = "Found", [303] = "See Other",
-    [304] = "Not Modified", [307] = "Temporary Redirect", [308] = "Permanent Redirect",
-    [400] = "Bad Request", [401] = "Unauthorized", [403] = "Forbidden",
-    [404] = "Not Found", [405] = "Method Not Allowed", [408] = "Request Timeout",
-    [409] = "Conflict", [410] = "Gone", [411] = "Length Required",
-    [413] = "Content Too Large", [414] = "URI Too Long", [415] = "Unsupported Media Type",
-    [416] = "Range Not Satisfiable", [417] = "Expectation Failed", [422] = "Unprocessable Content",
-    [429] = "Too Many Requests", [431] = "Request Header Fields Too Large",
-    [500] = "Internal Server Error", [501] = "Not Implemented", [502] = "Bad Gateway",
-    [503] = "Service Unavailable", [504] = "Gateway Timeout",
-}
+-- Reason phrases come from eightys/wire.py (the one source), through _M.attach.
+local REASONS = {}
 _M.reasons = REASONS
 
 -- "HTTP/1.1 200 OK\r\n" per status, built on first use
@@ -87,14 +74,12 @@ local function status_code(status)
     return tonumber(str_sub(status, 1, 3))
 end
 
--- Connection header per request flags (bit 1: keep-alive, bit 2: HTTP/1.0)
+-- The Server line and the Connection header per request flags; both derived in
+-- _M.attach from eightys/wire.py's flag bits (keep-alive, HTTP/1.0, TLS, ...).
 local SERVER = "Server: eightys\r\n"
-local CONNECTION = {
-    [0] = "Connection: close\r\n",
-    [1] = "",
-    [2] = "Connection: close\r\n",
-    [3] = "Connection: keep-alive\r\n",
-}
+local CONNECTION = {}
+local FLAG_HTTP10 = 2
+local draining = false -- the worker is stopping: every response closes its connection
 
 -- "Server: ...\r\nDate: ...\r\n", rebuilt once a second
 local last_time, server_date = -1, ""
@@ -114,11 +99,14 @@ local JSON_TYPE = "application/json; charset=utf-8"
 local MANAGED = { ["content-length"] = true, ["transfer-encoding"] = true,
                   ["connection"] = true, ["date"] = true, ["server"] = true }
 
+-- A header value may hold no control byte but HTAB (RFC 9110 5.5): CR/LF would
+-- split the response, NUL and the rest are refused by clients and proxies.
+-- "[^\t%C]": any byte that is neither a tab nor a non-control one, in one find.
 local function header_value(name, value)
     value = tostring(value)
-    if str_find(value, "[\r\n]") or str_find(name, "[^%w!#$%%&'*+.^_`|~-]") then
+    if str_find(value, "[^\t%C]") or str_find(name, "[^%w!#$%%&'*+.^_`|~-]") then
         error("bad header " .. str_format("%q", name) .. ": names must be tokens and "
-            .. "values must not contain CR or LF", 4)
+            .. "values must not contain control characters (CR, LF, NUL...) but tab", 4)
     end
     return value
 end
@@ -180,13 +168,26 @@ Request.__index = Request
 local EMPTY = setmetatable({}, { __newindex = function() error("fd.params is read-only", 2) end })
 _M.Request = Request
 
+local waiting -- fd -> {seq -> request} for handlers still working (defined below)
+
 local function send(req, data, final)
-    if final then req.finished = true end
-    if req.sync and final and not req.out then
-        req.out = data -- returned by dispatch: saves a call into Python
-        return true
+    if req.gone then return false end -- timed out or the client left: nobody to tell
+    if final then
+        req.finished = true
+        if req.sync then
+            if not req.out then
+                req.out = data -- returned by dispatch: saves a call into Python
+                return true
+            end
+        else
+            local by_fd = waiting[req.fd]
+            if by_fd then
+                by_fd[req.seq] = nil
+                if next(by_fd) == nil then waiting[req.fd] = nil end
+            end
+        end
     end
-    return host.http_send(req.fd, req.seq, data, final, req.closing)
+    return host.http_send(req.fd, req.seq, data, final, req.closing or draining)
 end
 
 --- Send a complete response.
@@ -221,7 +222,7 @@ function Request:http_response(status, headers, body)
         end
         if not has_type then lines = lines .. DEFAULT_TYPE_LINE end
     end
-    local flags = self.closing and 0 or self.flags
+    local flags = (self.closing or draining) and 0 or self.flags
     local code = type(status) == "number" and status or status_code(status)
     local status_line = status_lines[status]
     -- Only now: if anything above raised (bad status, header or body), nothing
@@ -249,11 +250,11 @@ function Request:http_stream(status, headers)
     if self.started then error("a response was already sent for this request", 2) end
     local lines, has_type, close = render_headers(headers)
     if not has_type then lines = lines .. "Content-Type: " .. DEFAULT_TYPE .. "\r\n" end
-    local http10 = self.flags >= 2
+    local http10 = self.flags % (2 * FLAG_HTTP10) >= FLAG_HTTP10
     if close or http10 then self.closing = true end
     local framing = http10 and "" or "Transfer-Encoding: chunked\r\n"
     local head = status_lines[status] .. server_date_headers() .. lines .. framing
-        .. CONNECTION[self.closing and 0 or self.flags] .. "\r\n"
+        .. CONNECTION[(self.closing or draining) and 0 or self.flags] .. "\r\n"
     local stream = setmetatable({ req = self, chunked = not http10,
                                   head_only = self.method == "HEAD" }, Stream)
     self.started = true -- not before: a bad status or header above still gets a 500
@@ -307,7 +308,7 @@ local function fail(req, err)
         end
         local out = status_lines[500] .. server_date_headers() .. "Content-Type: "
             .. mime .. "\r\nContent-Length: " .. #body .. "\r\n"
-            .. CONNECTION[req.closing and 0 or req.flags] .. "\r\n"
+            .. CONNECTION[(req.closing or draining) and 0 or req.flags] .. "\r\n"
             .. (req.method == "HEAD" and "" or body)
         send(req, out, true)
     else
@@ -447,6 +448,7 @@ function aio:route(fd, method, path, query, headers, body)
         local handler = by_path[method] or (method == "HEAD" and by_path.GET)
         if handler then
             if params then fd.params = params end
+            fd.handler = handler -- for the handler-timeout report
             return handler(fd, query, headers, body)
         end
         return fd:http_response(405, { ["Allow"] = allow_header(by_path),
@@ -517,10 +519,12 @@ end
 -- has fixed arguments and one xpcall, because it runs for every request.
 local IDLE = aio.IDLE
 local co_yield = coroutine.yield
+local co_running = coroutine.running
 local on_http_error
 
 local function serve_loop(req, method, path, query, headers, body)
     while true do
+        req.co = co_running() -- where it waits, should it never answer
         local ok, err = xpcall(aio.on_http, traceback, aio, req, method, path, query, headers, body)
         if not ok then on_http_error(req, err) end
         req, method, path, query, headers, body = co_yield(IDLE)
@@ -533,45 +537,128 @@ on_http_error = function(req, err)
     fail(req, err)
 end
 
---- One request. `...` are the header name/value pairs as received; names are
---- lower-cased here, and a repeated header's values are joined with ", ".
---- Returns the complete response if the handler produced it before returning
---- (and it does not close the connection): the common case costs no call back
---- into Python.
-function _M.dispatch(fd, seq, method, url, body, flags, ...)
+-- "name\0value\0name\0value" as received -> {lower-case name = value}; a
+-- repeated field's values are joined with ", " (RFC 9110 5.3). One string from
+-- Python instead of one argument per field: O(n), whatever the count.
+local function parse_headers(raw)
+    local headers = {}
+    if raw == "" then return headers end
+    local pos = 1
+    while true do
+        local sep = str_find(raw, "\0", pos, true)
+        local name = str_lower(str_sub(raw, pos, sep - 1))
+        local stop = str_find(raw, "\0", sep + 1, true)
+        local value = str_sub(raw, sep + 1, stop and stop - 1 or -1)
+        local prev = headers[name]
+        headers[name] = prev and (prev .. ", " .. value) or value
+        if stop == nil then return headers end
+        pos = stop + 1
+    end
+end
+_M.parse_headers = parse_headers
+
+waiting = {}
+
+--- One request (called by eightys/protocols/http.py). Returns the complete
+--- response if the handler produced it before returning (and it does not close
+--- the connection): the common case costs no call back into Python. Otherwise
+--- false if the handler answered through http_send, nil if it is still working.
+function _M.dispatch(fd, seq, method, url, body, flags, raw_headers)
     local path, query = url, ""
     local q = str_find(url, "?", 1, true)
     if q then
         path, query = str_sub(url, 1, q - 1), str_sub(url, q + 1)
     end
-    local headers = {}
-    for i = 1, select("#", ...), 2 do
-        local name, value = str_lower((select(i, ...))), (select(i + 1, ...))
-        local prev = headers[name]
-        headers[name] = prev and (prev .. ", " .. value) or value
-    end
+    local headers = parse_headers(raw_headers)
     -- every field the request will get is set here: adding keys later would
     -- grow (rehash) the table, which costs more than the rest of a small request
     local req = setmetatable({ fd = fd, seq = seq, method = method, path = path,
                                flags = flags, headers = headers, params = EMPTY,
                                sync = true, out = false, started = false,
-                               finished = false, closing = false }, Request)
+                               finished = false, closing = false, handler = false,
+                               co = false, gone = false }, Request)
     start_request(req, method, path, query, headers, body or "")
     req.sync = false
     local out = req.out
     if out then
         req.out = false
-        if req.closing then
+        if req.closing or draining then
             host.http_send(fd, seq, out, true, true)
-            return nil
+            return false
         end
         return out
     end
+    if req.finished then return false end
+    local by_fd = waiting[fd]
+    if by_fd == nil then
+        by_fd = {}
+        waiting[fd] = by_fd
+    end
+    by_fd[seq] = req
+    return nil
+end
+
+local LIBRARY_DIR = "eightys/lua/"
+
+-- "file.lua:12" for a Lua function
+local function where(fn)
+    if type(fn) ~= "function" then return "unknown" end
+    local info = debug.getinfo(fn, "S")
+    return info.short_src .. ":" .. (info.linedefined or 0)
+end
+
+-- The innermost frame of a suspended handler outside the library: where it waits.
+local function waiting_at(co)
+    if type(co) ~= "thread" then return "unknown" end
+    for line in string.gmatch(traceback(co, "", 0), "\n%s*([^\n]+)") do
+        if not str_find(line, LIBRARY_DIR, 1, true) and not str_find(line, "^%[C%]") then
+            return line
+        end
+    end
+    return "unknown"
+end
+
+--- Request `seq` on `fd` got no answer within --handler-timeout; Python has
+--- answered 504. Log where it is stuck; whatever it sends later is dropped.
+function _M.timeout(fd, seq)
+    local by_fd = waiting[fd]
+    local req = by_fd and by_fd[seq]
+    if req == nil then return end
+    by_fd[seq] = nil
+    if next(by_fd) == nil then waiting[fd] = nil end
+    req.gone = true
+    host.log_error(str_format("handler timeout after %s s: %s %s (handler at %s), waiting on: %s",
+        tostring(host.handler_timeout or "?"), req.method, req.path, where(req.handler),
+        req.waiting_on or waiting_at(req.co)))
+end
+
+--- Connection `fd` closed while handlers were working on its requests.
+function _M.gone(fd)
+    local by_fd = waiting[fd]
+    if by_fd == nil then return end
+    waiting[fd] = nil
+    for _, req in pairs(by_fd) do req.gone = true end
+end
+
+--- The worker is stopping: responses from now on carry Connection: close.
+function _M.set_draining(on)
+    draining = on and true or false
 end
 
 --- Internal: bootstrap hands over the host functions.
 function _M.attach(private)
     host = private
+    local wire = private.wire
+    for code, phrase in pairs(wire.reasons) do REASONS[code] = phrase end
+    SERVER = wire.server_line
+    FLAG_HTTP10 = wire.flag_http10
+    local keep_alive = wire.flag_keep_alive
+    for flags = 0, wire.flag_limit - 1 do
+        local keeps = flags % (2 * keep_alive) >= keep_alive
+        local http10 = flags % (2 * FLAG_HTTP10) >= FLAG_HTTP10
+        CONNECTION[flags] = not keeps and "Connection: close\r\n"
+            or (http10 and "Connection: keep-alive\r\n" or "")
+    end
 end
 
 return _M

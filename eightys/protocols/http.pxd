@@ -1,0 +1,25 @@
+# C types for http.py when Cython compiles it (pure-Python mode: the .py is the
+# source; interpreted, this file is not used). See setup.py.
+
+from eightys.protocols.http_core cimport HttpConnection
+
+cdef class HttpProtocol:
+    cdef readonly object host
+    cdef readonly object fd
+    cdef readonly HttpConnection core
+    cdef public object transport
+    cdef readonly object flow
+    cdef readonly bint closed
+    cdef object dispatch
+    cdef object parked
+    cdef bint in_batch
+    cdef object switch_to
+    cdef public object upgrade
+    cdef list _progress
+    cdef bint _run_scheduled
+
+    cdef void _dispatch_events(self, list events, Py_ssize_t start)
+    cdef void _schedule_parked(self)
+    cdef void _flush(self)
+    cdef void _wake_progress(self)
+    cdef void _hand_over(self)

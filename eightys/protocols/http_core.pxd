@@ -1,0 +1,45 @@
+# C types for http_core.py when Cython compiles it (pure-Python mode: the .py is
+# the source; interpreted, this file is not used). See setup.py.
+
+cdef class HttpConnection:
+    cdef public object limits
+    cdef public object clock
+    cdef object parser
+    cdef public int state
+    cdef public double since
+    cdef public Py_ssize_t last
+    cdef public int after_last
+    cdef public bytes trailing
+    cdef public Py_ssize_t upgrade_seq
+    cdef public bint draining
+    cdef bytes url
+    cdef list headers
+    cdef list body
+    cdef Py_ssize_t nheaders
+    cdef Py_ssize_t head_size
+    cdef Py_ssize_t body_size
+    cdef Py_ssize_t unparsed_head
+    cdef Py_ssize_t content_length
+    cdef int hosts
+    cdef bint chunked
+    cdef bint has_connection_header
+    cdef bint expect_continue
+    cdef public Py_ssize_t seq_in
+    cdef public Py_ssize_t seq_out
+    cdef bint head_started
+    cdef dict held
+    cdef public dict pending_since
+    cdef public Py_ssize_t timed_out_seq
+    cdef list events
+    cdef public list out
+
+    cpdef list receive_data(self, bytes data)
+    cpdef bint send(self, Py_ssize_t seq, bytes data, bint final, bint close=*)
+    cpdef bytes data_to_send(self)
+    cdef void _finish_head(self)
+    cdef void _end_after(self, Py_ssize_t seq, int action)
+    cpdef bint switch_protocol(self, Py_ssize_t seq, bytes response)
+    cpdef bint is_upgrade(self, Py_ssize_t seq)
+    cpdef void mark_pending(self, Py_ssize_t seq)
+    cpdef int check_timeout(self, double now)
+    cdef void _refuse(self, int status, str reason)

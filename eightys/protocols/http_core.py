@@ -1,0 +1,528 @@
+"""A sans-IO HTTP/1.1 server connection: bytes in, requests and bytes out.
+
+No socket, no event loop, no Lua: :class:`HttpConnection` is fed what the client
+sent (:meth:`~HttpConnection.receive_data`) and returns the requests that became
+complete; the responses are handed back to it (:meth:`~HttpConnection.send`) in
+any order and leave, in request order, through :meth:`~HttpConnection.data_to_send`.
+The asyncio adapter (``eightys/protocols/http.py``) owns the transport; tests drive
+this class with bytes and a fake clock.
+
+httptools (llhttp) parses; this class is its callback object. It owns every rule
+about the connection's life:
+
+* **State** (``state``), explicit and named:
+
+  ========== ============================================================
+  IDLE       nothing arriving, nothing pending: the keep-alive timeout runs
+  HEAD       a request head is arriving: the header timeout runs
+  BODY       a request body is arriving: the header timeout runs per piece
+  WAITING    every request is complete; responses pending (handler timeout)
+  CLOSING    no more requests are read; close once the last response is out
+  SWITCHING  an upgrade request awaits its answer; no more HTTP is read: after
+             response N the connection switches (if the handler accepted) or closes
+  SWITCHED   response N is out: the transport belongs to another protocol
+  CLOSED     everything is out: the adapter closes the transport
+  ========== ============================================================
+
+* **After response N** (``last``, ``after_last``): the one mechanism for
+  "keep alive", "close" and "switch protocol". Setting it stops reading; once
+  response N has left the state becomes CLOSED or SWITCHED, and for a switch
+  :attr:`~HttpConnection.trailing` holds the bytes that followed the head.
+
+* **Limits** (status, then close): a head larger than ``max_header`` or with more
+  than ``max_headers`` fields -> 431; a body over ``max_body`` -> 413; a HTTP/1.1
+  request without exactly one ``Host``, duplicate or invalid ``Content-Length``,
+  ``Content-Length`` with ``Transfer-Encoding`` (RFC 9112 6.1, smuggling),
+  malformed syntax -> 400; an upgrade request with a body -> 501; an unknown
+  ``Expect`` -> 417; a head or body that stalls -> 408; a handler that never
+  answers -> 504.
+
+Memory: one read is parsed whole (the adapter reads at most 256 KiB at a time),
+so what the client can make us hold is bounded by the read size and the limits;
+the adapter stops reading while too many requests wait for their responses.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import httptools
+
+
+from eightys.wire import FLAG_HTTP10, FLAG_KEEP_ALIVE, error_response
+
+# -- states -------------------------------------------------------------------------
+IDLE = 0
+HEAD = 1
+BODY = 2
+WAITING = 3
+CLOSING = 4
+SWITCHING = 5
+SWITCHED = 6
+CLOSED = 7
+
+STATE_NAMES = ("IDLE", "HEAD", "BODY", "WAITING", "CLOSING", "SWITCHING", "SWITCHED", "CLOSED")
+
+# -- what happens after response `last` -----------------------------------------------
+KEEP_ALIVE = 0
+CLOSE = 1
+SWITCH = 2
+
+# -- what a timeout check did -----------------------------------------------------------
+#: Nothing expired.
+TIMEOUT_NONE = 0
+#: An idle keep-alive connection (or a silent one) expired: close it, nothing to send.
+TIMEOUT_IDLE = 1
+#: A head or body stalled: 408 was queued, the connection closes after it.
+TIMEOUT_REQUEST = 2
+#: A handler did not answer in time: 504 was queued for ``timed_out_seq``.
+TIMEOUT_HANDLER = 3
+
+#: ``since`` is stamped from a coarse clock (advanced once a second), so it can be up
+#: to one step older than the event; the checks add that step so a client is never
+#: cut off before its full allowance.
+CLOCK_STEP = 1.0
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class Clock(Protocol):
+    """Where the connection reads the time: a coarse clock (``now`` in seconds)."""
+
+    now: float
+
+
+class HttpLimits:
+    """Per-server HTTP limits (from the CLI/environment)."""
+
+    __slots__ = ("max_header", "max_headers", "max_body", "header_timeout",
+                 "keepalive_timeout", "handler_timeout")
+
+    def __init__(self, max_header: int = 32 * 1024, max_body: int = 16 * 1024 * 1024,
+                 header_timeout: float = 10.0, keepalive_timeout: float = 15.0,
+                 handler_timeout: float = 30.0, max_headers: int = 100) -> None:
+        self.max_header = max_header
+        self.max_headers = max_headers
+        self.max_body = max_body
+        self.header_timeout = header_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.handler_timeout = handler_timeout
+
+
+class RemoteError:
+    """A request the client got wrong; ``status`` was queued, then the connection closes."""
+
+    __slots__ = ("status", "reason")
+
+    def __init__(self, status: int, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"RemoteError({self.status}, {self.reason!r})"
+
+
+class _Reject(Exception):
+    """Raised inside a parser callback to refuse the request with ``status``."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class _Stop(Exception):
+    """Raised inside a parser callback: the rest of the input is not read."""
+
+
+#: A request, as receive_data returns it: (seq, method, url, body, flags, headers),
+#: headers being the fields as received, joined as ``name\\0value\\0name\\0value``
+#: (llhttp refuses NUL inside fields, so the split is unambiguous).
+Request = tuple  # (int, bytes, bytes, bytes | None, int, bytes)
+
+
+class HttpConnection:
+    """One HTTP/1.1 server connection's protocol state (see the module docstring)."""
+
+    # Attributes are declared (with their C types) in http_core.pxd.
+
+    def __init__(self, limits: HttpLimits, clock: Any) -> None:
+        self.limits = limits
+        self.clock = clock
+        self.parser = httptools.HttpRequestParser(self)
+        self.state = IDLE
+        self.since = clock.now  # when the current state's timeout started
+        self.last = -1  # the last response before close/switch (-1: none)
+        self.after_last = KEEP_ALIVE
+        self.trailing = b""  # bytes after an upgrade request's head
+        self.upgrade_seq = -1  # the request that asked to upgrade (-1: none)
+        self.draining = False
+        # the request being parsed
+        self.url = b""
+        self.headers = []  # [name, value, name, value, ...]
+        self.body = []
+        self.nheaders = 0
+        self.head_size = 0
+        self.body_size = 0
+        self.unparsed_head = 0
+        self.content_length = -1
+        self.hosts = 0
+        self.chunked = False
+        self.has_connection_header = False
+        self.expect_continue = False
+        # responses
+        self.seq_in = 0  # sequence number of the next request
+        self.seq_out = 0  # the request whose response goes out next
+        self.head_started = False  # part of response seq_out has gone out
+        self.held = {}  # seq -> [chunks, finished]: responses waiting for earlier ones
+        self.pending_since = {}  # seq -> when its handler went async (handler timeout)
+        self.timed_out_seq = -1
+        self.events = []
+        self.out = []
+
+    # -- input ------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> list:
+        """Feed bytes from the client; return what happened: the requests that became
+        complete (tuples, see :data:`Request`) and at most one :class:`RemoteError`,
+        in order. An error (or a closing request) stops reading: later input is ignored."""
+        state = self.state
+        if state >= CLOSING:
+            if state == SWITCHING:
+                # bytes for the next protocol, arriving before the switch; the adapter
+                # stops reading while a switch is pending, so this stays small
+                self.trailing += data
+            return []
+        events: list = []
+        self.events = events
+        try:
+            self.parser.feed_data(data)
+            if self.state == HEAD:
+                # A head line grows inside httptools with no callback until it ends:
+                # count the bytes of reads that made no visible progress (a callback
+                # sets unparsed_head to -1), so one endless line fed in pieces gets
+                # 431 too. Reads with progress are bounded by the read size.
+                if self.unparsed_head < 0:
+                    self.unparsed_head = 0
+                else:
+                    self.unparsed_head += len(data)
+                    if self.unparsed_head > self.limits.max_header:
+                        raise _Reject(431, "request head too large")
+        except _Reject as exc:
+            self._refuse(exc.status, exc.reason)
+        except httptools.HttpParserCallbackError as exc:
+            # httptools wraps a callback's exception; ours is its __context__
+            reason = exc.__context__
+            if isinstance(reason, _Reject):
+                self._refuse(reason.status, reason.reason)
+            elif not isinstance(reason, _Stop):
+                raise
+        except httptools.HttpParserUpgrade as exc:
+            # The upgrade request is complete (it is in `events`); what follows its
+            # head belongs to the next protocol, if the handler switches to one.
+            offset = exc.args[0] if exc.args else len(data)
+            self.trailing = data[offset:]
+            self.upgrade_seq = self.seq_in - 1
+            # reading stops; unless the handler switches, the connection closes after
+            # the answer (the bytes that follow are not HTTP)
+            self._end_after(self.upgrade_seq, CLOSE)
+            self.state = SWITCHING
+        except httptools.HttpParserError as exc:
+            if self.last == -1:  # after a closing request llhttp refuses what follows
+                self._refuse(400, str(exc) or "malformed request")
+        self.events = []
+        return events
+
+    def receive_eof(self) -> bool:
+        """The client closed its sending side (half-close). Returns True if responses
+        are still due (keep the transport open for them), False to close now."""
+        if self.state >= CLOSING:
+            return self.state <= SWITCHING and self.seq_out < self.seq_in
+        if self.head_size or self.state == HEAD or self.state == BODY:
+            self.state = CLOSED  # a request cut off half-way: nothing to answer
+            return False
+        if self.seq_out < self.seq_in:
+            self._end_after(self.seq_in - 1, CLOSE)
+            return True
+        self.state = CLOSED
+        return False
+
+    # -- httptools callbacks ----------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        # the first byte of a request: its header timeout starts now, once
+        if self.last != -1:
+            raise _Stop()  # requests after a closing one are not served
+        self.state = HEAD
+        self.since = self.clock.now
+        self.unparsed_head = -1
+
+    def on_url(self, url: bytes) -> None:
+        self.unparsed_head = -1
+        self.url += url
+        self.head_size += len(url)
+        if self.head_size > self.limits.max_header:
+            raise _Reject(431, "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.unparsed_head = -1
+        self.head_size += len(name) + len(value) + 4
+        self.nheaders += 1
+        if self.head_size > self.limits.max_header or self.nheaders > self.limits.max_headers:
+            raise _Reject(431, "too many or too large header fields")
+        headers = self.headers
+        headers.append(name)
+        headers.append(value)
+        size = len(name)
+        # cheap length test first: most fields are none of these
+        if size == 4:
+            if name.lower() == b"host":
+                self.hosts += 1
+        elif size == 14:
+            if name.lower() == b"content-length":
+                if self.content_length != -1 or not value.isdigit():
+                    raise _Reject(400, "duplicate or invalid Content-Length")
+                self.content_length = int(value)
+        elif size == 17:
+            if name.lower() == b"transfer-encoding":
+                self.chunked = True
+        elif size == 10:
+            if name.lower() == b"connection":
+                self.has_connection_header = True
+        elif size == 6:
+            if name.lower() == b"expect":
+                if value.lower() != b"100-continue":
+                    raise _Reject(417, "unsupported Expect")
+                self.expect_continue = True
+
+    def on_headers_complete(self) -> None:
+        # RFC 9112 3.2: a HTTP/1.1 request has exactly one Host; more is never valid
+        if self.hosts != 1 and (self.hosts > 1 or self.parser.get_http_version() != "1.0"):
+            raise _Reject(400, "missing or repeated Host")
+        if self.chunked and self.content_length != -1:
+            raise _Reject(400, "Content-Length with Transfer-Encoding")  # RFC 9112 6.1
+        if self.content_length > self.limits.max_body:
+            raise _Reject(413, "request body too large")
+        if self.content_length > 0 or self.chunked:
+            if self.has_connection_header and self.parser.should_upgrade():
+                # llhttp skips an upgrade request's body (the new protocol would
+                # follow): refuse it rather than hand the handler an empty body
+                raise _Reject(501, "upgrade request with a body")
+            self.state = BODY
+            self.since = self.clock.now
+            # only when nothing is pending, or the 100 would jump the queue; never to
+            # HTTP/1.0 clients (RFC 9110 10.1.1: they must be ignored)
+            if self.expect_continue and self.seq_in == self.seq_out \
+                    and self.parser.get_http_version() != "1.0":
+                self.out.append(_CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        self.body_size += len(body)
+        if self.body_size > self.limits.max_body:
+            raise _Reject(413, "request body too large")
+        self.body.append(body)
+        self.since = self.clock.now
+
+    def on_message_complete(self) -> None:
+        seq = self.seq_in
+        self.seq_in = seq + 1
+        self.state = WAITING
+        parser = self.parser
+        keep_alive = parser.should_keep_alive()
+        if self.has_connection_header:
+            http10 = parser.get_http_version() == "1.0"
+        else:
+            http10 = not keep_alive  # without the header, 1.1 keeps alive and 1.0 closes
+        if self.draining:
+            keep_alive = False
+        flags = (FLAG_KEEP_ALIVE if keep_alive else 0) | (FLAG_HTTP10 if http10 else 0)
+        body = self.body
+        if body:
+            body_bytes = body[0] if len(body) == 1 else b"".join(body)
+            self.body = []
+            self.body_size = 0
+        else:
+            body_bytes = None
+        self.events.append((seq, parser.get_method(), self.url, body_bytes, flags,
+                            b"\0".join(self.headers)))
+        # ready for the next request
+        self.url = b""
+        self.headers = []
+        self.nheaders = 0
+        self.head_size = 0
+        self.hosts = 0
+        if self.content_length != -1 or self.chunked or self.has_connection_header \
+                or self.expect_continue:
+            self.content_length = -1
+            self.chunked = self.has_connection_header = self.expect_continue = False
+        if not keep_alive:
+            self._end_after(seq, CLOSE)
+            raise _Stop()
+
+    # -- output -----------------------------------------------------------------------
+
+    def send(self, seq: int, data: bytes, final: bool,
+             close: bool = False) -> bool:
+        """Queue ``data`` of request ``seq``'s response; ``final`` ends it; ``close``
+        ends the connection after it. Returns False once the response can no longer
+        go out (the connection closed or switched, or it was already answered)."""
+        if seq < self.seq_out or self.state >= SWITCHED:
+            return False
+        if self.pending_since:
+            self.pending_since.pop(seq, None)  # it answered: no handler timeout
+        if close and (self.last == -1 or seq < self.last):
+            self._end_after(seq, CLOSE)
+        if seq != self.seq_out:
+            held = self.held.get(seq)
+            if held is None:
+                self.held[seq] = [[data], final]
+            else:
+                held[0].append(data)
+                held[1] = final
+            return True
+        self.head_started = True
+        if data:
+            self.out.append(data)
+        if final:
+            self._finish_head()
+        return True
+
+    def data_to_send(self) -> bytes:
+        """Everything queued for the client since the last call, as one write."""
+        out = self.out
+        if not out:
+            return b""
+        self.out = []
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def _finish_head(self) -> None:
+        # The head-of-line response is complete: release the ones waiting behind it.
+        held = self.held
+        while True:
+            seq = self.seq_out
+            self.seq_out = seq + 1
+            self.head_started = False
+            if seq == self.last:
+                held.clear()
+                self.state = SWITCHED if self.after_last == SWITCH else CLOSED
+                return
+            entry = held.pop(seq + 1, None) if held else None
+            if entry is None:
+                break
+            # the next response was waiting: out it goes; the rest of it, if it is not
+            # finished, is sent directly (it is at the head of the line now)
+            self.head_started = True
+            for chunk in entry[0]:
+                if chunk:
+                    self.out.append(chunk)
+            if not entry[1]:
+                return
+        if self.seq_out == self.seq_in and self.state == WAITING:
+            self.state = IDLE
+            self.since = self.clock.now
+
+    # -- after response N -------------------------------------------------------------
+
+    def _end_after(self, seq: int, action: int) -> None:
+        """After response ``seq``: close (CLOSE) or hand over (SWITCH); reading stops."""
+        if self.last != -1 and self.last < seq:
+            return  # an earlier end already stands
+        self.last = seq
+        self.after_last = action
+        if seq < self.seq_out:  # that response is already out
+            self.state = SWITCHED if action == SWITCH else CLOSED
+        else:
+            self.state = SWITCHING if action == SWITCH else CLOSING
+
+    def switch_protocol(self, seq: int, response: bytes) -> bool:
+        """Answer upgrade request ``seq`` with ``response`` (e.g. a 101 head); once it
+        is out the state is SWITCHED and :attr:`trailing` is the new protocol's first
+        input. False unless ``seq`` is the pending upgrade request."""
+        if seq != self.upgrade_seq or seq < self.seq_out or self.state != SWITCHING:
+            return False
+        self.after_last = SWITCH
+        return self.send(seq, response, True)
+
+    def is_upgrade(self, seq: int) -> bool:
+        """Whether request ``seq`` asked to upgrade and still waits for its answer."""
+        return seq == self.upgrade_seq and seq >= self.seq_out and self.state == SWITCHING
+
+    def close_now(self) -> None:
+        """Give up on the connection (e.g. ``net.close``): nothing more goes out."""
+        self.state = CLOSED
+        self.held.clear()
+        self.out = []
+
+    # -- timeouts and shutdown ----------------------------------------------------------
+
+    def mark_pending(self, seq: int) -> None:
+        """Request ``seq`` was handed to a handler that did not answer at once: its
+        handler timeout starts now."""
+        if seq > self.seq_out and seq not in self.held \
+                or seq == self.seq_out and not self.head_started:
+            self.pending_since[seq] = self.clock.now
+
+    def check_timeout(self, now: float) -> int:
+        """Apply the timeouts at time ``now``; returns a ``TIMEOUT_*`` code. For
+        TIMEOUT_REQUEST and TIMEOUT_HANDLER the answer (408, 504) is queued."""
+        state = self.state
+        if state >= SWITCHED:
+            return TIMEOUT_NONE
+        limits = self.limits
+        if state == HEAD or state == BODY:
+            if now - self.since > limits.header_timeout + CLOCK_STEP:
+                self._refuse(408, "request head or body too slow")
+                return TIMEOUT_REQUEST
+            return TIMEOUT_NONE
+        if state == IDLE:
+            # a new connection gets the header timeout for its first request
+            limit = limits.keepalive_timeout if self.seq_in else limits.header_timeout
+            if now - self.since > limit + CLOCK_STEP:
+                self.state = CLOSED
+                return TIMEOUT_IDLE
+            return TIMEOUT_NONE
+        if self.pending_since and limits.handler_timeout > 0:
+            seq = self.seq_out
+            started = self.pending_since.get(seq)
+            if started is not None and now - started > limits.handler_timeout + CLOCK_STEP:
+                del self.pending_since[seq]
+                self.timed_out_seq = seq
+                self.send(seq, error_response(504), True, True)
+                return TIMEOUT_HANDLER
+        return TIMEOUT_NONE
+
+    def start_draining(self) -> bool:
+        """The server is stopping: finish what is in progress with ``Connection:
+        close``, read no new requests. Returns True if the connection can close now."""
+        self.draining = True
+        state = self.state
+        if state >= CLOSING:
+            return state == CLOSED
+        if state == HEAD or state == BODY:
+            return False  # a request is arriving: it is answered, then the connection closes
+        if self.seq_out < self.seq_in:
+            self._end_after(self.seq_in - 1, CLOSE)  # responses still going out
+            return False
+        self.state = CLOSED
+        return True
+
+    @property
+    def in_flight(self) -> int:
+        """Requests received whose responses have not gone out yet."""
+        return self.seq_in - self.seq_out
+
+    @property
+    def has_partial_request(self) -> bool:
+        """Whether part of a request (head or body) has arrived."""
+        return self.state == HEAD or self.state == BODY
+
+    def _refuse(self, status: int, reason: str) -> None:
+        """Answer the request being parsed with ``status`` (after the responses before
+        it) and close."""
+        seq = self.seq_in
+        self.seq_in = seq + 1
+        self.events.append(RemoteError(status, reason))
+        self.state = WAITING
+        self.head_size = self.body_size = self.unparsed_head = 0
+        self._end_after(seq, CLOSE)
+        self.send(seq, error_response(status), True)
