@@ -4,6 +4,7 @@ message for a response body that cannot be sent."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from conftest import Server
@@ -62,3 +63,24 @@ def test_load_time_error_through_python_has_file_line(run_eightys, tmp_path: Pat
     assert "app.lua:2: crypto.encrypt: expected a string, got nil" in result.stderr
     assert "expected bytes or str" not in result.stderr
     assert "bootstrap.lua" not in result.stderr
+
+
+def test_a_template_block_that_never_calls_done_is_reported(tmp_path: Path) -> None:
+    """The handler timeout's 504 and log line name the <?lua ?> block that never
+    called done(), not the template engine's internals."""
+    from http_helpers import running_server
+
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "stuck.dyn.html").write_text(
+        "<p>a</p>\n<?lu locals.x = 1 ?>\n<?lua\nawait(aio:sleep(0.01))\n-- forgot done()\n?>\n")
+    with running_server(tmp_path, "server/http.lua", "--handler-timeout", "1",
+                        env={"PUBLIC_HTML": str(root)}) as server:
+        started = time.monotonic()
+        response = get(server, "/stuck")
+        assert response.status == 504
+        assert time.monotonic() - started < 10
+        log = server.wait_for_log("handler timeout")
+        assert "GET /stuck" in log
+        assert "waiting on: <?lua ?> block at " in log and "stuck.dyn.html:3 never called done()" in log
+        assert get(server, "/stuck").status == 504  # and the worker still serves
