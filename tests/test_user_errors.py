@@ -63,6 +63,11 @@ def test_load_time_error_through_python_has_file_line(run_eightys, tmp_path: Pat
     assert "app.lua:2: crypto.encrypt: expected a string, got nil" in result.stderr
     assert "expected bytes or str" not in result.stderr
     assert "bootstrap.lua" not in result.stderr
+    # any error raised in Python names the Lua line that called it
+    app.write_text('local x = 1\n\nnet.write(ELFD, 1, {})\n')
+    result = run_eightys(str(app), "-p", "0", "-c", "1")
+    assert result.returncode == 1
+    assert "app.lua:3: net.write: data must be a string" in result.stderr
 
 
 def test_a_template_block_that_never_calls_done_is_reported(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ local getmetatable = getmetatable
 local getinfo = debug.getinfo
 local debug_traceback = debug.traceback
 local str_format = string.format
+local str_find = string.find
 local sort = table.sort
 local concat = table.concat
 
@@ -56,8 +57,20 @@ function _M.traceback(a, b, c)
         if info and info.currentline and info.currentline > 0 then
             msg = info.short_src .. ":" .. info.currentline .. ": " .. msg
         end
-    elseif a ~= nil and type(a) ~= "string" then
+    elseif a ~= nil then
         msg = tostring(a)
+        -- an error raised in Python (a host or -m module function) carries no
+        -- position: name the Lua line that called it
+        if not str_find(msg, "^[^\n]-:%d+: ") then
+            for level = 2, 4 do
+                local info = getinfo(level, "Sl")
+                if info == nil then break end
+                if info.what ~= "C" and info.currentline and info.currentline > 0 then
+                    msg = info.short_src .. ":" .. info.currentline .. ": " .. msg
+                    break
+                end
+            end
+        end
     end
     return debug_traceback(msg, (b or 1) + 1)
 end
