@@ -12,9 +12,11 @@
 --   main.lua              beside the site root (or in it): run at start and on reload
 --
 -- Requests can only reach routes built from this scan: a path naming a file
--- outside the site root (.., %2e%2e, NUL, symlinks leading out) matches nothing.
+-- outside the site root (.., %2e%2e, NUL, symlinks leading out) matches nothing,
+-- and files are checked again (real path inside the root) when next looked at.
 --
--- Beyond 80s: sessions (signed cookie, per-worker store, pluggable), forms
+-- Beyond 80s: sessions (encrypted cookies every worker reads; or a server-side
+-- store such as httpd.memory_store), forms
 -- (urlencoded and multipart, parsed in Python), MASTER_KEY URL encryption with
 -- authenticated encryption (a tampered `e` gets 400), static files with
 -- ETag/Range/gzip served by Python (eightys/static.py), Jinja2 pages and error
@@ -147,6 +149,7 @@ local function expire(store, now)
     end
 end
 
+--- The session `id` (its table, now the most recently used), or nil if unknown or expired.
 function memory_store:get(id)
     local entry = self.index[id]
     if entry == nil then return nil end
@@ -161,6 +164,7 @@ function memory_store:get(id)
     return entry.data
 end
 
+--- Store session `id`; a new one beyond max_sessions evicts the least recently used.
 function memory_store:set(id, data)
     local now = net.clock()
     expire(self, now)
@@ -177,6 +181,7 @@ function memory_store:set(id, data)
     push_tail(self, entry)
 end
 
+--- Forget session `id`.
 function memory_store:delete(id)
     local entry = self.index[id]
     if entry then drop(self, entry) end
