@@ -53,7 +53,7 @@ httpd.jinja_globals = httpd.jinja_globals or {}
 
 local SESSION_COOKIE = "eightys_session"
 local SESSION_TTL = 24 * 3600
-local MAX_SESSIONS = 100000
+local MAX_SESSIONS = 10000 -- about 0.5 KB of Lua heap each (a small session)
 local HTML = "text/html; charset=utf-8"
 
 ---------------------------------------------------------------------------
@@ -110,7 +110,7 @@ end
 --- httpd.memory_store`. A store is any object with get(id) -> table|nil,
 --- set(id, table) and delete(id). Entries form a list in order of last use, so
 --- the oldest is the first to expire and the first evicted when the store holds
---- `max_sessions` (100,000): expiry and eviction cost O(1), whatever the size,
+--- `max_sessions` (10,000): expiry and eviction cost O(1), whatever the size,
 --- and a flood of cookie-less clients can never grow it past the bound.
 local memory_store = httpd.memory_store or { max_sessions = MAX_SESSIONS }
 httpd.memory_store = memory_store
