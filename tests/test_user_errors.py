@@ -89,3 +89,25 @@ def test_a_template_block_that_never_calls_done_is_reported(tmp_path: Path) -> N
         assert "GET /stuck" in log
         assert "waiting on: <?lua ?> block at " in log and "stuck.dyn.html:3 never called done()" in log
         assert get(server, "/stuck").status == 504  # and the worker still serves
+
+
+def test_the_504_page_names_the_pending_block_in_dev(tmp_path: Path) -> None:
+    """aio.http_error_page(504, nil, req) (what the HTTP layer calls when a handler
+    times out) shows, in --dev and to a local client, the block and its source."""
+    from http_helpers import running_server
+
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "stuck.dyn.html").write_text("<p>a</p>\n<?lu x = 1 ?>\n<?lua -- BLOCK_MARK\n?>\n")
+    (tmp_path / "main.lua").write_text(
+        'aio:http_get("/fake504", function(fd)\n'
+        '    fd.waiting_on = "<?lua ?> block at " .. httpd.root .. "/stuck.dyn.html:3 never called done()"\n'
+        '    local mime, body = aio.http_error_page(504, nil, fd)\n'
+        '    fd:http_response(504, mime, body)\n'
+        'end)\n')
+    with running_server(tmp_path, "server/http.lua", "--dev",
+                        env={"PUBLIC_HTML": str(root)}) as server:
+        response = get(server, "/fake504")
+        assert response.status == 504
+        assert "this &lt;?lua ?&gt; block never called done()" in response.text
+        assert "stuck.dyn.html" in response.text and "BLOCK_MARK" in response.text

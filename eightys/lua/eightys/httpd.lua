@@ -396,8 +396,12 @@ end
 -- layout. A 504's err says what the request was waiting on (req.waiting_on, set
 -- e.g. by a <?lua ?> block that has not called done()).
 local function http_error_page(status, err, fd)
-    if status == 504 and fd and fd.waiting_on and err == nil then
-        err = "waiting on: " .. fd.waiting_on
+    local waiting = fd and fd.waiting_on
+    if status == 504 and waiting and err == nil then
+        -- a template block: "file:line: message", so the dev page shows its source
+        local file, line = str_match(waiting, "^<%?lua %?> block at (.-):(%d+) never called done%(%)$")
+        err = file and (file .. ":" .. line .. ": this <?lua ?> block never called done()")
+            or ("waiting on: " .. waiting)
     end
     return error_page(status, err, nil, fd)
 end
