@@ -18,9 +18,11 @@ import json
 import re
 from typing import Any, Protocol
 
+from eightys.wire import SERVER_LINE, status_line
+
 PATH = b"/__eightys/livereload"
 
-_STREAM_HEAD = (b"HTTP/1.1 200 OK\r\nServer: eightys\r\nContent-Type: text/event-stream\r\n"
+_STREAM_HEAD = (status_line(200) + SERVER_LINE + b"Content-Type: text/event-stream\r\n"
                 b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n")
 
 _SCRIPT = """<script data-eightys-livereload>

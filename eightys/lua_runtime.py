@@ -166,6 +166,7 @@ class LuaRuntime:
             b"http_drain": host.http_drain,
             b"engine": engine.encode(),
             b"wire": self.to_lua(wire.lua_table()),
+            b"date_line": wire.date_line,
             **(private or {}),
         })
         bootstrap = self._load_file(str(LUA_LIBRARY_DIR / "bootstrap.lua"))
@@ -180,6 +181,7 @@ class LuaRuntime:
         self.dispatch_http_timeout: Callable[..., Any] = dispatch[b"http_timeout"]
         self.dispatch_http_gone: Callable[..., Any] = dispatch[b"http_gone"]
         self.set_draining: Callable[..., Any] = dispatch[b"http_draining"]
+        self.set_date: Callable[..., Any] = dispatch[b"http_date"]
         self._run_file: Callable[..., Any] = dispatch[b"run_file"]
         self._call_hook: Callable[..., Any] = dispatch[b"hook"]
         self._new_promise: Callable[..., Any] = dispatch[b"new_promise"]

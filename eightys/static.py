@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from email.utils import formatdate, mktime_tz, parsedate_tz
 from typing import Iterator
 
+from eightys.wire import SERVER_LINE, date_line, status_line
+
 __all__ = [
     "CHUNK_SIZE",
     "GZIP_MIN_SIZE",
@@ -62,14 +64,8 @@ GZIP_MIN_SIZE = 1024
 #: Level for on-the-fly compression: done once per file, so favour size.
 GZIP_LEVEL = 9
 
-_SERVER = b"Server: eightys\r\n"
-_STATUS = {
-    200: b"HTTP/1.1 200 OK\r\n",
-    206: b"HTTP/1.1 206 Partial Content\r\n",
-    304: b"HTTP/1.1 304 Not Modified\r\n",
-    405: b"HTTP/1.1 405 Method Not Allowed\r\n",
-    416: b"HTTP/1.1 416 Range Not Satisfiable\r\n",
-}
+_SERVER = SERVER_LINE
+_STATUS = {code: status_line(code) for code in (200, 206, 304, 405, 416)}
 _405_BODY = b"Method Not Allowed\n"
 
 # Names of the request headers respond() looks at, by length: most request
@@ -138,19 +134,8 @@ class Response:
 
 # -- shared helpers -------------------------------------------------------------------
 
-_date_second = -1
-_date_line = b""
-
-
-def date_header(now: float | None = None) -> bytes:
-    """``b"Date: <IMF-fixdate>\\r\\n"`` for now (or ``now``), formatted at most once
-    per second: formatting a date costs more than the rest of a small response."""
-    global _date_second, _date_line
-    second = int(time.time() if now is None else now)
-    if second != _date_second:
-        _date_line = b"Date: %s\r\n" % formatdate(second, usegmt=True).encode()
-        _date_second = second
-    return _date_line
+#: ``b"Date: ...\r\n"`` (kept under this name for the module's callers).
+date_header = date_line
 
 
 _gzip_cache: dict[bytes, bool] = {}

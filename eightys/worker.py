@@ -22,7 +22,7 @@ import sys
 import traceback
 from typing import Any, Callable
 
-from eightys import __version__, channel
+from eightys import __version__, channel, wire
 from eightys.config import Config
 from eightys.content import ContentHost
 from eightys.livereload import PATH as LIVE_PATH
@@ -214,6 +214,8 @@ class Worker:
         # Once a second: advance the coarse clock and let each connection apply
         # its timeouts. O(connections), instead of a timer armed per request.
         self.host.now = now = self.loop.time()
+        if self.runtime is not None:
+            self.runtime.set_date(wire.date_line())
         for conn in list(self.connections.values()):
             conn.check_timeout(now)
         self.loop.call_later(1.0, self._sweep)

@@ -27,6 +27,21 @@ ensure_venv() {
     touch "$stamp"
 }
 
+# The HTTP core is compiled in place (Cython, at install): after an edit of its
+# .py/.pxd the old .so would shadow the new source, so rebuild it first.
+ensure_compiled() {
+    local src so
+    for src in http_core http; do
+        so=$(ls "$ROOT"/eightys/protocols/"$src".cpython-*.so 2>/dev/null | head -n 1)
+        [ -n "$so" ] || continue
+        if [ "$ROOT/eightys/protocols/$src.py" -nt "$so" ] || [ "$ROOT/eightys/protocols/$src.pxd" -nt "$so" ]; then
+            log "rebuilding the compiled HTTP core (its source changed)"
+            (cd "$ROOT" && "$VENV/bin/python" setup.py -q build_ext --inplace >/dev/null)
+            return
+        fi
+    done
+}
+
 # ensure_debian CMD PACKAGE...: install PACKAGEs if CMD is missing (best effort).
 ensure_debian() {
     local cmd="$1"; shift
@@ -47,6 +62,7 @@ case "${1:-}" in
     test)
         shift
         ensure_venv
+        ensure_compiled
         # the live-reload test drives a real browser (skipped if missing, except under CI)
         ensure_debian chromium chromium || true
         # the dev-mode test reaches the server from a network namespace (root only)
@@ -58,6 +74,7 @@ case "${1:-}" in
     bench)
         shift
         ensure_venv
+        ensure_compiled
         "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "uvicorn>=0.30"
         ensure_debian wrk wrk
         ensure_debian ab apache2-utils
@@ -68,6 +85,7 @@ case "${1:-}" in
         ;;
     *)
         ensure_venv
+        ensure_compiled
         cd "$ROOT"
         exec "$VENV/bin/eightys" "$@"
         ;;

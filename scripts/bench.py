@@ -5,10 +5,14 @@
     ./scripts/80.sh bench --duration 10   # longer runs
     ./scripts/80.sh bench --only eightys  # one server
     ./scripts/80.sh bench --listen        # -c 2: SO_REUSEPORT vs one shared socket
+    ./scripts/80.sh bench --s80 DIR       # add 80s (DIR: its checkout, built: DIR/bin/80s)
 
 Each server answers ``GET /echo?name=Abcde`` with ``Hi, Abcde!`` using one worker:
 eightys runs ``server/simple_http.lua -c 1``, uvicorn a raw ASGI app (httptools +
-uvloop, no framework), nginx ``return 200`` (when installed). Servers are pinned to
+uvloop, no framework), nginx ``return 200`` (when installed), and with ``--s80`` the
+original 80s (C + Lua, built from its repository) running its own
+``server/simple_http.lua -c 1``. Every request carries ``Connection: keep-alive``
+(80s closes the connection without it), the same for every server. Servers are pinned to
 CPU 0 and the load generators to CPU 1 when the machine has two or more CPUs.
 
 Loads: wrk with keep-alive at 50 and 500 connections, wrk with 16 requests
@@ -140,10 +144,11 @@ class Server:
     port: int
     worker_pids: callable = None  # type: ignore[assignment]
     env: dict[str, str] = field(default_factory=dict)
+    cwd: Path = ROOT
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, pin: list[str]) -> None:
-        self.proc = subprocess.Popen(pin + self.command, cwd=ROOT,
+        self.proc = subprocess.Popen(pin + self.command, cwd=self.cwd,
                                      env={**os.environ, **self.env},
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
@@ -166,7 +171,8 @@ class Server:
 
 def run_wrk(pin: list[str], port: int, connections: int, duration: int,
             script: str | None = None, path: str = PATH) -> float:
-    cmd = pin + ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
+    cmd = pin + ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
+                 "-H", "Connection: keep-alive"]
     if script:
         cmd += ["-s", script]
     cmd.append(f"http://127.0.0.1:{port}{path}")
@@ -299,7 +305,7 @@ def main_benchmark(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="eightys-bench-"))
     tmp.chmod(0o755)  # nginx's workers run as another user and must read the site
     servers: list[Server] = []
-    wanted = set(args.only.split(",")) if args.only else {"eightys", "uvicorn", "nginx"}
+    wanted = set(args.only.split(",")) if args.only else {"eightys", "uvicorn", "nginx", "80s"}
     site = make_site(tmp)
     if "nginx" in wanted:
         if shutil.which("nginx"):
@@ -324,6 +330,15 @@ def main_benchmark(args: argparse.Namespace) -> None:
                 "--host", "127.0.0.1", "--workers", "1", "--loop", "uvloop",
                 "--http", "httptools", "--no-access-log", "--log-level", "warning",
                 "--app-dir", str(tmp)], port))
+    if "80s" in wanted and args.s80:
+        s80 = Path(args.s80).resolve()
+        binary = s80 / "bin" / "80s"
+        if binary.is_file():
+            port = free_port()
+            servers.append(Server("80s", [str(binary), "server/simple_http.lua", "-p", str(port),
+                                          "-c", "1"], port, cwd=s80))
+        else:
+            print(f"no 80s binary at {binary}: skipped (build it with JIT=true ./80s.sh)")
     pipeline = tmp / "pipeline.lua"
     pipeline.write_text(PIPELINE_LUA % PATH)
     loads = [("wrk c=50", lambda p: run_wrk(client_pin, p, 50, args.duration)),
@@ -353,7 +368,7 @@ def main_benchmark(args: argparse.Namespace) -> None:
                 results[server.name][label] = values[len(values) // 2]
             print(f"   {label:<22} " + "  ".join(
                 f"{name} {results[name][label]:,.0f}" for name in results), flush=True)
-        if "eightys" in results:
+        if "eightys" in results and not args.no_content:
             content_rates(args, client_pin, server_pin, servers, site, results)
         for server in servers:
             if server.name == "eightys":
@@ -442,15 +457,16 @@ def print_table(results: dict[str, dict[str, float]], rss: dict[str, str],
                 labels: list[str]) -> None:
     print()
     header = f"| {'load':<22} | " + " | ".join(f"{name:>10}" for name in results)
+    peers = [p for p in ("nginx", "uvicorn", "80s") if p in results]
     if "eightys" in results:
-        header += " | eightys/nginx | eightys/uvicorn"
+        header += "".join(f" | eightys/{peer}" for peer in peers)
     print(header + " |")
     print("|" + "---|" * (header.count("|")))
     for label in labels:
         row = f"| {label:<22} | " + " | ".join(f"{results[n][label]:>10,.0f}" for n in results)
         if "eightys" in results:
             e = results["eightys"][label]
-            for peer in ("nginx", "uvicorn"):
+            for peer in peers:
                 base = results.get(peer, {}).get(label)
                 row += f" | {e / base:>13.2f}" if base else f" | {'-':>13}"
         print(row + " |")
@@ -493,7 +509,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3,
                         help="runs per server and load, alternating; the median is kept")
     parser.add_argument("--ab-requests", type=int, default=150_000)
-    parser.add_argument("--only", help="comma-separated subset: eightys,uvicorn,nginx")
+    parser.add_argument("--only", help="comma-separated subset: eightys,uvicorn,nginx,80s")
+    parser.add_argument("--s80", metavar="DIR",
+                        help="80s checkout with bin/80s built (JIT=true ./80s.sh): adds its column")
+    parser.add_argument("--no-content", action="store_true",
+                        help="skip the content-server, static and ORM rows")
     parser.add_argument("--listen", action="store_true",
                         help="compare SO_REUSEPORT with a shared socket (-c 2)")
     args = parser.parse_args()

@@ -408,6 +408,9 @@ REFUSED = [
     ("content-length-too-large", _post([("Content-Length", str(MAX_BODY + 1))], b""), 413),
     ("chunked-body-too-large", _chunked(400, 400, 400), 413),
     ("garbage-request-line", b"GARBAGE\r\n\r\n", 400),
+    # RFC 9112 3.2: a HTTP/1.1 request carries exactly one Host
+    ("http11-without-host", b"GET /hello HTTP/1.1\r\n\r\n", 400),
+    ("two-hosts", b"GET /hello HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
     ("bad-version", b"GET /hello HTTX/1.1\r\nHost: test\r\n\r\n", 400),
     ("unknown-version", b"GET /hello HTTP/9.9\r\nHost: test\r\n\r\n", 400),
     ("space-in-target", b"GET /a b HTTP/1.1\r\nHost: test\r\n\r\n", 400),
@@ -614,3 +617,46 @@ def test_limits_from_the_environment(override_server: Server, data: bytes, statu
         c.send(data)
         check_refused(c.read_response(), status)
         c.assert_closed()
+
+
+# -- found by probing the running server (issue 9) ------------------------------------------
+
+
+@pytest.mark.parametrize("count", [150, 4000, 8000])
+def test_any_number_of_tiny_headers_gets_431_fast_with_at_most_one_log_line(
+        server: Server, count: int) -> None:
+    before = server.stderr_text()
+    with HttpClient.connect(server) as client:
+        started = time.monotonic()
+        client.send(b"GET /hello HTTP/1.1\r\nHost: test\r\n" + b"a:b\r\n" * count + b"\r\n")
+        response = client.read_response()
+        assert time.monotonic() - started < 0.5  # 50 ms on a quiet machine; CI shares its CPUs
+        check_refused(response, 431)
+    with HttpClient.connect(server) as client:
+        check_ok(client.request("GET", "/hello"), "hello")  # the worker serves the next one
+    new_log = server.stderr_text()[len(before):]
+    assert new_log.count("\n") <= 1 and "Traceback" not in new_log
+
+
+def test_path_parameters_come_from_the_route_that_matched_the_method(client: HttpClient) -> None:
+    check_ok(client.request("GET", "/u/7"), "get id=7 name=nil")
+    check_ok(client.request("POST", "/u/ann", body=b""), "post id=nil name=ann")
+    response = client.request("HEAD", "/u/7")  # HEAD takes GET's route and its parameters
+    assert (response.status, response.header("Content-Length")) == (200, "17")
+
+
+def test_a_half_closed_client_still_gets_an_async_answer(server: Server) -> None:
+    # `printf 'GET /async ...' | nc`: the request, then FIN, then wait for the answer
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(request_bytes("GET", "/async"))
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(b"async done")
+
+
+def test_http_send_on_a_raw_connection_is_a_lua_error(client: HttpClient) -> None:
+    response = client.request("GET", "/http_send_on_raw")
+    assert response.status == 200
+    assert "not an HTTP connection" in response.text

@@ -185,6 +185,22 @@ def test_sigterm_drains_open_reply_then_exits_0(start_server):
     assert not any(pid_alive(pid) for pid in pids)
 
 
+def test_responses_sent_while_draining_say_connection_close(start_server):
+    # keep-alive clients must not send their next request into a closing socket
+    server = start_server("tests/apps/http_app.lua", workers=1)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /slow?id=1 HTTP/1.1\r\nHost: x\r\n\r\n")  # answers after 0.3 s
+        time.sleep(0.1)
+        server.send_signal(signal.SIGTERM)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"\r\nConnection: close" in head
+    assert body == b"slow 1"  # and then the server closed the connection
+    assert server.wait_exit(timeout=10) == 0
+
+
 def test_aio_quit_stops_the_whole_server(start_server):
     server = start_server(CONTROL, "--graceful-timeout", "2", workers=2)
     pids = server.worker_pids()

@@ -70,6 +70,8 @@ dispatch.http_timeout = http.timeout
 dispatch.http_gone = http.gone
 --- The worker is stopping: responses from now on close their connection.
 dispatch.http_draining = http.set_draining
+--- A new second: the Date line responses carry.
+dispatch.http_date = http.set_date
 
 --- A connection was accepted; fd is its handle.
 function dispatch.accept(fd)

@@ -276,7 +276,7 @@ class HttpConnection:
         size = len(name)
         # cheap length test first: most fields are none of these
         if size == 4:
-            if name.lower() == b"host":
+            if name == b"Host" or name.lower() == b"host":  # the usual spelling costs no copy
                 self.hosts += 1
         elif size == 14:
             if name.lower() == b"content-length":

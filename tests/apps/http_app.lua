@@ -129,3 +129,22 @@ aio:http_get("/bye", function(fd)
     fd:close()
     fd:http_response(200, "text/plain; charset=utf-8", "bye")
 end)
+
+-- path parameters per method (GET /u/:id, POST /u/:name)
+aio:http_get("/u/:id", function(fd)
+    fd:http_response(200, "text/plain; charset=utf-8",
+        "get id=" .. tostring(fd.params.id) .. " name=" .. tostring(fd.params.name))
+end)
+aio:http_post("/u/:name", function(fd)
+    fd:http_response(200, "text/plain; charset=utf-8",
+        "post id=" .. tostring(fd.params.id) .. " name=" .. tostring(fd.params.name))
+end)
+
+-- the private http_send used on a connection that is not HTTP: a Lua error, with a message
+aio:http_get("/http_send_on_raw", function(fd)
+    local host = require("eightys.host")
+    local raw = net.connect(ELFD, "127.0.0.1", PORT)
+    local ok, err = pcall(host.http_send, raw, 0, "x", true)
+    net.close(ELFD, raw)
+    fd:http_response(200, "text/plain; charset=utf-8", tostring(ok) .. " " .. tostring(err))
+end)

@@ -17,10 +17,10 @@ end
 function T.equal_delays_fire_in_scheduling_order(t)
     local order = {}
     for i = 1, 5 do
-        aio:set_timeout(function() order[#order + 1] = i end, 0.005)
+        aio:set_timeout(function() order[#order + 1] = i end, 0.05)
     end
     aio:set_timeout(function() order[#order + 1] = 0 end, 0)
-    aio:await(aio:sleep(0.01))
+    aio:await(aio:sleep(0.1))
     t.eq(order, { 0, 1, 2, 3, 4, 5 })
 end
 

@@ -27,8 +27,6 @@ local str_format = string.format
 local str_gsub = string.gsub
 local str_char = string.char
 local concat = table.concat
-local os_time = os.time
-local os_date = os.date
 
 local aio = aio
 local json_encode = codec.json_encode
@@ -76,20 +74,21 @@ end
 
 -- The Server line and the Connection header per request flags; both derived in
 -- _M.attach from eightys/wire.py's flag bits (keep-alive, HTTP/1.0, TLS, ...).
-local SERVER = "Server: eightys\r\n"
+local SERVER -- set by _M.attach
 local CONNECTION = {}
 local FLAG_HTTP10 = 2
 local draining = false -- the worker is stopping: every response closes its connection
 
 -- "Server: ...\r\nDate: ...\r\n", rebuilt once a second
-local last_time, server_date = -1, ""
+-- The worker sets it once a second (_M.set_date): no clock call per response.
+local server_date = ""
 local function server_date_headers()
-    local now = os_time()
-    if now ~= last_time then
-        last_time = now
-        server_date = SERVER .. "Date: " .. os_date("!%a, %d %b %Y %H:%M:%S GMT", now) .. "\r\n"
-    end
     return server_date
+end
+
+--- "Server: ...\r\nDate: ...\r\n" from now on (the worker calls this every second).
+function _M.set_date(date_line)
+    server_date = SERVER .. date_line
 end
 
 local DEFAULT_TYPE = "text/plain; charset=utf-8"
@@ -406,7 +405,9 @@ end
 --- renders the built-in 404 and 500 answers (the content server sets it).
 aio.http_error_page = aio.http_error_page
 
--- The handler table for a path: method -> handler, and params for pattern routes.
+-- The handler table for a path: method -> handler, and for pattern routes
+-- method -> path parameters, each from the route that matched that method
+-- (GET /u/:id and POST /u/:name give params.id and params.name respectively).
 local function lookup(path)
     local by_path = routes.exact[path]
     if by_path then return by_path, nil end
@@ -416,11 +417,13 @@ local function lookup(path)
         local r = list[i]
         local captures = { path:match(r.pattern) }
         if captures[1] ~= nil then
-            if found == nil then
-                found, params = {}, {}
-                for j = 1, #r.names do params[r.names[j]] = captures[j] end
+            if found == nil then found, params = {}, {} end
+            if found[r.method] == nil then
+                found[r.method] = r.handler
+                local values = {}
+                for j = 1, #r.names do values[r.names[j]] = captures[j] end
+                params[r.method] = values
             end
-            if found[r.method] == nil then found[r.method] = r.handler end
         end
     end
     return found, params
@@ -445,9 +448,12 @@ function aio:route(fd, method, path, query, headers, body)
         by_path, params = lookup(url_decode_path(path))
     end
     if by_path then
-        local handler = by_path[method] or (method == "HEAD" and by_path.GET)
+        local handler = by_path[method]
+        if handler == nil and method == "HEAD" then
+            handler, method = by_path.GET, "GET"
+        end
         if handler then
-            if params then fd.params = params end
+            if params then fd.params = params[method] end
             fd.handler = handler -- for the handler-timeout report
             return handler(fd, query, headers, body)
         end
@@ -519,12 +525,10 @@ end
 -- has fixed arguments and one xpcall, because it runs for every request.
 local IDLE = aio.IDLE
 local co_yield = coroutine.yield
-local co_running = coroutine.running
 local on_http_error
 
 local function serve_loop(req, method, path, query, headers, body)
     while true do
-        req.co = co_running() -- where it waits, should it never answer
         local ok, err = xpcall(aio.on_http, traceback, aio, req, method, path, query, headers, body)
         if not ok then on_http_error(req, err) end
         req, method, path, query, headers, body = co_yield(IDLE)
@@ -540,22 +544,64 @@ end
 -- "name\0value\0name\0value" as received -> {lower-case name = value}; a
 -- repeated field's values are joined with ", " (RFC 9110 5.3). One string from
 -- Python instead of one argument per field: O(n), whatever the count.
-local function parse_headers(raw)
-    local headers = {}
-    if raw == "" then return headers end
-    local pos = 1
+local function parse_fields(raw, headers)
+    local pos, count = 1, 0
     while true do
         local sep = str_find(raw, "\0", pos, true)
         local name = str_lower(str_sub(raw, pos, sep - 1))
         local stop = str_find(raw, "\0", sep + 1, true)
         local value = str_sub(raw, sep + 1, stop and stop - 1 or -1)
         local prev = headers[name]
+        if prev == nil then count = count + 1 end
         headers[name] = prev and (prev .. ", " .. value) or value
-        if stop == nil then return headers end
+        if stop == nil then return count end
         pos = stop + 1
     end
 end
+
+-- Clients on a keep-alive connection mostly send the same header block again and
+-- again: a block seen twice is kept parsed, and later requests get a copy of it
+-- (one table insert per field instead of four new strings). Bounded: blocks up
+-- to HEADER_CACHE_BYTES, HEADER_CACHE_BLOCKS of them, forgotten all at once when full.
+local HEADER_CACHE_BLOCKS, HEADER_CACHE_BYTES = 256, 4096
+local parsed_blocks, block_sizes, parsed_count = {}, {}, 0
+local seen_blocks, seen_count = {}, 0
+local table_new = (pcall(require, "table.new")) and require("table.new")
+    or function() return {} end
+
+local function parse_headers(raw)
+    local template = parsed_blocks[raw]
+    if template then
+        local headers = table_new(0, block_sizes[raw])
+        for name, value in next, template do headers[name] = value end
+        return headers
+    end
+    local headers = {}
+    if raw == "" then return headers end
+    local count = parse_fields(raw, headers)
+    if #raw <= HEADER_CACHE_BYTES then
+        if seen_blocks[raw] then -- the second time: keep it parsed
+            if parsed_count >= HEADER_CACHE_BLOCKS then
+                parsed_blocks, block_sizes, parsed_count = {}, {}, 0
+            end
+            template = {}
+            for name, value in next, headers do template[name] = value end
+            parsed_blocks[raw], block_sizes[raw] = template, count
+            parsed_count = parsed_count + 1
+        else
+            if seen_count >= HEADER_CACHE_BLOCKS then seen_blocks, seen_count = {}, 0 end
+            seen_blocks[raw] = true
+            seen_count = seen_count + 1
+        end
+    end
+    return headers
+end
 _M.parse_headers = parse_headers
+
+--- Internal (tests): how many header blocks are kept parsed, and seen once.
+function _M.header_cache_sizes()
+    return parsed_count, seen_count
+end
 
 waiting = {}
 
@@ -577,7 +623,7 @@ function _M.dispatch(fd, seq, method, url, body, flags, raw_headers)
                                sync = true, out = false, started = false,
                                finished = false, closing = false, handler = false,
                                co = false, gone = false }, Request)
-    start_request(req, method, path, query, headers, body or "")
+    local co = start_request(req, method, path, query, headers, body or "")
     req.sync = false
     local out = req.out
     if out then
@@ -589,6 +635,7 @@ function _M.dispatch(fd, seq, method, url, body, flags, raw_headers)
         return out
     end
     if req.finished then return false end
+    req.co = co -- where it waits, should it never answer
     local by_fd = waiting[fd]
     if by_fd == nil then
         by_fd = {}
@@ -651,6 +698,7 @@ function _M.attach(private)
     local wire = private.wire
     for code, phrase in pairs(wire.reasons) do REASONS[code] = phrase end
     SERVER = wire.server_line
+    _M.set_date(private.date_line())
     FLAG_HTTP10 = wire.flag_http10
     local keep_alive = wire.flag_keep_alive
     for flags = 0, wire.flag_limit - 1 do
