@@ -16,7 +16,7 @@ from conftest import REPO, Server
 from http_helpers import HttpClient, Response, running_server
 
 DEMOS = ["/", "/loop", "/form/", "/counter", "/secret", "/posts/", "/hello?name=Jinja"]
-SOURCES = {"/": "index.dyn.html", "/loop": "loop.dyn.html", "/form/": "form/post.index.dyn.html",
+SOURCES = {"/": "index.dyn.html", "/loop": "loop.dyn.html", "/form/": "form/index.dyn.html",
            "/counter": "counter.dyn.html", "/secret": "secret.dyn.html",
            "/posts/": "posts/index.dyn.html", "/hello?name=Jinja": "hello.j2.html"}
 
