@@ -6,16 +6,14 @@ bounded under a flood of cookie-less clients.
 
 from __future__ import annotations
 
-import os
 import re
 import socket
-import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 
-from conftest import Server, wait_until
+from conftest import Server
 from http_helpers import HttpClient, Response, rss_kib, running_server
 
 ENTRY = "server/http.lua"

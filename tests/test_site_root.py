@@ -6,7 +6,6 @@ site root: not through a symlink made after the start, not through
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Iterator
 
