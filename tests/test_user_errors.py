@@ -89,6 +89,13 @@ def test_a_template_block_that_never_calls_done_is_reported(tmp_path: Path) -> N
         assert "GET /stuck" in log
         assert "waiting on: <?lua ?> block at " in log and "stuck.dyn.html:3 never called done()" in log
         assert get(server, "/stuck").status == 504  # and the worker still serves
+    # in --dev, the 504 page (for this machine's clients) shows the block and its source
+    with running_server(tmp_path, "server/http.lua", "--handler-timeout", "1", "--dev",
+                        env={"PUBLIC_HTML": str(root)}) as server:
+        response = get(server, "/stuck")
+        assert response.status == 504
+        assert "this &lt;?lua ?&gt; block never called done()" in response.text
+        assert "stuck.dyn.html" in response.text and "forgot done()" in response.text
 
 
 def test_the_504_page_names_the_pending_block_in_dev(tmp_path: Path) -> None:

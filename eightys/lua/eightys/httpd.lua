@@ -397,11 +397,15 @@ end
 -- e.g. by a <?lua ?> block that has not called done()).
 local function http_error_page(status, err, fd)
     local waiting = fd and fd.waiting_on
-    if status == 504 and waiting and err == nil then
+    if status == 504 and waiting then
         -- a template block: "file:line: message", so the dev page shows its source
+        -- (err, the timeout's log line, names the template engine's own handler)
         local file, line = str_match(waiting, "^<%?lua %?> block at (.-):(%d+) never called done%(%)$")
-        err = file and (file .. ":" .. line .. ": this <?lua ?> block never called done()")
-            or ("waiting on: " .. waiting)
+        if file then
+            err = file .. ":" .. line .. ": this <?lua ?> block never called done()"
+        elseif err == nil then
+            err = "waiting on: " .. waiting
+        end
     end
     return error_page(status, err, nil, fd)
 end
