@@ -87,6 +87,7 @@ def test_a_template_block_that_never_calls_done_is_reported(tmp_path: Path) -> N
         assert time.monotonic() - started < 10
         log = server.wait_for_log("handler timeout")
         assert "GET /stuck" in log
+        assert "stuck.dyn.html:1)" in log  # the handler: the page, not the content server
         assert "waiting on: <?lua ?> block at " in log and "stuck.dyn.html:3 never called done()" in log
         assert get(server, "/stuck").status == 504  # and the worker still serves
     # in --dev, the 504 page (for this machine's clients) shows the block and its source

@@ -544,7 +544,11 @@ end
 -- A dynamic page (template or Jinja2): context, hooks, render(entry, ctx) -> page
 -- or nil, err[, details], then the response (or the error page).
 local function page_handler(entry, render)
+    -- a function "defined" in the page's file: the handler-timeout log line names
+    -- the page (file:1), not this closure in httpd.lua
+    local named = load("return function() end", "@" .. chunkname(entry.file), "t")()
     return function(fd, qs, headers, body)
+        fd.handler = named
         local ctx, status, reason = context(fd, entry, qs, headers, body)
         if not ctx then return fail_page(fd, status, reason) end
         run_hook("on_before_http", ctx)
