@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                    default=os.environ.get("RELOAD", "").lower() in ("1", "true", "yes"),
                    help="reload mode (also RELOAD=true): watch the code and the site, reload "
                         "workers on change, refresh browsers; implies --dev")
+    p.add_argument("--secret-file", metavar="PATH",
+                   help="file holding the server secret (sessions, signed cookies); "
+                        "default $SECRET_KEY, else a random secret per start")
     p.add_argument("--help", action="help", help="show this help and exit")
     p.add_argument("--version", action="version", version=f"eightys {__version__}")
     return p
@@ -133,6 +136,31 @@ def parse_address(host: str | None, port: int, ipv6: bool) -> Address:
     return Address("inet", host, port)
 
 
+def server_secret(secret_file: str | None) -> tuple[str, str | None]:
+    """The server secret and, when it is a throw-away one, a warning (the content
+    server logs it: sessions are what end with the secret).
+
+    From ``--secret-file`` (its text, stripped), else ``$SECRET_KEY``, else random:
+    never from the command line itself, where every user of the machine could read it.
+    """
+    if secret_file:
+        try:
+            with open(secret_file, encoding="utf-8") as f:
+                secret = f.read().strip()
+        except OSError as exc:
+            raise UsageError(f"--secret-file {secret_file}: {exc.strerror}") from None
+        source = f"--secret-file {secret_file}"
+    else:
+        secret = os.environ.get("SECRET_KEY", "")
+        source = "SECRET_KEY"
+        if not secret:
+            return secrets.token_hex(32), ("no SECRET_KEY or --secret-file: using a random "
+                                           "secret, so sessions end when the server restarts")
+    if len(secret) < 16:
+        raise UsageError(f"the secret from {source} must be at least 16 characters")
+    return secret, None
+
+
 def config_from_args(argv: Sequence[str]) -> Config:
     """Parse ``argv`` (without the program name) into a validated Config."""
     args = build_parser().parse_args(list(argv))
@@ -154,9 +182,16 @@ def config_from_args(argv: Sequence[str]) -> Config:
         if value < 0:
             raise UsageError(f"{flag} must be >= 0")
     node = args.node or os.environ.get("HOSTNAME") or "localhost"
+    secret, secret_warning = server_secret(args.secret_file)
+    notes = []
+    host = args.host
+    if args.reload and host is None:
+        # reload mode shows source code in error pages: not to the whole network by default
+        host = "::1" if args.ipv6 else "127.0.0.1"
+        notes.append(f"--reload without -h: listening on {host} only (-h 0.0.0.0 to open it)")
     return Config(
         entry=os.path.abspath(args.entry),
-        address=parse_address(args.host, args.port, args.ipv6),
+        address=parse_address(host, args.port, args.ipv6),
         workers=args.workers,
         node=node,
         modules=tuple(os.path.abspath(m) for m in modules),
@@ -171,7 +206,9 @@ def config_from_args(argv: Sequence[str]) -> Config:
         max_headers=args.max_headers,
         dev=args.dev or args.reload,
         reload=args.reload,
-        secret=secrets.token_hex(32),
+        secret=secret,
+        secret_random=secret_warning is not None,
+        notes=tuple(notes),
     )
 
 

@@ -59,7 +59,11 @@ class Config:
     reload: bool = False
     #: Signs session cookies when no MASTER_KEY is set; one per server run, shared by its workers.
     secret: str = ""
+    #: No SECRET_KEY/--secret-file: the secret is random, sessions end at restart.
+    secret_random: bool = False
     extra: dict[str, str] = field(default_factory=dict)
+    #: Warnings about the configuration, logged once by the master at start.
+    notes: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         """Serialise for a worker (read back with :meth:`from_json`)."""
@@ -71,4 +75,5 @@ class Config:
         data = json.loads(text)
         data["address"] = Address(**data["address"])
         data["modules"] = tuple(data["modules"])
+        data["notes"] = tuple(data.get("notes", ()))
         return cls(**data)

@@ -11,6 +11,7 @@ lookup and a precomputed response.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import stat
 from pathlib import Path
@@ -78,6 +79,11 @@ class ContentHost:
         self._jinja_root: str | None = None
         self._error_pages: dict[tuple[int, bool], bytes] = {}
         self._checked: dict[bytes, float] = {}  # url path -> when its file was last stat'ed
+        #: the site root, symlinks resolved; files whose real path is elsewhere are refused
+        self.real_root: bytes | None = None
+        self.site_dir = b""  # the root as named (absolute), symlinks not resolved
+        #: httpd.follow_symlinks: links out of the root are served (the site owner said so)
+        self.follow_symlinks = False
 
     def functions(self) -> dict[bytes, Any]:
         """The entries this adds to the private host table."""
@@ -86,10 +92,59 @@ class ContentHost:
             b"static_serve": self.static_serve, b"form_parse": self.form_parse,
             b"jinja_render": self.jinja_render, b"jinja_error_page": self.jinja_error_page,
             b"mtime": mtime, b"realpath": realpath, b"is_within": is_within,
-            b"mime_type": mime_type, b"secret": self.worker.config.secret.encode(),
-            b"site_root": lambda public_html, entry: os.fsencode(
+            b"mime_type": mime_type, b"site_root": self.site_root,
+            b"resolve_site": lambda public_html, entry: os.fsencode(
                 site_root(os.fsdecode(public_html) if public_html else None, os.fsdecode(entry))),
+            b"inside_root": self.inside_root, b"is_local": self.is_local,
+            b"log_warning": self.log_warning, b"display_path": display_path,
+            b"reload_mode": self.worker.live is not None,
+            b"secret_random": self.worker.config.secret_random, b"secret": self.worker.config.secret.encode(),
         }
+
+    def log_warning(self, text: bytes) -> None:
+        """A warning from the content server (configuration, not a request's error)."""
+        self.worker.log.warning("%s", text.decode("utf-8", "replace"))
+
+    # -- the site root ------------------------------------------------------------
+
+    def site_root(self, root: bytes, real_root: bytes, follow_symlinks: bool) -> None:
+        """Set the root every served file, template and include must be inside."""
+        self.site_dir = os.path.abspath(root)
+        self.real_root = real_root
+        self.follow_symlinks = bool(follow_symlinks)
+        self._jinja_root = None
+
+    def inside_root(self, path: bytes) -> bool:
+        """Whether ``path`` may be served: it exists and its real path (symlinks
+        resolved) is inside the site root, unless the site follows symlinks."""
+        root = self.real_root
+        if root is None or b"\0" in path:
+            return False
+        if self.follow_symlinks:
+            # links may lead out, ".." may not: the path itself must name a file below the root
+            return os.path.exists(path) and (
+                is_within(os.path.abspath(path), self.site_dir) or
+                is_within(os.path.realpath(path), root))
+        real = realpath(path)
+        return real is not None and is_within(real, root)
+
+    def is_local(self, fd: int) -> bool:
+        """Whether connection ``fd`` comes from this machine (a loopback address or
+        a Unix socket): --dev error details are shown to those clients only."""
+        conn = self.worker.host.connections.get(fd)
+        transport = getattr(conn, "transport", None)
+        if transport is None:
+            return False
+        peer = transport.get_extra_info("peername")
+        if not isinstance(peer, tuple):
+            return True  # a Unix socket: only this machine can connect
+        try:
+            address = ipaddress.ip_address(peer[0].split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return address.is_loopback
 
     # -- static files -------------------------------------------------------------
 
@@ -100,8 +155,7 @@ class ContentHost:
         path = os.fsdecode(file_path)  # names are bytes, not always UTF-8
         if self.worker.live is not None:
             # Reload mode: files change under the browser, which must revalidate them
-            # each time; with static/'s day-long max-age, a page refreshed after a
-            # change kept its old stylesheets and scripts.
+            # each time, fingerprinted names and httpd.immutable folders included.
             cache_control = b"no-cache"
         try:
             if not stat.S_ISREG(os.stat(path).st_mode):
@@ -115,14 +169,19 @@ class ContentHost:
         self._jinja_root = None  # the site may have changed
         return True
 
-    def fresh(self, url_path: bytes, static: "StaticFile") -> "StaticFile":
-        """``static``, or a reloaded copy if its file changed on disk. Looked at
+    def fresh(self, url_path: bytes, static: "StaticFile") -> "StaticFile | None":
+        """``static``, or a reloaded copy if its file changed on disk, or None if
+        it left the site root (a symlink out of it now; the route is dropped). Looked at
         most once per second per file (the worker's coarse clock), so serving
         from memory stays cheap and an edited file is served within a second."""
         now = self.worker.host.now
         if self._checked.get(url_path) == now:
             return static
         self._checked[url_path] = now
+        if not self.inside_root(os.fsencode(static.path)):
+            # replaced by a link out of the site (or gone): no longer served
+            self.static_routes.pop(url_path, None)
+            return None
         if not static.is_stale():
             return static
         from eightys.static import StaticFile
@@ -147,12 +206,14 @@ class ContentHost:
         route of a static file; the HTTP protocol usually serves them itself)."""
         conn = self.worker.host.connections.get(fd)
         static = self.static_routes.get(url_path)
+        if static is not None:
+            static = self.fresh(url_path, static)
         if conn is None or static is None:
             return False
         flat: list[bytes] = []
         for name, value in self.worker.runtime.to_python(headers).items():
             flat += (name, value)
-        self.send_static(conn, seq, self.fresh(url_path, static), method, flat,
+        self.send_static(conn, seq, static, method, flat,
                          CONNECTION_HEADERS[flags])
         return True
 
@@ -168,10 +229,12 @@ class ContentHost:
         if b"%" in path:
             path = unquote_to_bytes(path)
         static = statics.get(path)
-        if static is None:
+        if static is not None:
+            static = self.fresh(path, static)
+        if static is None:  # not mounted, or it left the site root: Lua answers (404)
             return False
         headers = request[5].split(b"\0") if request[5] else []
-        self.send_static(conn, request[0], self.fresh(path, static), request[1], headers,
+        self.send_static(conn, request[0], static, request[1], headers,
                          CONNECTION_HEADERS[request[4]])
         return True
 
@@ -211,7 +274,8 @@ class ContentHost:
             from eightys.jinja import JinjaPages  # jinja2 loads only for sites that use it
 
             self._jinja = JinjaPages(root, dev=self.worker.config.dev,
-                                     builtin_dir=BUILTIN_TEMPLATES)
+                                     builtin_dir=BUILTIN_TEMPLATES,
+                                     allow=lambda path: self.inside_root(os.fsencode(path)))
             self._jinja_root = root
             self._error_pages = {}
         return self._jinja
@@ -228,7 +292,7 @@ class ContentHost:
         try:
             return pages.render(name.decode(), values)
         except Exception as exc:  # noqa: BLE001 - any template failure is a 500, never a crash
-            info = describe_error(exc, root=pages.root)
+            info = describe_error(exc, root=os.getcwd())
             return None, f"{info.get('file')}:{info.get('line')}: {info.get('message')}".encode()
 
     def jinja_error_page(self, status: int, context: Any) -> bytes:
@@ -249,6 +313,14 @@ class ContentHost:
         if cacheable:
             self._error_pages[key] = page
         return page
+
+
+def display_path(path: bytes) -> bytes:
+    """How errors and logs name a file: relative to the working directory when it
+    is below it, else absolute (one name per file, whatever PUBLIC_HTML said)."""
+    absolute = os.path.abspath(path)
+    rel = os.path.relpath(absolute)
+    return absolute if rel.startswith(b"..") else rel
 
 
 async def _stream_file(conn: Any, seq: int, file_range: tuple[str, int, int],

@@ -91,6 +91,25 @@ def _environment(loader: jinja2.BaseLoader, undefined: type[jinja2.Undefined]) -
                        undefined=undefined, keep_trailing_newline=True)
 
 
+class SiteLoader(FileSystemLoader):
+    """FileSystemLoader that refuses a site file ``allow(path)`` rejects (a symlink
+    out of the site root), as if it did not exist; the built-in templates are
+    always allowed."""
+
+    def __init__(self, searchpath: list[str], allow: Callable[[str], bool] | None,
+                 site_dir: str) -> None:
+        super().__init__(searchpath)
+        self.allow = allow
+        self.site_dir = site_dir
+
+    def get_source(self, environment: Environment, template: str) -> tuple[str, str, Any]:
+        source, filename, uptodate = super().get_source(environment, template)
+        if self.allow is not None and filename.startswith(self.site_dir + os.sep) \
+                and not self.allow(filename):
+            raise jinja2.TemplateNotFound(template)
+        return source, filename, uptodate
+
+
 class JinjaPages:
     """The templates of one site.
 
@@ -99,11 +118,12 @@ class JinjaPages:
     :class:`DevUndefined` and the default for the error pages' ``dev`` flag.
     """
 
-    def __init__(self, root: str, *, dev: bool, builtin_dir: str = BUILTIN_TEMPLATES) -> None:
+    def __init__(self, root: str, *, dev: bool, builtin_dir: str = BUILTIN_TEMPLATES,
+                 allow: Callable[[str], bool] | None = None) -> None:
         self.root = os.path.abspath(root)
         self.dev = dev
         self.builtin_dir = os.path.abspath(builtin_dir)
-        self.env = _environment(FileSystemLoader([self.root, self.builtin_dir]),
+        self.env = _environment(SiteLoader([self.root, self.builtin_dir], allow, self.root),
                                 DevUndefined if dev else ChainableUndefined)
         # Built-in error pages render in an environment of their own: a broken
         # site template (say errors/_layout.j2.html) can never break them, and a

@@ -28,6 +28,13 @@ _STREAM_HEAD = (status_line(200) + SERVER_LINE + b"Content-Type: text/event-stre
 _SCRIPT = """<script data-eightys-livereload>
 (function () {
   var generation = %(generation)s, initial = %(error)s;
+  var title = "the last change does not load, the previous code is still serving";
+  // an error page of a template or Jinja page carries its error: shown the same way
+  var marker = document.querySelector("template[data-eightys-error]");
+  if (!initial && marker) {
+    initial = marker.content.textContent;
+    title = "this page failed; it reloads when you save a fix";
+  }
   function overlay(text) {
     var box = document.getElementById("eightys-reload-error");
     if (!text) { if (box) box.remove(); return; }
@@ -39,8 +46,7 @@ _SCRIPT = """<script data-eightys-livereload>
         "padding:2rem;white-space:pre-wrap";
       document.body.appendChild(box);
     }
-    box.textContent = "eightys: the last change does not load, the previous code is " +
-      "still serving\\n\\n" + text;
+    box.textContent = "eightys: " + title + "\\n\\n" + text;
   }
   function start() {
     overlay(initial);
@@ -57,7 +63,10 @@ _SCRIPT = """<script data-eightys-livereload>
         link.href = url.href;
       });
     });
-    events.addEventListener("failed", function (e) { overlay(e.data); });
+    events.addEventListener("failed", function (e) {
+      title = "the last change does not load, the previous code is still serving";
+      overlay(e.data);
+    });
   }
   if (document.body) start(); else document.addEventListener("DOMContentLoaded", start);
 })();

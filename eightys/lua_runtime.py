@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import errno
 import os
 import time
 from pathlib import Path
@@ -63,13 +64,25 @@ def display_path(path: str) -> str:
     return path if rel.startswith("..") else rel
 
 
+#: OSError numbers -> how a Lua error message says it
+_OS_ERRORS = {errno.ENOENT: b"no such file", errno.EACCES: b"permission denied",
+              errno.ENOTDIR: b"not a directory", errno.EISDIR: b"is a directory",
+              errno.ELOOP: b"too many symbolic links"}
+
+
+def os_error(exc: OSError, path: bytes) -> bytes:
+    """An OSError as a Lua error value: ``b"no such file: /x"``."""
+    what = _OS_ERRORS.get(exc.errno or 0) or (exc.strerror or str(exc)).lower().encode()
+    return what + b": " + path
+
+
 def _readfile(path: bytes, mode: Any = None) -> Any:
     """``net.readfile``: the whole file, or ``nil, err``."""
     try:
         with open(path, "rb") as f:
             return f.read()
     except OSError as exc:
-        return None, str(exc).encode()
+        return None, os_error(exc, path)
 
 
 class LuaRuntime:
@@ -138,6 +151,9 @@ class LuaRuntime:
             b"cipher": crypto.cipher,
         })
 
+        # misuse of codec.*/crypto.* raises a Lua error at the caller's file:line
+        self._load_file(str(LUA_LIBRARY_DIR / "eightys" / "checked.lua"))()(g[b"codec"], g[b"crypto"])
+
         search = [str(LUA_LIBRARY_DIR / "?.lua"), str(LUA_LIBRARY_DIR / "?" / "init.lua")]
         entry_dir = os.path.dirname(os.path.abspath(entry))
         for directory in (entry_dir, *extra_path, os.getcwd()):
@@ -179,7 +195,7 @@ class LuaRuntime:
         try:
             entries = sorted(os.scandir(path), key=lambda e: e.name)
         except OSError as exc:
-            return None, str(exc).encode()
+            return None, os_error(exc, path)
         return self._table([e.name + b"/" if e.is_dir() else e.name for e in entries])
 
     # -- loading code -------------------------------------------------------------

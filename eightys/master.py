@@ -31,7 +31,7 @@ from typing import Any
 
 from eightys import channel
 from eightys.config import Address, Config, UsageError
-from eightys.log import setup_logging
+from eightys.log import setup_logging, user_traceback
 
 log = logging.getLogger("master")
 
@@ -228,6 +228,8 @@ class Master:
             slot.pending_mail.clear()
             if self.starting and not self.stopping and all(s.ready for s in self.slots):
                 self.starting = False
+                for note in self.config.notes:
+                    log.warning("%s", note)
                 log.info("serving %s on %s with %d worker(s)%s", self.config.entry,
                          self._describe_address(), len(self.slots),
                          " (SO_REUSEPORT)" if len(self.sockets) > 1 else "")
@@ -277,7 +279,7 @@ class Master:
             return
         reason = _exit_reason(code)
         if slot.fatal:
-            log.error("worker %d failed to load:\n%s", slot.worker_id, slot.fatal)
+            log.error("worker %d failed to load:\n%s", slot.worker_id, user_traceback(slot.fatal))
         if self.starting and not slot.ever_ready:
             log.error("worker %d (pid %d) %s during start-up; stopping", slot.worker_id,
                       process.pid, reason)

@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+import traceback
 from typing import Any, Callable
 
 from eightys import __version__, channel, wire
@@ -27,8 +28,8 @@ from eightys.config import Config
 from eightys.content import ContentHost
 from eightys.livereload import PATH as LIVE_PATH
 from eightys.livereload import LiveReload
-from eightys.log import setup_logging
-from eightys.lua_runtime import LuaLoadError, LuaRuntime
+from eightys.log import setup_logging, user_traceback
+from eightys.lua_runtime import LuaLoadError, LuaRuntime, display_path
 from eightys.modules import ExtensionModule, load_modules
 from eightys.mysql import MySQLHost
 from eightys.protocols.host import ConnectionHost
@@ -417,8 +418,13 @@ class Worker:
             conn.drain(callback)
 
     def log_error(self, text: bytes) -> None:
-        """Errors from Lua code (with their tracebacks)."""
-        self.log.error("%s", text.decode("utf-8", "replace"))
+        """Errors from Lua code, with their tracebacks through the user's code
+        (the full traceback, with eightys' own frames, at debug level)."""
+        full = text.decode("utf-8", "replace")
+        shown = user_traceback(full)
+        self.log.error("%s", shown)
+        if shown != full:
+            self.log.debug("full traceback: %s", full)
 
     def log_output(self, text: bytes) -> None:
         """Lua's print()."""
@@ -427,7 +433,16 @@ class Worker:
 
 
 def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    """``file:line: Type: message`` at the innermost frame outside eightys itself
+    (the line of a -m module that raised), or ``Type: message``."""
+    text = f"{type(exc).__name__}: {exc}"
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not os.path.abspath(f.filename).startswith(package)
+              and not f.filename.startswith("<frozen")]
+    if frames:
+        return f"{display_path(frames[-1].filename)}:{frames[-1].lineno}: {text}"
+    return text
 
 
 def read_config(fd: int) -> Config:

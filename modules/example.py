@@ -1,4 +1,4 @@
-"""Example extension module: ``eightys server/app.lua -m modules/example.py``.
+"""Example extension module: ``eightys server/modules_demo.lua -m modules/example.py``.
 
 It gives Lua two functions:
 

@@ -4,6 +4,51 @@
 -- with Jinja2 pages.
 
 SITE = SITE or { name = "eightys", started = os.date("!%Y-%m-%d %H:%M:%S UTC") }
+SITE.worker, SITE.workers = WORKERID, WORKERS
+
+-- The navigation of every page (header.priv.html and layout.priv.j2.html).
+SITE.nav = {
+    { href = "/", label = "Home" },
+    { href = "/loop", label = "Templates" },
+    { href = "/form/", label = "Forms" },
+    { href = "/counter", label = "Sessions" },
+    { href = "/secret", label = "Encrypted links" },
+    { href = "/posts/", label = "Posts" },
+    { href = "/hello?name=Jinja", label = "Jinja2" },
+}
+
+--- Whether nav link `href` is the page at `endpoint` (or a section holding it).
+function nav_current(href, endpoint)
+    local path = href:match("^[^?]*")
+    if path == "/" then return endpoint == "/" end
+    return endpoint == path or (path:sub(-1) == "/" and endpoint:sub(1, #path) == path)
+end
+
+-- "How this page is made": the source of a page of the site, re-read at most
+-- every 2 seconds, so the box shows an edited page without a reload.
+local sources = {}
+function page_source(name)
+    local entry = sources[name]
+    local now = os.time()
+    if entry == nil or now - entry.read > 1 then
+        local text = net.readfile(httpd.root .. "/" .. name)
+        entry = { text = text or "", read = now }
+        sources[name] = entry
+    end
+    return entry.text
+end
+-- Jinja2 pages cannot read files: theirs is shared with them (read at start and on reload).
+SITE.sources = { ["hello.j2.html"] = page_source("hello.j2.html") }
+
+-- The encrypted-link demo needs a key. Without MASTER_KEY, one per start, derived
+-- from the server secret so that every worker has the same (links work on all of
+-- them, and stop working at the next start unless SECRET_KEY is set).
+if httpd.master_key == nil then
+    httpd.master_key = crypto.hmac_sha256("eightys demo: encrypted links", httpd.secret)
+    SITE.per_start_key = true
+else
+    SITE.per_start_key = false
+end
 
 --- A few rows for the loop demo (and the .dyn. benchmark page).
 function demo_rows(n)

@@ -78,6 +78,9 @@ case "${1:-}" in
         ensure_debian chromium chromium || true
         # npm clients (WebSocket interop with npm `ws`), into the folder the tests own
         ensure_node_clients || true
+        # the dev-mode test reaches the server from a network namespace (root only)
+        ensure_debian curl curl || true
+        ensure_debian ip iproute2 || true
         cd "$ROOT"
         exec "$VENV/bin/python" -m pytest "$@"
         ;;

@@ -39,6 +39,8 @@ function on_after_http(method, endpoint, session)
     HOOKS.after = HOOKS.after + 1
 end
 
+httpd.immutable = { "static/vendor/" }
+
 httpd:expose("site", { name = "Test <Site>", tags = { "a", "b" } })
 
 aio:http_get("/lua-jinja", function(fd, query, headers, body)
@@ -207,6 +209,9 @@ def build_site(base: Path) -> Site:
     _write(outside / "secret2.txt", secret)
     _write(outside / "page.html", secret)
     _write(root / "static/app.css", APP_CSS)
+    _write(root / "static/app.3f2a1c.css", "/* fingerprinted */")
+    _write(root / "static/vendor/lib.js", "/* vendored */")
+    _write(root / "static/edit.css", "body { color: red }")
     _write(root / "static/pre.css.gz", gzip.compress(PRE_GZ_TEXT.encode()))
     big = os.urandom(BIG_SIZE)
     _write(root / "static/big.bin", big)

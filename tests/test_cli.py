@@ -117,7 +117,7 @@ def test_failing_module_exits_non_zero_with_reason(start_server):
     server = start_server("server/echo.lua", "-m", "tests/apps/bad_module.py", workers=1,
                           wait=False)
     assert server.wait_exit(timeout=15) != 0
-    assert "RuntimeError: bad module on purpose" in server.stderr_text()
+    assert "tests/apps/bad_module.py:8: RuntimeError: bad module on purpose" in server.stderr_text()
 
 
 def test_port_zero_picks_a_free_port(start_server):

@@ -49,7 +49,8 @@ MASTER_KEY = "test-master-key-0123456789"
 MAX_BODY = 64 * 1024
 HTML = "text/html; charset=utf-8"
 TEXT = "text/plain; charset=utf-8"
-STATIC_CACHE = "public, max-age=86400"
+STATIC_CACHE = "no-cache"
+IMMUTABLE = "public, max-age=31536000, immutable"
 BUILTIN_404 = "<h1>404 <small>Not Found</small></h1>"
 BUILTIN_500 = "<h1>500 <small>Internal Server Error</small></h1>"
 BUILTIN_400 = "<h1>400 <small>Bad Request</small></h1>"
@@ -198,7 +199,11 @@ def test_static_dir_is_served_as_is_with_cache_control(server: Server) -> None:
     response = get(server, "/static/raw.dyn.html")
     assert response.text == '<?lu write("never run") ?>'
     assert response.header("Cache-Control") == STATIC_CACHE
-    # elsewhere static files must be revalidated
+    # fingerprinted names, and the folders main.lua lists in httpd.immutable, are kept a year
+    for target in ("/static/app.3f2a1c.css", "/static/vendor/lib.js"):
+        response = get(server, target)
+        assert response.status == 200 and response.header("Cache-Control") == IMMUTABLE, target
+    # everywhere else files must be revalidated
     assert get(server, "/about").header("Cache-Control") == "no-cache"
     assert get(server, "/notes.txt").header("Cache-Control") == "no-cache"
     # templates have no Cache-Control of their own
@@ -466,6 +471,28 @@ def test_templates_recompile_when_their_files_change(server: Server, site: Site)
     assert server.worker_pids() == workers  # no restart, no reload
 
 
+def test_edited_css_is_fetched_fresh_on_a_normal_reload(server: Server, site: Site) -> None:
+    """What a browser does on a normal reload of a no-cache file: revalidate with
+    the validators it has. Unchanged: 304; edited: 200 with the new text."""
+    path = site.root / "static/edit.css"
+    first = get(server, "/static/edit.css")
+    assert first.header("Cache-Control") == "no-cache"
+    etag, modified = first.header("ETag"), first.header("Last-Modified")
+    validators = [("If-None-Match", etag), ("If-Modified-Since", modified)]
+    assert get_with(server, "/static/edit.css", validators).status == 304
+    path.write_text("body { color: blue; }")
+
+    def fresh() -> bool:
+        response = get_with(server, "/static/edit.css", validators)
+        return response.status == 200 and response.text == "body { color: blue; }"
+
+    wait_until(fresh, 5.0, 0.1, "the edited stylesheet")
+
+
+def get_with(server: Server, target: str, headers: list[tuple[str, str]]) -> Response:
+    return get(server, target, headers)
+
+
 # -- sessions -----------------------------------------------------------------------------------
 
 
@@ -475,36 +502,39 @@ def test_session_cookie_counts_across_requests(server: Server) -> None:
     set_cookie = first.header("Set-Cookie")
     assert set_cookie is not None
     cookie = session_cookie(first)
-    assert re.fullmatch(r"eightys_session=[0-9a-f]{32}\.[0-9a-f]{32}", cookie), cookie
+    # encrypted: the value says nothing of what the session holds
+    assert re.fullmatch(r"eightys_session=[A-Za-z0-9_-]{40,}", cookie), cookie
     attributes = [a.strip() for a in set_cookie.split(";")[1:]]
     assert "HttpOnly" in attributes and "SameSite=Lax" in attributes and "Path=/" in attributes
     for n in (2, 3):
         response = get(server, "/counter", [("Cookie", f"other=1; {cookie}; more=2")])
         check_page(response, f"n={n}")
-        assert response.header("Set-Cookie") is None  # set once
+        cookie = session_cookie(response)  # the session changed: a new cookie carries it
     # another client has its own session
     check_page(get(server, "/counter"), "n=1")
-    # and Jinja2 pages see the session too
+    # and Jinja2 pages see the session too; it did not change, so no new cookie
     response = get(server, "/hello", [("Cookie", cookie)])
     assert "<p>n=3</p>" in response.text
     assert response.header("Set-Cookie") is None
 
 
-def _flip_hex(text: str) -> str:
-    """``text`` with its last hex digit changed."""
-    return text[:-1] + ("0" if text[-1] != "0" else "1")
+def _flip(text: str) -> str:
+    """``text`` with its last character changed (within the base64url alphabet)."""
+    return text[:-1] + ("A" if text[-1] != "A" else "B")
 
 
 @pytest.mark.parametrize("mangle", [
-    lambda c: _flip_hex(c),  # signature changed
-    lambda c: _flip_hex(c.split(".")[0]) + "." + c.split(".")[1],  # id changed, signature kept
-    lambda c: "eightys_session=" + "ab" * 16 + "." + "cd" * 16,  # forged
+    lambda c: _flip(c),  # tag changed
+    lambda c: c[:40] + _flip(c[40]) + c[41:],  # ciphertext changed
+    lambda c: c[:-6],  # truncated
+    lambda c: "eightys_session=" + "ab" * 16 + "." + "cd" * 16,  # an old-style id
     lambda c: "eightys_session=garbage",
-], ids=["signature", "id", "forged", "garbage"])
+], ids=["tag", "ciphertext", "truncated", "forged", "garbage"])
 def test_tampered_session_cookie_gets_a_fresh_session(server: Server, mangle) -> None:
     first = get(server, "/counter")
     cookie = session_cookie(first)
-    check_page(get(server, "/counter", [("Cookie", cookie)]), "n=2")
+    second = get(server, "/counter", [("Cookie", cookie)])
+    check_page(second, "n=2")
     bad = mangle(cookie)
     assert bad != cookie
     response = get(server, "/counter", [("Cookie", bad)])
@@ -512,7 +542,7 @@ def test_tampered_session_cookie_gets_a_fresh_session(server: Server, mangle) ->
     fresh = session_cookie(response)
     assert fresh != cookie and fresh != bad
     # the real session is untouched
-    check_page(get(server, "/counter", [("Cookie", cookie)]), "n=3")
+    check_page(get(server, "/counter", [("Cookie", session_cookie(second))]), "n=3")
 
 
 def test_own_set_cookie_is_kept_beside_the_session_cookie(server: Server) -> None:
@@ -524,7 +554,7 @@ def test_own_set_cookie_is_kept_beside_the_session_cookie(server: Server) -> Non
     session = cookies[0].split(";", 1)[0]
     response = get(server, "/cookie", [("Cookie", f"theme=dark; {session}")])
     check_page(response, "user=bob")
-    assert response.all("Set-Cookie") == ["theme=dark; Path=/"]
+    assert response.all("Set-Cookie") == ["theme=dark; Path=/"]  # the session did not change
 
 
 def test_no_cookie_for_pages_that_leave_the_session_empty(server: Server) -> None:
@@ -822,18 +852,19 @@ def test_static_files_keep_or_close_the_connection(server: Server, site: Site, t
 
 def test_jinja_page_autoescapes_and_sees_query_session_and_exposed(server: Server) -> None:
     cookie = session_cookie(get(server, "/counter"))
-    get(server, "/counter", [("Cookie", cookie)])
+    cookie = session_cookie(get(server, "/counter", [("Cookie", cookie)]))
     response = get(server, "/hello?name=%3Cscript%3Ealert(1)%3C/script%3E", [("Cookie", cookie)])
     check_page(response, "<p>name=&lt;script&gt;alert(1)&lt;/script&gt;</p><p>n=2</p>"
                          "<p>site=Test &lt;Site&gt;</p><p>tags=a,b</p><p>method=GET</p>")
 
 
-def test_jinja_error_is_a_500(server: Server, dev_server: Server) -> None:
+def test_jinja_error_is_a_500(server: Server, dev_server: Server, site: Site) -> None:
     response = get(server, "/bad")
     check_error_page(response, 500, BUILTIN_500)
     assert "ZeroDivisionError" not in response.text
     response = get(dev_server, "/bad")
-    check_error_page(response, 500, '<div class="where">bad.j2.html:1</div>')
+    # named like every file: relative to the working directory, or absolute outside it
+    check_error_page(response, 500, f'<div class="where">{site.root / "bad.j2.html"}:1</div>')
     assert "ZeroDivisionError" in response.text
     assert '<span class="current"><b>1 &gt;</b>&lt;p&gt;{{ 1 // 0 }}&lt;/p&gt;</span>' in response.text
 

@@ -56,9 +56,9 @@ def test_empty_list_then_create_list_and_show(demo: Any, mysql_db: Database) -> 
     status, headers, _ = request(demo.port, "POST", "/posts/",
                                  {"author": "Ann", "text": "Hello <b>world</b> & co"})
     assert status == 303
-    match = re.fullmatch(r"/posts/show\?id=(\d+)", headers["location"])
-    assert match, headers["location"]
-    post_id = int(match.group(1))
+    # the link is encrypted (to_url: MASTER_KEY, or the demo's per-start key)
+    assert re.fullmatch(r"/posts/show\?e=[\w%]+", headers["location"]), headers["location"]
+    ((post_id,),) = mysql_db.sql("SELECT MAX(id) FROM posts WHERE author = 'Ann'")
     assert mysql_db.sql(f"SELECT author, text FROM posts WHERE id = {post_id}") == \
         [("Ann", "Hello <b>world</b> & co")]
 
@@ -72,7 +72,7 @@ def test_empty_list_then_create_list_and_show(demo: Any, mysql_db: Database) -> 
     for _ in range(6):
         status, _, page = request(demo.port, "GET", "/posts/")
         assert status == 200
-        assert f'<a href="/posts/show?id={post_id}">Ann</a>: Hello &lt;b&gt;world' in page
+        assert re.search(r'<a href="/posts/show\?e=[\w%]+">Ann</a>: Hello &lt;b&gt;world', page)
 
 
 def test_newest_first(demo: Any) -> None:
@@ -96,8 +96,9 @@ def test_injection_is_stored_as_text(demo: Any, mysql_db: Database) -> None:  # 
     evil = "x'); DROP TABLE posts; -- \\' \" %s ?"
     status, headers, _ = request(demo.port, "POST", "/posts/", {"author": "Mallory", "text": evil})
     assert status == 303
-    post_id = int(headers["location"].rsplit("=", 1)[1])
+    ((post_id,),) = mysql_db.sql("SELECT MAX(id) FROM posts WHERE author = 'Mallory'")
     assert mysql_db.sql(f"SELECT text FROM posts WHERE id = {post_id}") == [(evil,)]
+    assert request(demo.port, "GET", headers["location"])[0] == 200
     status, _, _ = request(demo.port, "GET", "/posts/show?id=1%20OR%201=1")
     assert status == 404  # not a number: no such post, and no query with it
 
@@ -116,3 +117,21 @@ def test_database_down_is_an_error_value_and_the_site_serves(start_server: Any) 
     assert status == 503
     assert request(server.port, "GET", "/")[0] == 200
     assert request(server.port, "GET", "/posts/")[0] == 200  # and again: the worker lives
+
+
+def test_posts_csv_lists_the_posts(demo: Any, mysql_db: Database) -> None:  # noqa: F811
+    text = 'Quotes "and", commas\nand a newline & an ampersand'
+    assert request(demo.port, "POST", "/posts/", {"author": "Csv", "text": text})[0] == 303
+    status, headers, body = request(demo.port, "GET", "/posts/as.csv")
+    assert status == 200 and headers["content-type"].startswith("text/csv")
+    import csv
+    import io
+
+    rows = list(csv.reader(io.StringIO(body)))
+    assert rows[0] == ["id", "author", "created", "text"]
+    ((post_id,),) = mysql_db.sql("SELECT MAX(id) FROM posts WHERE author = 'Csv'")
+    row = next(r for r in rows[1:] if r[0] == str(post_id))
+    assert row[1] == "Csv" and row[3] == text  # quoted as CSV, not HTML-escaped
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", row[2])
+    ids = [int(r[0]) for r in rows[1:]]
+    assert ids == sorted(ids, reverse=True)  # newest first

@@ -427,6 +427,19 @@ def test_escape_values(lua_offline: Lua) -> None:
     assert b"not an array" in results[14]
 
 
+def test_a_nil_query_argument_is_an_error_not_null(lua_offline: Lua) -> None:
+    """SQL:select("... '%s'", name) with name unset used to query the string 'NULL'."""
+    results = lua_offline.run("""
+        local db = mysql:new()
+        local ok1, err1 = pcall(db.select, db, "SELECT * FROM t WHERE name = '%s'", nil)
+        local ok2, err2 = pcall(db.exec, db, "UPDATE t SET a = %d, b = '%s'", 1, nil)
+        return ok1, err1, ok2, err2
+    """)
+    assert results[0] is False and b"query argument #1 is nil" in results[1]
+    assert b"mysql.NULL" in results[1]
+    assert results[2] is False and b"query argument #2 is nil" in results[3]
+
+
 def test_injection_attempts_round_trip_exactly(lua: Lua, mysql_db: Database) -> None:
     table = f"injection_{lua.engine}"
     mysql_db.sql(f"DROP TABLE IF EXISTS {table}", "DROP TABLE IF EXISTS injection_x",

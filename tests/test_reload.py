@@ -711,3 +711,25 @@ def test_browser_picks_up_changed_stylesheets(reload_server, site, chromium):
                message="the new heading")
     time.sleep(0.5)  # (the stylesheet might have come in a batch of its own: a swap)
     assert chromium.evaluate(color) == "rgb(4, 5, 6)"
+
+
+@pytest.mark.parametrize("name, text, url", [
+    ("broken.dyn.html", "<h1>t</h1>\n<?lu local x = nil; write(x.field) -- TEMPLATE_MARK ?>\n", "/broken"),
+    ("jbroken.j2.html", "<h1>j</h1>\n{{ 1 // 0 }} {# JINJA_MARK #}\n", "/jbroken"),
+], ids=["template", "jinja"])
+def test_browser_shows_a_page_error_in_the_overlay(reload_server, site, chromium, name, text, url):
+    """A template or Jinja page that fails under --reload shows its error the way
+    a Lua load error does: the overlay, with file:line and the source line."""
+    (site / name).write_text(text)
+    server = reload_server()
+    chromium.call("Page.navigate", url=f"http://127.0.0.1:{server.port}{url}")
+    overlay = "(document.getElementById('eightys-reload-error') || {}).textContent"
+    shown = wait_until(lambda: chromium.evaluate(overlay), 10.0, message="the error overlay")
+    assert "this page failed" in shown
+    assert f"{name}:2" in shown, shown
+    assert "MARK" in shown  # the source line
+    # a fix reloads the page, and the overlay is gone
+    (site / name).write_text("<h1>fixed</h1>\n")
+    wait_until(lambda: chromium.evaluate("document.querySelector('h1').textContent") == "fixed",
+               10.0, message="the fixed page")
+    assert chromium.evaluate("document.getElementById('eightys-reload-error')") is None

@@ -21,7 +21,7 @@ local error = error
 local tostring = tostring
 local xpcall = xpcall
 local pairs = pairs
-local traceback = debug.traceback
+local traceback = require("eightys.errors").traceback -- describes error(table) too
 local co_create = coroutine.create
 local co_resume = coroutine.resume
 local co_yield = coroutine.yield
@@ -190,7 +190,7 @@ function aio:chain(first, ...)
     local at = 0
     local step
     local function on_error(err) -- log the traceback, resolve with the error itself
-        report("aio:chain step " .. at, traceback(tostring(err), 2))
+        report("aio:chain step " .. at, traceback(err, 2))
         return err
     end
     local function on_values(...)
@@ -255,7 +255,7 @@ end
 local function after_resume(co, ok, ...)
     if not ok then
         local err = ...
-        report("coroutine", traceback(co, tostring(err)))
+        report("coroutine", traceback(co, err))
         local handler = on_errors[co]
         forget(co)
         if handler then handler(err) end
@@ -596,7 +596,7 @@ function aio:coroutine_pool(body, max)
         if marker == IDLE then
             repark(co)
         elseif not ok then
-            report("coroutine", traceback(co, tostring(marker)))
+            report("coroutine", traceback(co, marker))
             forget(co)
         end
         return co -- the caller may want to know where a task that went on waiting is

@@ -9,7 +9,7 @@
 local host = ...
 
 local xpcall = xpcall
-local traceback = debug.traceback
+local traceback -- eightys.errors.traceback (describes error(table) too), once package.path is set
 local select = select
 local tostring = tostring
 local type = type
@@ -19,6 +19,7 @@ local log_error = host.log_error
 local log_output = host.log_output
 
 package.path = host.lua_path .. ";" .. package.path
+traceback = require("eightys.errors").traceback
 unpack = unpack or table.unpack
 -- lupa's `python` helper table would let scripts reach into the worker's internals.
 python = nil

@@ -54,7 +54,8 @@
 -- Parameters:
 --   * exec/select(query, ...): with arguments, the query is
 --     string.format(query, escape(a1), escape(a2), ...); quoting is the caller's
---     job: "WHERE name = '%s'", "LIMIT %d". Without arguments the query is sent
+--     job: "WHERE name = '%s'", "LIMIT %d"; a nil argument raises (mysql.NULL is
+--     SQL NULL). Without arguments the query is sent
 --     as it is (no string.format, so "%" needs no doubling).
 --   * exec_args/select_args(sql, args): each `?` is bound by the driver (PyMySQL's
 --     escaping, in Python) to the next value of the array `args`: strings
@@ -184,7 +185,14 @@ local function build(query, level, ...)
     if n == 0 then return query end
     local args = { ... }
     for i = 1, n do
-        args[i] = escape(args[i], level + 1)
+        local v = args[i]
+        if v == nil then
+            -- most often a variable that was never set: quoting it as 'NULL' would
+            -- query the string "NULL" and hide the mistake
+            error("mysql: query argument #" .. i .. " is nil (pass mysql.NULL for SQL NULL)",
+                  level + 1)
+        end
+        args[i] = escape(v, level + 1)
     end
     local ok, text = pcall(format, query, unpack(args, 1, n))
     if not ok then

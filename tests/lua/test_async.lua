@@ -125,7 +125,7 @@ function T.error_without_on_error_still_resolves(t)
     local value, err = aio:await(promise)
     t.eq(value, nil, "value")
     t.eq(err, { code = 7 }, "a non-string error is passed as is")
-    t.logged("coroutine: table:")
+    t.logged("coroutine: error {code = 7}") -- logged with its fields
     t.ok(where, "ran")
 end
 

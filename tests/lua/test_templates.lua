@@ -127,6 +127,25 @@ function T.next_block_starts_at_done_not_at_return(t)
     t.eq(locals.order, { "second block", "first block, after done" }, "first block finished later")
 end
 
+function T.a_pending_async_block_says_what_the_request_waits_on(t)
+    local req = {}
+    local seen = {}
+    local tpl = assert(page("a\n<?lu locals.x = 1 ?>\n<?lua\n"
+        .. "seen[1] = req.waiting_on await(aio:sleep(0.01)) seen[2] = req.waiting_on done()\n"
+        .. "seen[3] = req.waiting_on ?>b", nil, { params = { "seen", "req" } }))
+    local body, err = tpl:render({ fd = req, extra = { seen = seen, req = req } })
+    t.eq(err, nil, "error")
+    t.eq(body, "a\n\nb")
+    t.eq(seen[1], "<?lua ?> block at page.html:3 never called done()", "while the block runs")
+    t.eq(seen[2], seen[1], "after an await")
+    t.eq(seen[3], nil, "after done()")
+    t.eq(req.waiting_on, nil, "after the page")
+    -- a synchronous page never touches the request
+    req.waiting_on = "something else"
+    t.eq(render("<?lu write(1) ?>", { fd = req }), "1")
+    t.eq(req.waiting_on, "something else")
+end
+
 ---------------------------------------------------------------------------
 -- #! parallel
 ---------------------------------------------------------------------------

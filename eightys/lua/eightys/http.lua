@@ -19,7 +19,7 @@ local pairs = pairs
 local tostring = tostring
 local tonumber = tonumber
 local error = error
-local traceback = debug.traceback
+local traceback = require("eightys.errors").traceback -- describes error(table) too
 local str_find = string.find
 local str_sub = string.sub
 local str_lower = string.lower
@@ -210,7 +210,15 @@ function Request:http_response(status, headers, body)
         body = encoded
         if not has_type then lines = lines .. JSON_TYPE_LINE end
     else
-        if body_type ~= "string" then body = body == nil and "" or tostring(body) end
+        if body_type ~= "string" then
+            if body_type == "number" or body_type == "boolean" then
+                body = tostring(body)
+            elseif body == nil then
+                body = ""
+            else -- a function, userdata, thread: its address is no answer for a client
+                error("the response body must be a string or a table (JSON), got a " .. body_type, 2)
+            end
+        end
         if not has_type then lines = lines .. DEFAULT_TYPE_LINE end
     end
     local flags = (self.closing or draining) and 0 or self.flags

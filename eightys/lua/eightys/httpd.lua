@@ -6,15 +6,17 @@
 --   post.x.dyn.html       POST /x (also put., delete.)
 --   x.j2.html             Jinja2 page, GET /x
 --   x.priv.html           include-only, never routed
---   static/...            served as is, whatever the name, with Cache-Control
+--   static/...            served as is, whatever the name
 --   anything else         served as is (x.html as /x, other names unchanged)
 --   i.name/ and .hidden   ignored directories; *.lua files are never served
 --   main.lua              beside the site root (or in it): run at start and on reload
 --
 -- Requests can only reach routes built from this scan: a path naming a file
--- outside the site root (.., %2e%2e, NUL, symlinks leading out) matches nothing.
+-- outside the site root (.., %2e%2e, NUL, symlinks leading out) matches nothing,
+-- and files are checked again (real path inside the root) when next looked at.
 --
--- Beyond 80s: sessions (signed cookie, per-worker store, pluggable), forms
+-- Beyond 80s: sessions (encrypted cookies every worker reads; or a server-side
+-- store such as httpd.memory_store), forms
 -- (urlencoded and multipart, parsed in Python), MASTER_KEY URL encryption with
 -- authenticated encryption (a tampered `e` gets 400), static files with
 -- ETag/Range/gzip served by Python (eightys/static.py), Jinja2 pages and error
@@ -29,7 +31,7 @@ local ipairs = ipairs
 local tostring = tostring
 local error = error
 local xpcall = xpcall
-local traceback = debug.traceback
+local traceback = require("eightys.errors").traceback
 local str_find = string.find
 local str_sub = string.sub
 local str_gsub = string.gsub
@@ -46,13 +48,12 @@ _G.httpd = httpd
 
 local host = require("eightys.host") -- private host functions (eightys/content.py)
 
-httpd.sessions = httpd.sessions or {}     -- the default (per-worker) session store's data
 httpd.file_routes = httpd.file_routes or {} -- "METHOD path" -> true, routes made by the scan
 httpd.jinja_globals = httpd.jinja_globals or {}
 
 local SESSION_COOKIE = "eightys_session"
 local SESSION_TTL = 24 * 3600
-local MAX_SESSIONS = 100000
+local MAX_SESSIONS = 10000 -- about 0.5 KB of Lua heap each (a small session)
 local HTML = "text/html; charset=utf-8"
 
 ---------------------------------------------------------------------------
@@ -104,81 +105,176 @@ end
 -- Sessions
 ---------------------------------------------------------------------------
 
---- The default session store: a table per worker. A store is any object with
---- get(id) -> table|nil, set(id, table) and delete(id); assign another to
---- httpd.session_store (e.g. one backed by Redis) to share sessions.
-local memory_store = {}
+--- The server-side session store (per worker), for sessions too large for a
+--- cookie or that must be revoked server-side: `httpd.session_store =
+--- httpd.memory_store`. A store is any object with get(id) -> table|nil,
+--- set(id, table) and delete(id). Entries form a list in order of last use, so
+--- the oldest is the first to expire and the first evicted when the store holds
+--- `max_sessions` (10,000): expiry and eviction cost O(1), whatever the size,
+--- and a flood of cookie-less clients can never grow it past the bound.
+local memory_store = httpd.memory_store or { max_sessions = MAX_SESSIONS }
+httpd.memory_store = memory_store
+memory_store.index = memory_store.index or {}  -- id -> entry {id, data, expires, prev, next}
+memory_store.count = memory_store.count or 0
+-- head (least recently used) and tail (most recently used) of the list
+memory_store.head = memory_store.head or false
+memory_store.tail = memory_store.tail or false
 
+local function unlink(store, entry)
+    local prev, nxt = entry.prev, entry.next
+    if prev then prev.next = nxt else store.head = nxt end
+    if nxt then nxt.prev = prev else store.tail = prev end
+    entry.prev, entry.next = false, false
+end
+
+local function push_tail(store, entry)
+    local tail = store.tail
+    entry.prev, entry.next = tail, false
+    if tail then tail.next = entry else store.head = entry end
+    store.tail = entry
+end
+
+local function drop(store, entry)
+    unlink(store, entry)
+    store.index[entry.id] = nil
+    store.count = store.count - 1
+end
+
+-- Drop expired entries from the head (the oldest): a few per call, so no call is slow.
+local function expire(store, now)
+    for _ = 1, 4 do
+        local head = store.head
+        if not head or head.expires >= now then return end
+        drop(store, head)
+    end
+end
+
+--- The session `id` (its table, now the most recently used), or nil if unknown or expired.
 function memory_store:get(id)
-    local entry = httpd.sessions[id]
+    local entry = self.index[id]
     if entry == nil then return nil end
-    if entry.expires < net.clock() then
-        httpd.sessions[id] = nil
-        httpd.session_count = httpd.session_count - 1
+    local now = net.clock()
+    if entry.expires < now then
+        drop(self, entry)
         return nil
     end
-    entry.expires = net.clock() + SESSION_TTL
+    entry.expires = now + SESSION_TTL -- sliding: it becomes the newest
+    unlink(self, entry)
+    push_tail(self, entry)
     return entry.data
 end
 
+--- Store session `id`; a new one beyond max_sessions evicts the least recently used.
 function memory_store:set(id, data)
-    local sessions = httpd.sessions
-    if sessions[id] == nil then
-        httpd.session_count = (httpd.session_count or 0) + 1
-        if httpd.session_count > MAX_SESSIONS then
-            -- full: drop expired ones, then arbitrary ones, until there is room
-            local now = net.clock()
-            for key, entry in pairs(sessions) do
-                if entry.expires < now or httpd.session_count > MAX_SESSIONS then
-                    sessions[key] = nil
-                    httpd.session_count = httpd.session_count - 1
-                end
-                if httpd.session_count <= MAX_SESSIONS * 0.9 then break end
-            end
-        end
+    local now = net.clock()
+    expire(self, now)
+    local entry = self.index[id]
+    if entry then
+        unlink(self, entry)
+    else
+        entry = { id = id, data = data, expires = 0, prev = false, next = false }
+        self.index[id] = entry
+        self.count = self.count + 1
+        while self.count > self.max_sessions and self.head do drop(self, self.head) end
     end
-    sessions[id] = { data = data, expires = net.clock() + SESSION_TTL }
+    entry.data, entry.expires = data, now + SESSION_TTL
+    push_tail(self, entry)
 end
 
+--- Forget session `id`.
 function memory_store:delete(id)
-    if httpd.sessions[id] then
-        httpd.sessions[id] = nil
-        httpd.session_count = httpd.session_count - 1
-    end
+    local entry = self.index[id]
+    if entry then drop(self, entry) end
 end
 
-httpd.session_store = httpd.session_store or memory_store
+-- Sessions without a store live in the cookie: AES-256-GCM under a key derived
+-- (HKDF, in crypto.encrypt) from the server secret, the expiry inside the
+-- authenticated payload, so every worker (and every server with the same
+-- SECRET_KEY) reads them and a client can neither read nor alter nor extend one.
+local MAX_COOKIE = 4000 -- browsers keep cookies up to 4096 bytes, name and attributes included
+local session_key
+
+local function cookie_header(value, max_age)
+    return SESSION_COOKIE .. "=" .. value .. "; Path=/; HttpOnly; SameSite=Lax; Max-Age=" .. max_age
+end
+
+local function cookie_value(headers)
+    local cookie = headers.cookie
+    if cookie == nil then return nil end
+    return str_match(cookie, "%f[%w_]" .. SESSION_COOKIE .. "=([%w%.%-_]+)")
+end
 
 local function sign(id)
     return str_sub(codec.hex_encode(crypto.hmac_sha256(id, httpd.secret)), 1, 32)
 end
 
+-- session, state: state is what save_session needs to know (the store's id, or
+-- the cookie's JSON and expiry, to send a cookie only when something changed).
 local function session_from(headers)
-    local cookie = headers.cookie
-    if cookie then
-        local value = str_match(cookie, "%f[%w_]" .. SESSION_COOKIE .. "=([%w%.]+)")
+    local value = cookie_value(headers)
+    local store = httpd.session_store
+    if store then
         if value then
             local id, signature = str_match(value, "^(%x+)%.(%x+)$")
             if id and signature == sign(id) then
-                local data = httpd.session_store:get(id)
+                local data = store:get(id)
                 if data then return data, id end
             end
         end
+        return {}, nil
+    end
+    if value then
+        local token = codec.base64_decode(value)
+        local plain = token and crypto.decrypt(token, session_key)
+        local payload = plain and codec.json_decode(plain)
+        if type(payload) == "table" and type(payload.x) == "number" and payload.x > os.time()
+                and type(payload.d) == "table" then
+            return payload.d, { json = codec.json_encode(payload.d), expires = payload.x }
+        end
+        return {}, { json = "{}", expires = 0, stale = true } -- expired or forged: clear it
     end
     return {}, nil
 end
 
 -- Save the session after a page; returns a Set-Cookie value when the client needs one.
-local function save_session(session, id)
-    if id == nil then
-        if next(session) == nil then return nil end -- nothing worth a cookie
-        id = codec.hex_encode(crypto.random(16))
-        httpd.session_store:set(id, session)
-        return SESSION_COOKIE .. "=" .. id .. "." .. sign(id)
-            .. "; Path=/; HttpOnly; SameSite=Lax; Max-Age=" .. SESSION_TTL
+local function save_session(session, state)
+    local store = httpd.session_store
+    if store then
+        local id = state
+        if id == nil then
+            if next(session) == nil then return nil end -- nothing worth a cookie
+            id = codec.hex_encode(crypto.random(16))
+            store:set(id, session)
+            return cookie_header(id .. "." .. sign(id), SESSION_TTL)
+        end
+        store:set(id, session)
+        return nil
     end
-    httpd.session_store:set(id, session)
-    return nil
+    if state == nil and next(session) == nil then return nil end
+    local json, err = codec.json_encode(session)
+    if not json then
+        host.log_error("session not saved: it must hold plain data (" .. tostring(err) .. ")")
+        return nil
+    end
+    local now = os.time()
+    if state then
+        if json == "{}" then
+            if state.stale or state.json ~= "{}" then return cookie_header("", 0) end
+            return nil
+        end
+        -- unchanged and more than half its lifetime left: the cookie the client has is good
+        if json == state.json and state.expires - now > SESSION_TTL / 2 then return nil end
+    end
+    local expires = now + SESSION_TTL
+    local value = str_gsub(codec.base64_encode(crypto.encrypt(
+        '{"x":' .. expires .. ',"d":' .. json .. '}', session_key)), "[+/=]",
+        { ["+"] = "-", ["/"] = "_", ["="] = "" })
+    if #value > MAX_COOKIE then
+        host.log_error(("session not saved: %d bytes encrypted, more than a cookie holds (%d); "
+            .. "keep less in it, or use a server-side store (httpd.session_store)"):format(#value, MAX_COOKIE))
+        return nil
+    end
+    return cookie_header(value, SESSION_TTL)
 end
 
 ---------------------------------------------------------------------------
@@ -248,9 +344,32 @@ local function read_source(path)
     return text
 end
 
--- details: what templates' error_context gives (file, line, message, source_lines)
-local function error_page(status, err, details)
-    if err ~= nil and httpd.dev then
+-- The page with the error in a <template data-eightys-error>, which the
+-- live-reload script shows as its overlay.
+local function with_overlay(body, details)
+    local text = {}
+    if details.file then
+        text[1] = details.file .. (details.line and (":" .. details.line) or "") .. ": "
+            .. tostring(details.message)
+    else
+        text[1] = tostring(details.message)
+    end
+    for _, src in ipairs(details.source_lines or {}) do
+        text[#text + 1] = (src.current and "> " or "  ") .. src.number .. " | " .. src.text
+    end
+    local marker = "<template data-eightys-error>" .. codec.html_encode(concat(text, "\n"))
+        .. "</template>"
+    local at = str_find(body, "</body>", 1, true)
+    if at then return str_sub(body, 1, at - 1) .. marker .. str_sub(body, at) end
+    return body .. marker
+end
+
+-- The error page: details (what templates' error_context gives: file, line,
+-- message, source_lines) only in --dev and only for a client on this machine;
+-- anyone else gets the production page (the error is in the log either way).
+local function error_page(status, err, details, fd)
+    local dev = httpd.dev and (fd == nil or host.is_local(fd.fd))
+    if err ~= nil and dev then
         details = details or templates.error_context(tostring(err), { read = read_source })
             or { message = tostring(err) }
         details.message = details.message or tostring(err)
@@ -259,9 +378,36 @@ local function error_page(status, err, details)
     else
         details = nil
     end
-    local body = host.jinja_error_page(status, { dev = httpd.dev, details = details,
-                                                  message = details and details.message })
+    -- the site's error pages see what main.lua exposed (its layout needs it)
+    local vars = {}
+    for k, v in pairs(httpd.jinja_globals) do vars[k] = v end
+    vars.dev, vars.details, vars.message = dev, details, details and details.message
+    local body = host.jinja_error_page(status, vars)
+    if details and host.reload_mode then
+        -- reload mode: the browser shows this error over the page (the overlay Lua
+        -- load errors get), whatever the site's error page looks like
+        body = with_overlay(body, details)
+    end
     return HTML, body
+end
+
+-- aio.http_error_page(status, err, req): the pages the HTTP layer sends (404,
+-- 500 for a failed route, 504 for a handler that never answered) in the site's
+-- layout. A 504's err says what the request was waiting on (req.waiting_on, set
+-- e.g. by a <?lua ?> block that has not called done()).
+local function http_error_page(status, err, fd)
+    local waiting = fd and fd.waiting_on
+    if status == 504 and waiting then
+        -- a template block: "file:line: message", so the dev page shows its source
+        -- (err, the timeout's log line, names the template engine's own handler)
+        local file, line = str_match(waiting, "^<%?lua %?> block at (.-):(%d+) never called done%(%)$")
+        if file then
+            err = file .. ":" .. line .. ": this <?lua ?> block never called done()"
+        elseif err == nil then
+            err = "waiting on: " .. waiting
+        end
+    end
+    return error_page(status, err, nil, fd)
 end
 
 ---------------------------------------------------------------------------
@@ -287,12 +433,12 @@ local function context(fd, entry, qs, headers, body)
         if not parsed then return nil, status, reason end
         form = parsed
     end
-    local session, session_id = session_from(headers)
+    local session, session_state = session_from(headers)
     -- one table per request, handed to the template engine as its ctx too; every
     -- field is set here (a table that grows later is rehashed)
     local ctx = {
         fd = fd, method = fd.method, endpoint = endpoint, query = query, headers = headers,
-        body = body, form = form, session = session, session_id = session_id,
+        body = body, form = form, session = session, session_state = session_state,
         locals = {}, status_code = 200, response_headers = {},
         status = false, header = false,
         await = shared_await, to_url = shared_to_url, render = shared_render,
@@ -305,7 +451,7 @@ local function context(fd, entry, qs, headers, body)
 end
 
 local function finish(fd, ctx, mime, page)
-    local cookie = save_session(ctx.session, ctx.session_id)
+    local cookie = save_session(ctx.session, ctx.session_state)
     local status = ctx.status_code
     if status == 301 or status == 302 or status == 303 or status == 307 or status == 308 then
         page = "" -- 80s: a redirect has no body
@@ -334,7 +480,7 @@ local function fail_page(fd, status, err, details)
     if status >= 500 then
         host.log_error("page " .. fd.method .. " " .. fd.path .. ": " .. tostring(err))
     end
-    local mime, body = error_page(status, err, details)
+    local mime, body = error_page(status, err, details, fd)
     fd:http_response(status, mime, body)
 end
 
@@ -343,14 +489,25 @@ local function run_hook(name, ctx)
     if type(hook) == "function" then hook(ctx.method, ctx.endpoint, ctx.session) end
 end
 
--- How a template file is named in errors and logs: below the site root's own name
--- ("public_html/blog/index.dyn.html"), which stays short where Lua shortens long names.
+-- How a template file is named in errors and logs: relative to the working
+-- directory (or absolute), like every other file eightys names.
+local display_names = {} -- path -> name; one entry per template file
 local function chunkname(path)
-    local root = httpd.root
-    if str_sub(path, 1, #root + 1) == root .. "/" then
-        return str_match(root, "([^/]*)$") .. str_sub(path, #root + 1)
+    local name = display_names[path]
+    if name == nil then
+        name = host.display_path(path)
+        display_names[path] = name
     end
-    return path
+    return name
+end
+
+-- Templates and includes are read only from inside the site root: an include
+-- of "../../etc/passwd", or of a link leading out, fails like a missing file.
+local function read_inside_root(path)
+    if not host.inside_root(path) then
+        return nil, "outside the site root"
+    end
+    return templates.read_file(path)
 end
 
 -- The template for an entry, recompiled when one of its files changed (checked
@@ -362,14 +519,21 @@ local function template_of(entry)
     if tpl and now - entry.checked < 1 then return tpl end
     entry.checked = now
     if tpl then
+        -- a file replaced by a link out of the site counts as changed: the
+        -- recompile below refuses it
         local fresh = true
         for path, mtime in pairs(entry.mtimes) do
-            if host.mtime(path) ~= mtime then fresh = false break end
+            if host.mtime(path) ~= mtime or not host.inside_root(path) then
+                fresh = false
+                break
+            end
         end
         if fresh then return tpl end
+        entry.template = nil
     end
+    if not host.inside_root(entry.file) then return nil, "not inside the site root", 404 end
     local compiled, err = templates.compile(entry.file, { root = httpd.root,
-        chunkname = chunkname })
+        chunkname = chunkname, read = read_inside_root })
     if not compiled then return nil, err end
     local mtimes = {}
     for _, dep in ipairs(compiled.deps) do mtimes[dep] = host.mtime(dep) end
@@ -380,20 +544,27 @@ end
 -- A dynamic page (template or Jinja2): context, hooks, render(entry, ctx) -> page
 -- or nil, err[, details], then the response (or the error page).
 local function page_handler(entry, render)
+    -- a function "defined" in the page's file: the handler-timeout log line names
+    -- the page (file:1), not this closure in httpd.lua
+    local named = load("return function() end", "@" .. chunkname(entry.file), "t")()
     return function(fd, qs, headers, body)
+        fd.handler = named
         local ctx, status, reason = context(fd, entry, qs, headers, body)
         if not ctx then return fail_page(fd, status, reason) end
         run_hook("on_before_http", ctx)
         local page, err, details = render(entry, ctx)
         run_hook("on_after_http", ctx)
-        if not page then return fail_page(fd, 500, err, details) end
+        if not page then
+            if details == 404 then return fail_page(fd, 404) end
+            return fail_page(fd, 500, err, details)
+        end
         finish(fd, ctx, entry.mime, page)
     end
 end
 
 local function render_template(entry, ctx)
-    local tpl, err = template_of(entry)
-    if not tpl then return nil, err end
+    local tpl, err, status = template_of(entry)
+    if not tpl then return nil, err, status end
     local page
     page, err = tpl:render(ctx)
     if page then return page end
@@ -402,6 +573,7 @@ local function render_template(entry, ctx)
 end
 
 local function render_jinja(entry, ctx)
+    if not host.inside_root(entry.file) then return nil, "not inside the site root", 404 end
     return httpd:render(entry.name, {
         query = ctx.query, headers = ctx.headers, session = ctx.session, form = ctx.form,
         endpoint = ctx.endpoint, method = ctx.method,
@@ -425,7 +597,9 @@ end
 
 local function static_handler(entry)
     return function(fd)
-        return host.static_serve(fd.fd, fd.seq, entry.path, fd.method, fd.flags, fd.headers)
+        if not host.static_serve(fd.fd, fd.seq, entry.path, fd.method, fd.flags, fd.headers) then
+            fail_page(fd, 404) -- it left the site root since the scan
+        end
     end
 end
 
@@ -457,16 +631,15 @@ local function walk(root, rel, in_static, found, seen)
             if str_sub(bare, 1, 2) ~= "i." and not (bare == "static" and httpd.no_static)
                     and not (rel == "" and bare == "errors") then
                 local real = host.realpath(join(root, child))
-                -- a symlink loop or a link out of the site is not followed
-                if real and host.is_within(real, httpd.real_root) and not seen[real] then
+                -- a symlink loop, or a link out of the site (unless httpd.follow_symlinks), is not followed
+                if real and host.inside_root(join(root, child)) and not seen[real] then
                     seen[real] = true
                     walk(root, child, in_static or bare == "static", found, seen)
                 end
             end
         else
             local path = join(root, child)
-            local real = host.realpath(path)
-            if real and host.is_within(real, httpd.real_root) then
+            if host.inside_root(path) then
                 local method, route, kind = route_of(child, in_static)
                 if method then
                     found[#found + 1] = { method = method, path = route, kind = kind,
@@ -480,6 +653,30 @@ end
 
 local function mime_of(name)
     return host.mime_type(name)
+end
+
+local IMMUTABLE = "public, max-age=31536000, immutable"
+
+-- Cache-Control of a file: browsers revalidate (ETag/Last-Modified, a 304 when
+-- unchanged), so an edited file is fetched fresh on the next load; only names
+-- that change with their content (app.3f2a1c.css: a hex fingerprint of 6+
+-- digits) and folders listed in httpd.immutable (e.g. { "static/vendor/" }) are
+-- cached for a year without asking.
+local function cache_control_of(self, rel)
+    local name = str_match(rel, "([^/]*)$")
+    if str_find(name, "[%.%-]%x%x%x%x%x%x+%.[^%.]+$") then
+        local hash = str_match(name, "[%.%-](%x+)%.[^%.]+$")
+        if str_find(hash, "%d") and str_find(hash, "%a") or #hash >= 8 then return IMMUTABLE end
+    end
+    local dirs = self.immutable
+    if type(dirs) == "table" then
+        for _, dir in ipairs(dirs) do
+            dir = str_gsub(dir, "^/", "")
+            if str_sub(dir, -1) ~= "/" then dir = dir .. "/" end
+            if str_sub(rel, 1, #dir) == dir then return IMMUTABLE end
+        end
+    end
+    return "no-cache"
 end
 
 --- (Re)build the routes from the site root: new files get routes, deleted files
@@ -508,7 +705,7 @@ function httpd:scan()
             handler = page_handler(entry, render_jinja)
         else
             local ok, mount_err = host.static_mount(entry.path, entry.file,
-                entry.in_static and "public, max-age=86400" or "no-cache")
+                cache_control_of(self, entry.name))
             if ok then
                 handler = static_handler(entry)
             else
@@ -547,7 +744,9 @@ function httpd:run_main()
     for _, path in ipairs({ join(dirname(strip_slash(self.root)), "main.lua"),
                             join(self.root, "main.lua") }) do
         if host.mtime(path) then
-            local chunk, err = loadfile(path)
+            local text, read_err = templates.read_file(path)
+            if not text then error(read_err, 0) end
+            local chunk, err = load(text, "@" .. host.display_path(path), "t")
             if not chunk then error(err, 0) end
             local ok, run_err = xpcall(chunk, traceback)
             if not ok then error(run_err, 0) end
@@ -562,8 +761,8 @@ end
 --- 16 bytes; "b64:" prefix for base64), no_static, dev (show errors with source).
 --- Safe to call again (reload): routes are rebuilt, state survives.
 function httpd:initialize(opts)
-    -- 80s: root may name the folder holding main.lua + public_html/ (content.py site_root)
-    local root = strip_slash(host.site_root(opts.root or "public_html", ENTRYPOINT))
+    -- 80s: root may name the folder holding main.lua + public_html/ (content.py resolve_site)
+    local root = strip_slash(host.resolve_site(opts.root or "public_html", ENTRYPOINT))
     if opts.header_size then aio:set_max_http_header(opts.header_size) end -- 80s options
     if opts.body_size then aio:set_max_http_body(opts.body_size) end
     local real = host.realpath(root)
@@ -579,9 +778,19 @@ function httpd:initialize(opts)
     else
         self.master_key = nil
     end
-    self.secret = self.master_key or host.secret
-    aio.http_error_page = error_page
+    self.secret = host.secret
+    if host.secret_random and WORKERID == 0 and not self.warned_secret then
+        self.warned_secret = true
+        host.log_warning("no SECRET_KEY or --secret-file: sessions use a random secret, "
+            .. "so they end when the server restarts")
+    end
+    session_key = self.secret .. "/session"
+    aio.http_error_page = http_error_page
+    self.follow_symlinks = opts.follow_symlinks or false
+    host.site_root(root, real, self.follow_symlinks)
     self:run_main()
+    -- main.lua may say httpd.follow_symlinks = true
+    host.site_root(root, real, self.follow_symlinks)
     local count, err = self:scan()
     if not count then error("cannot read " .. root .. ": " .. tostring(err), 2) end
     return self
@@ -591,12 +800,13 @@ end
 --- public_html/, as in 80s, or the site root itself; default server/www/, else
 --- public_html/ next to the entry script's directory), MASTER_KEY, NO_STATIC=true.
 function httpd:default_initialize()
-    -- 80s: PUBLIC_HTML holds main.lua + public_html/ (eightys/content.py site_root)
-    local root = host.site_root(os.getenv("PUBLIC_HTML"), ENTRYPOINT)
+    -- 80s: PUBLIC_HTML holds main.lua + public_html/ (eightys/content.py resolve_site)
+    local root = host.resolve_site(os.getenv("PUBLIC_HTML"), ENTRYPOINT)
     return self:initialize({
         root = root,
         master_key = os.getenv("MASTER_KEY"),
         no_static = os.getenv("NO_STATIC") == "true",
+        follow_symlinks = os.getenv("FOLLOW_SYMLINKS") == "true",
         dev = DEV,
     })
 end

@@ -348,7 +348,11 @@ local function compile_block(state, code, async, name, line, text)
     local last = #code
     while last > 0 and str_find(" \t\r\n\f\v", str_sub(code, last, last), 1, true) do last = last - 1 end
     code = str_sub(code, 1, last)
-    local block = { async = async, name = name, line = line }
+    local block = { async = async, name = name, line = line, waiting = false }
+    if async then
+        -- what a request stuck in this block is waiting on (the handler timeout's log line and 504 page)
+        block.waiting = "<?lua ?> block at " .. name .. ":" .. line .. " never called done()"
+    end
     local src, err = expand_code(code, name, line)
     if src then
         -- The header sits on the block's own line, after line - 1 empty lines, so
@@ -695,9 +699,12 @@ end
 --- done(), maybe long after it returned. finish(text) or finish(nil, err) once.
 local function start_async(block, st, finish)
     local out, write = new_output()
+    local req = st.ctx.fd -- the HTTP request, when rendering for one
+    if req then req.waiting_on = block.waiting end
     local function done()
         if out.closed then return end
         out.closed = true
+        if req and req.waiting_on == block.waiting then req.waiting_on = nil end
         finish(concat(out, "", 1, out.n))
     end
     aio:async(function()
@@ -706,6 +713,7 @@ local function start_async(block, st, finish)
             -- after done() nobody waits for this block: raise, so aio logs it
             if out.closed then error(err, 0) end
             out.closed = true
+            if req and req.waiting_on == block.waiting then req.waiting_on = nil end
             finish(nil, err)
         end
     end)
