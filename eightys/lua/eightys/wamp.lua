@@ -624,7 +624,7 @@ end
 
 handlers[SUBSCRIBE] = function(router, s, msg)
     local request, options, topic = msg[2], msg[3], msg[4]
-    if type(request) ~= "number" or not is_dict(options) then
+    if type(request) ~= "number" or not is_dict(options) or type(topic) ~= "string" then
         return "SUBSCRIBE: [32, request, options, topic] expected"
     end
     local match = options.match or "exact"
@@ -712,7 +712,7 @@ function Router:_publish_local(realm, topic, publication, args, kwargs, options,
         local sub = subs[i]
         local details = object({})
         if sub.match ~= "exact" then details.topic = topic end
-        if options.disclose_me and publisher.session then
+        if publisher.disclosed then
             details.publisher = publisher.session
             details.publisher_authid = publisher.authid
             details.publisher_authrole = publisher.authrole
@@ -751,7 +751,7 @@ end
 
 handlers[PUBLISH] = function(router, s, msg)
     local request, options, topic, args, kwargs = msg[2], msg[3], msg[4], msg[5], msg[6]
-    if type(request) ~= "number" or not is_dict(options)
+    if type(request) ~= "number" or not is_dict(options) or type(topic) ~= "string"
         or (args ~= nil and not is_array(args)) or (kwargs ~= nil and not is_dict(kwargs)) then
         return "PUBLISH: [16, request, options, topic, args?, kwargs?] expected"
     end
@@ -761,8 +761,10 @@ handlers[PUBLISH] = function(router, s, msg)
         end
         return
     end
+    local disclosed = (options.disclose_me or s.realm.config.disclose_publisher) and true or false
     local publication = router:_publish(s.realm, topic, args, kwargs, options,
-                                        { session = s.id, authid = s.authid, authrole = s.authrole })
+                                        { session = s.id, authid = s.authid, authrole = s.authrole,
+                                          disclosed = disclosed })
     if options.acknowledge then s:send({ PUBLISHED, request, publication }) end
 end
 
@@ -802,7 +804,7 @@ end
 
 handlers[REGISTER] = function(router, s, msg)
     local request, options, procedure = msg[2], msg[3], msg[4]
-    if type(request) ~= "number" or not is_dict(options) then
+    if type(request) ~= "number" or not is_dict(options) or type(procedure) ~= "string" then
         return "REGISTER: [64, request, options, procedure] expected"
     end
     local match = options.match or "exact"
@@ -872,7 +874,9 @@ function Router:_invoke(realm, reg, info, reply_result, reply_error)
                 end
             else
                 log_error("wamp: procedure " .. tostring(info.procedure) .. ": " .. tostring(a))
-                reply_error("wamp.error.runtime_error", { tostring(a) }, nil)
+                -- the caller gets the message (file:line: text), the log the traceback
+                local message = tostring(a)
+                reply_error("wamp.error.runtime_error", { (message:match("^[^\n]*")) }, nil)
             end
         end)
         return inv
@@ -1018,7 +1022,7 @@ end
 
 handlers[CALL] = function(router, s, msg)
     local request, options, procedure, args, kwargs = msg[2], msg[3], msg[4], msg[5], msg[6]
-    if type(request) ~= "number" or not is_dict(options)
+    if type(request) ~= "number" or not is_dict(options) or type(procedure) ~= "string"
         or (args ~= nil and not is_array(args)) or (kwargs ~= nil and not is_dict(kwargs)) then
         return "CALL: [48, request, options, procedure, args?, kwargs?] expected"
     end
@@ -1029,7 +1033,8 @@ handlers[CALL] = function(router, s, msg)
     local timeout = tonumber(options.timeout) or router.default_call_timeout or 0
     local call = new_call(s.realm, {
         session = s, request = request, procedure = procedure, args = args, kwargs = kwargs,
-        caller = options.disclose_me and { session = s.id, authid = s.authid, authrole = s.authrole } or nil,
+        caller = (options.disclose_me or s.realm.config.disclose_caller)
+                 and { session = s.id, authid = s.authid, authrole = s.authrole } or nil,
         receive_progress = options.receive_progress == true, timeout = timeout,
         reply_result = function(a, k, progress)
             local details = progress and object({ progress = true }) or object({})
