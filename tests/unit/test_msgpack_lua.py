@@ -62,7 +62,7 @@ def test_empty_tables_keep_their_kind(lua):
 
 
 @pytest.mark.parametrize("bad", [b"", b"\xc1", b"\x92\x01", b"\xda\x00\x05ab", b"\x01\x02",
-                                 b"\x91" * 2000 + b"\x01", b"\x81\xc0\x01"])
+                                 b"\x91" * 2000 + b"\x01", b"\xcf" + b"\xff" * 8, b"\xd3\x80" + b"\x00" * 7, b"\x81\xc0\x01"])
 def test_bad_input_is_an_error_not_a_crash(lua, bad):
     ok, err = lua.execute(b"local v, err = mp.decode(...); return v == nil, err", bad)
     assert ok is True and err.startswith(b"msgpack: ")

@@ -177,8 +177,16 @@ local function need(s, pos, n)
     if pos + n - 1 > #s then error("msgpack: truncated input", 0) end
 end
 
+local tointeger = math.tointeger -- nil on LuaJIT
+
 local function uint(s, pos, n)
     need(s, pos, n)
+    if n == 8 then -- in floats (no wrap-around on Lua 5.4); only 53 bits are exact
+        local v = 0.0
+        for i = pos, pos + 7 do v = v * 256 + byte(s, i) end
+        if v > 9007199254740992 then error("msgpack: integer beyond 2^53", 0) end
+        return tointeger and tointeger(v) or v
+    end
     local v = 0
     for i = pos, pos + n - 1 do v = v * 256 + byte(s, i) end
     return v
@@ -245,6 +253,7 @@ decode_value = function(s, pos, depth)
     if b == 0xd2 then return int(s, pos, 4), pos + 4 end
     if b == 0xd3 then
         local hi = int(s, pos, 4)
+        if hi < -2097152 or hi >= 2097152 then error("msgpack: integer beyond 2^53", 0) end
         return hi * 4294967296 + uint(s, pos + 4, 4), pos + 8
     end
     if b == 0xdc then return arr(s, pos + 2, uint(s, pos, 2), depth + 1) end
