@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from contextlib import contextmanager
 
@@ -215,6 +216,50 @@ def test_goodbye_then_a_new_session_on_the_same_transport(one_worker):
         assert welcome[0] == 2 and welcome[1] != first
         ws.send(json.dumps([48, 7, {}, "lua.add", [20, 22]]))
         assert json.loads(ws.recv(timeout=5)) == [50, 7, {}, [42]]
+
+
+def test_per_session_limits(one_worker):
+    with raw_session(one_worker, [64, 1, {}, "com.example.silent"]) as (ws, _):
+        assert json.loads(ws.recv(timeout=5))[0] == 65
+        for i in range(9):  # the session calls itself and never answers: 8 in flight at most
+            ws.send(json.dumps([48, 100 + i, {}, "com.example.silent"]))
+        for i in range(8):
+            assert json.loads(ws.recv(timeout=5))[0] == 68
+        error = json.loads(ws.recv(timeout=5))
+        assert error[:5] == [8, 48, 108, {}, "wamp.error.too_many_calls"]
+        for i in range(51):
+            ws.send(json.dumps([32, 200 + i, {}, f"com.example.t{i}"]))
+        for i in range(50):
+            assert json.loads(ws.recv(timeout=5))[0] == 33
+        assert json.loads(ws.recv(timeout=5)) == [8, 32, 250, {}, "wamp.error.too_many_subscriptions"]
+
+
+def test_a_subscriber_that_does_not_read_is_closed_not_buffered(one_worker):
+    # a raw subscriber that stops reading after its SUBSCRIBED
+    sock = socket.create_connection(("127.0.0.1", one_worker.port), timeout=5)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                 b"Sec-WebSocket-Protocol: wamp.2.json\r\n\r\n")
+    for message in ([1, "realm1", {}], [32, 1, {}, "com.example.flood"]):
+        payload = json.dumps(message).encode()
+        sock.sendall(bytes([0x81, 0x80 | len(payload)]) + b"\0\0\0\0" + payload)
+    time.sleep(0.3)
+
+    async def body():
+        watcher, _ = await join(one_worker.port)
+        leaves: asyncio.Queue = asyncio.Queue()
+        await watcher.subscribe(lambda *a: leaves.put_nowait(a), "wamp.session.on_leave")
+        big = "x" * 65536
+        for _ in range(160):  # 10 MB, beyond the send buffer and the socket buffers
+            watcher.publish("com.example.flood", big)
+            await asyncio.sleep(0)
+        await asyncio.wait_for(leaves.get(), 10)  # its session ended: closed with 1013
+        assert await watcher.call("lua.add", 1, 1) == 2  # the router and the publisher are fine
+        await leave(watcher)
+
+    run(body())
+    sock.close()
 
 
 # -- advanced features --------------------------------------------------------------------

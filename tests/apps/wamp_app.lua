@@ -3,6 +3,7 @@
 local wamp = require("eightys.wamp")
 
 local router = wamp.router{
+    limits = { calls = 8, subscriptions = 50, registrations = 50 },
     realms = {
         realm1 = {},
         disclosed = { disclose_caller = true, disclose_publisher = true },

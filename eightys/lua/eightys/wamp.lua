@@ -313,18 +313,27 @@ end
 local Session = {}
 Session.__index = Session
 
+-- Send an already encoded message. A client that does not read what it is sent
+-- (its send buffer is full) is closed with 1013 rather than silently missing
+-- messages, as WebSocket pub/sub does (the close ends its session).
+function Session:send_raw(data)
+    local ws = self.ws
+    if ws == nil then return end
+    local ok, err = ws:send(data, self.codec.binary)
+    if not ok and err == "send buffer full" then
+        ws:close(1013, "too slow")
+        if self.state == "open" then self.router:_leave(self) end -- now, not after the close handshake
+        self.state = "closed"
+    end
+end
+
 function Session:send(msg)
     local data, err = self.codec.encode(msg)
     if data == nil then
         log_error("wamp: cannot encode a message for session " .. tostring(self.id) .. ": " .. tostring(err))
         return
     end
-    if self.ws then self.ws:send(data, self.codec.binary) end
-end
-
--- Send an already encoded message.
-function Session:send_raw(data)
-    if self.ws then self.ws:send(data, self.codec.binary) end
+    self:send_raw(data)
 end
 
 ---------------------------------------------------------------------------
@@ -365,6 +374,9 @@ function _M.router(options)
         end
     end
     router.default_call_timeout = options.call_timeout
+    local limits = options.limits or {}
+    router.limits = { calls = limits.calls or 1000, subscriptions = limits.subscriptions or 10000,
+                      registrations = limits.registrations or 10000 }
     if not router.started then
         router.started = true
         if NWORKERS > 1 then post("*", { "hello", name }) end
@@ -442,6 +454,9 @@ function Router:_welcome(s, realm, authid, authrole, authmethod)
     s.registrations = {}
     s.invocations = {}  -- invocation request id -> invocation (we are its callee)
     s.calls = {}        -- call request id -> call (we are its caller)
+    s.ncalls = 0
+    s.nsubscriptions = 0
+    s.nregistrations = 0
     s.next_request = 0
     realm.sessions[s.id] = s
     s:send({ WELCOME, s.id, object({
@@ -490,6 +505,7 @@ function Router:_leave(s)
     s.invocations = {}
     for _, call in pairs(s.calls) do call:cancel("killnowait", true) end
     s.calls = {}
+    s.ncalls = 0
     self:_left(realm, s.id)
     post("*", { "leave", self.name, realm.name, s.id })
 end
@@ -634,6 +650,9 @@ handlers[SUBSCRIBE] = function(router, s, msg)
     if not valid_uri(topic, match) then
         return s:send({ ERROR, SUBSCRIBE, request, object({}), E_INVALID_URI })
     end
+    if s.nsubscriptions >= router.limits.subscriptions then
+        return s:send({ ERROR, SUBSCRIBE, request, object({}), "wamp.error.too_many_subscriptions" })
+    end
     local sub = router:_subscribe(s.realm, match, topic, s)
     s:send({ SUBSCRIBED, request, sub.id })
 end
@@ -652,6 +671,7 @@ function Router:_subscribe(realm, match, topic, subscriber)
     if not sub.subscribers[subscriber] then
         sub.subscribers[subscriber] = true
         sub.n = sub.n + 1
+        if subscriber.nsubscriptions then subscriber.nsubscriptions = subscriber.nsubscriptions + 1 end
     end
     if subscriber.subscriptions then subscriber.subscriptions[sub] = true end
     return sub
@@ -661,6 +681,7 @@ function Router:_unsubscribe(realm, sub, subscriber)
     if not sub.subscribers[subscriber] then return false end
     sub.subscribers[subscriber] = nil
     sub.n = sub.n - 1
+    if subscriber.nsubscriptions then subscriber.nsubscriptions = subscriber.nsubscriptions - 1 end
     if subscriber.subscriptions then subscriber.subscriptions[sub] = nil end
     if sub.n == 0 then
         realm.subs[sub.key] = nil
@@ -786,7 +807,10 @@ function Router:_register(realm, match, procedure, callee, fn)
                   key = key, worker = WORKER, parts = match == "wildcard" and split(procedure) or nil }
     realm.regs[key] = reg
     realm.regs_by_id[reg.id] = reg
-    if callee then callee.registrations[reg] = true end
+    if callee then
+        callee.registrations[reg] = true
+        callee.nregistrations = callee.nregistrations + 1
+    end
     if not reg.meta then
         post("*", { "reg", self.name, realm.name, { id = reg.id, procedure = procedure, match = match } })
     end
@@ -797,7 +821,10 @@ function Router:_unregister(realm, reg)
     if realm.regs[reg.key] ~= reg then return false end
     realm.regs[reg.key] = nil
     realm.regs_by_id[reg.id] = nil
-    if reg.callee then reg.callee.registrations[reg] = nil end
+    if reg.callee and reg.callee.registrations[reg] then
+        reg.callee.registrations[reg] = nil
+        reg.callee.nregistrations = reg.callee.nregistrations - 1
+    end
     post("*", { "unreg", self.name, realm.name, reg.id })
     return true
 end
@@ -813,6 +840,9 @@ handlers[REGISTER] = function(router, s, msg)
     end
     if not valid_uri(procedure, match) or str_sub(procedure, 1, 5) == "wamp." then
         return s:send({ ERROR, REGISTER, request, object({}), E_INVALID_URI })
+    end
+    if s.nregistrations >= router.limits.registrations then
+        return s:send({ ERROR, REGISTER, request, object({}), "wamp.error.too_many_registrations" })
     end
     local reg, err = router:_register(s.realm, match, procedure, s)
     if reg == nil then return s:send({ ERROR, REGISTER, request, object({}), err }) end
@@ -995,7 +1025,11 @@ end
 function Call:_finish()
     self.done = true
     if self.timer then self.timer:cancel(); self.timer = nil end
-    if self.session and self.session.calls then self.session.calls[self.request] = nil end
+    local s = self.session
+    if s and s.calls and s.calls[self.request] == self then
+        s.calls[self.request] = nil
+        s.ncalls = s.ncalls - 1
+    end
     if self.remote_worker then self.realm.calls[self.id] = nil end
 end
 
@@ -1030,6 +1064,10 @@ handlers[CALL] = function(router, s, msg)
         return s:send({ ERROR, CALL, request, object({}), E_INVALID_URI })
     end
     if s.calls[request] then return "CALL: request id " .. request .. " is in use" end
+    if s.ncalls >= router.limits.calls then
+        return s:send({ ERROR, CALL, request, object({}), "wamp.error.too_many_calls",
+                        { "more than " .. router.limits.calls .. " calls in flight" } })
+    end
     local timeout = tonumber(options.timeout) or router.default_call_timeout or 0
     local call = new_call(s.realm, {
         session = s, request = request, procedure = procedure, args = args, kwargs = kwargs,
@@ -1045,6 +1083,7 @@ handlers[CALL] = function(router, s, msg)
         end,
     })
     s.calls[request] = call
+    s.ncalls = s.ncalls + 1
     router:_route_call(s.realm, call)
 end
 
