@@ -169,3 +169,19 @@ def test_notifications_both_ways(start_server):
     client.ws.send(cbor2.dumps({"lapps": "1", "cid": 5, "message": [1, 2]}))
     assert client.result("notes") == [[[3, ["note"]], [5, [1, 2]]]]
     client.close()
+
+
+def test_readme_lapps_example_runs(start_server, tmp_path):
+    text = (REPO / "README.md").read_text()
+    body = text.split("\n## LAppS protocol\n", 1)[1].split("\n## ", 1)[0]
+    app = tmp_path / "app.lua"
+    app.write_text(body.split("```lua", 1)[1].split("```", 1)[0])
+    server = start_server(str(app), workers=1)
+    a, b = LAppSClient(server), LAppSClient(server)
+    assert a.result("echo", 1, "two") == [1, "two"]
+    assert b.result("subscribe") == [True]
+    assert a.result("broadcast", "news") == [True]
+    assert b.notification() == {"cid": 1, "message": ["news"]}
+    assert a.notifications == []
+    a.close()
+    b.close()

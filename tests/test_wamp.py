@@ -8,6 +8,7 @@ import asyncio
 import json
 import socket
 import time
+import urllib.request
 from contextlib import contextmanager
 
 import msgpack
@@ -620,3 +621,60 @@ async def _expect_timeout(caller):
             return
         raise
     raise AssertionError("the call did not time out")
+
+
+# -- the README ---------------------------------------------------------------------------
+
+
+def readme_blocks(section: str, language: str) -> list[str]:
+    text = (REPO / "README.md").read_text()
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return [block.split("```", 1)[0] for block in body.split(f"```{language}")[1:]]
+
+
+def test_readme_wamp_example_runs(start_server, tmp_path):
+    (lua,) = readme_blocks("WAMP router", "lua")
+    app = tmp_path / "app.lua"
+    app.write_text(lua)
+    server = start_server(str(app), workers=2)
+
+    async def body():
+        s, _ = await join(server.port)
+        assert await s.call("com.example.add", 2, 40) == 42
+        seen: list = []
+        assert await s.call("com.example.slow_count", 2, options=CallOptions(on_progress=seen.append)) == "done"
+        assert seen == [1, 2]
+        with pytest.raises(ApplicationError) as err:
+            await s.call("com.example.check", "x")
+        assert err.value.error == "com.example.not_a_number"
+        log: asyncio.Queue = asyncio.Queue()
+        await s.subscribe(lambda text: log.put_nowait(text), "com.example.log")
+        await s.publish("com.example.chat", "hello", options=PublishOptions(acknowledge=True))
+        assert await asyncio.wait_for(log.get(), 5) == "someone said hello"  # from each worker's subscriber
+        assert await asyncio.wait_for(log.get(), 5) == "someone said hello"
+        await leave(s)
+        s, d = await join(server.port, "office", authmethods=["wampcra"], authid="joe", secret="s3cret")
+        assert d.authrole == "staff"
+        await leave(s)
+        s, d = await join(server.port, "office", serializer="msgpack", authmethods=["ticket"],
+                          authid="bot", secret="t0ken")
+        assert d.authrole == "bot"
+        await leave(s)
+
+    run(body())
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/sum?a=2&b=40", timeout=5) as r:
+        assert r.read() == b"42"
+
+
+def test_server_wamp_lua_serves(start_server):
+    server = start_server("server/wamp.lua", workers=1)
+
+    async def body():
+        callee, _ = await join(server.port, serializer="msgpack")
+        caller, _ = await join(server.port)
+        await callee.register(lambda a, b: a + b, "com.example.add")
+        assert await caller.call("com.example.add", 2, 3) == 5
+        assert await caller.call("eightys.worker") == 0
+        await leave(callee, caller)
+
+    run(body())
