@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
 import time
 import urllib.request
 from contextlib import contextmanager
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -678,3 +681,67 @@ def test_server_wamp_lua_serves(start_server):
         await leave(callee, caller)
 
     run(body())
+
+
+# -- life cycle ---------------------------------------------------------------------------
+
+
+def test_reload_keeps_sessions_and_switches_lua_code(start_server, tmp_path):
+    app = tmp_path / "app.lua"
+    source = (REPO / APP).read_text()
+    app.write_text(source)
+    server = start_server(str(app), workers=1)
+
+    async def body():
+        s, _ = await join(server.port)
+        await s.register(lambda: "client", "client.proc")
+        out: asyncio.Queue = asyncio.Queue()
+        await s.subscribe(lambda *a: out.put_nowait(a), "lua.out")
+        assert await s.call("lua.add", 1, 2) == 3
+        app.write_text(source.replace("return { args[1] + args[2] }", "return { args[1] * args[2] }")
+                       .replace("{ args[1], WORKERID }", '{ "v2", args[1] }'))
+        server.send_signal(signal.SIGHUP)
+        await asyncio.get_running_loop().run_in_executor(None, server.wait_for_log, "reloaded")
+        assert await s.call("lua.add", 3, 4) == 12  # the new code, the same session
+        assert await s.call("client.proc") == "client"  # its registration survived
+        await s.publish("lua.in", "x", options=PublishOptions(acknowledge=True))
+        assert await asyncio.wait_for(out.get(), 5) == ("v2", "x")  # one (new) Lua subscriber
+        await asyncio.sleep(0.2)
+        assert out.empty()
+        await leave(s)
+
+    run(body())
+
+
+def worker_pid(server, worker_id: int) -> int:
+    """The pid of worker ``worker_id`` (``python -m eightys.worker FD ID ...``)."""
+    for pid in server.worker_pids():
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if b"eightys.worker" in argv and argv[argv.index(b"eightys.worker") + 2] == str(worker_id).encode():
+            return pid
+    raise AssertionError(f"no worker {worker_id}")
+
+
+def test_a_restarted_worker_learns_the_others_registrations(start_server):
+    server = start_server(APP, workers=2)
+
+    async def body():
+        (callee, cd), (other, od) = await sessions_on_both_workers(server.port)
+        await callee.register(lambda: "still here", "com.example.survivor")
+        await eventually(lambda: other.call("com.example.survivor"))
+        os.kill(worker_pid(server, 1), signal.SIGKILL)
+        await other.left  # its connection went with the worker
+        await asyncio.get_running_loop().run_in_executor(None, server.wait_workers, 2)
+        for _ in range(60):  # a new session on the new worker 1
+            s, d = await join(server.port)
+            if worker_of(d) == 1:
+                break
+            await leave(s)
+        assert worker_of(d) == 1
+        assert await eventually(lambda: s.call("com.example.survivor")) == "still here"
+        # worker 0 forgot the sessions of the old worker 1
+        listed = await callee.call("wamp.session.list")
+        assert od.session not in listed and d.session in listed
+        await leave(s, callee)
+
+    run(body(), timeout=60)

@@ -237,6 +237,7 @@ local function new_realm(router, name, config)
         remote_regs = {},    -- id -> { id, procedure, match, worker } in other workers
         calls = {},          -- call id -> pending call whose caller is here
         remote_invocations = {}, -- call id -> invocation here for a caller elsewhere
+        lua_subs = {},       -- key -> handle of router:subscribe (one per topic and match)
     }, Realm)
     return realm
 end
@@ -1223,6 +1224,11 @@ function Router:register(realm_name, procedure, fn, options)
     if type(fn) ~= "function" then error("router:register(realm, procedure, fn): fn must be a function", 2) end
     local match = options and options.match or "exact"
     if not valid_uri(procedure, match) then error("router:register: invalid procedure URI " .. tostring(procedure), 2) end
+    local known = realm.regs[reg_key(match, procedure)]
+    if known and known.fn and not known.meta then -- registered from Lua before (a reload): new code
+        known.fn = fn
+        return known.id
+    end
     local reg, err = self:_register(realm, match, procedure, nil, fn)
     if reg == nil then return nil, err end
     return reg.id
@@ -1244,16 +1250,29 @@ function Router:subscribe(realm_name, topic, fn, options)
     if type(fn) ~= "function" then error("router:subscribe(realm, topic, fn): fn must be a function", 2) end
     local match = options and options.match or "exact"
     if not valid_uri(topic, match) then error("router:subscribe: invalid topic URI " .. tostring(topic), 2) end
-    local subscriber = { handler = function(args, kwargs, details)
-        local ok, err = xpcall(fn, traceback, args or array(), kwargs or object({}), details)
+    local key = reg_key(match, topic)
+    local handle = realm.lua_subs[key]
+    if handle then -- subscribed from Lua before (a reload): the new function takes over
+        handle.subscriber.fn = fn
+        if not handle.sub.subscribers[handle.subscriber] then
+            handle.sub = self:_subscribe(realm, match, topic, handle.subscriber)
+        end
+        return handle
+    end
+    local subscriber = { fn = fn }
+    subscriber.handler = function(args, kwargs, details)
+        local ok, err = xpcall(subscriber.fn, traceback, args or array(), kwargs or object({}), details)
         if not ok then log_error("wamp: subscriber of " .. topic .. ": " .. tostring(err)) end
-    end }
+    end
     local sub = self:_subscribe(realm, match, topic, subscriber)
-    return { sub = sub, subscriber = subscriber, realm = realm }
+    handle = { sub = sub, subscriber = subscriber, realm = realm, key = key }
+    realm.lua_subs[key] = handle
+    return handle
 end
 
 --- Stop a subscription made with router:subscribe.
 function Router:unsubscribe(handle)
+    if handle.realm.lua_subs[handle.key] == handle then handle.realm.lua_subs[handle.key] = nil end
     return self:_unsubscribe(handle.realm, handle.sub, handle.subscriber)
 end
 
