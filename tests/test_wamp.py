@@ -9,6 +9,8 @@ import json
 import os
 import signal
 import socket
+import shutil
+import subprocess
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -22,7 +24,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from conftest import REPO, Server, free_port, line_of
+from test_reload import _need
 from wamp_client import JoinFailed, join, leave, worker_of
+
+NODE = shutil.which("node")
 
 APP = "tests/apps/wamp_app.lua"
 
@@ -745,3 +750,17 @@ def test_a_restarted_worker_learns_the_others_registrations(start_server):
         await leave(s, callee)
 
     run(body(), timeout=60)
+
+
+def test_npm_wampy_round_trip(start_server):
+    _need(NODE, "node is not installed")
+    _need((REPO / "tests" / "node" / "node_modules" / "wampy").is_dir() or None,
+          "npm wampy is not installed (./scripts/80.sh test installs it into tests/node/)")
+    server = start_server(APP, workers=1)
+    result = subprocess.run([NODE, str(REPO / "tests" / "node" / "wampy_client.mjs"),
+                             f"ws://127.0.0.1:{server.port}/ws", "json"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report == {"product": [42], "lua": [42], "event": {"argsList": ["hi"], "argsDict": {"n": 1}},
+                      "missing": "wamp.error.no_such_procedure"}

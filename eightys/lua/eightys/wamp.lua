@@ -446,7 +446,7 @@ end
 function Router:_welcome(s, realm, authid, authrole, authmethod)
     s.id = new_id()
     s.realm = realm
-    s.authid = authid or tostring(s.id)
+    s.authid = authid or string.format("%.0f", s.id)
     s.authrole = authrole or "anonymous"
     s.authmethod = authmethod or "anonymous"
     s.authprovider = authmethod == "anonymous" and "static" or "static"
