@@ -561,6 +561,12 @@ def test_across_workers(start_server, serializer):
         assert await caller.call("com.example.where", n=3, options=CallOptions(on_progress=seen.append)) == [
             "worker 0", rd.session]
         assert seen == [0, 1, 2]
+        # any payload crosses between the workers intact (bytes too; with msgpack, bytes that
+        # happen to be valid UTF-8 come back as text: a Lua string does not say which it was)
+        await callee.register(lambda *a, **k: [list(a), k], "com.example.echo")
+        payload = [b"\x00\xff raw", "é", None, 2**53, -1.5, {"nested": [[], {}]}]
+        assert await eventually(lambda: caller.call("com.example.echo", *payload, k=b"\xfe\x01")) == [
+            payload, {"k": b"\xfe\x01"}]
         # a procedure name is unique across the workers
         with pytest.raises(ApplicationError) as err:
             await caller.register(lambda: None, "com.example.where")

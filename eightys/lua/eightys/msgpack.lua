@@ -7,8 +7,8 @@
 --   local bytes = msgpack.encode({ 1, "two", { three = 3 } })
 --   local value, err = msgpack.decode(bytes)
 --
--- Strings are written as str (msgpack has no way to tell text from bytes in a
--- Lua string; bin values decode to strings too). Integers up to 2^53 are exact.
+-- A Lua string is written as str when it is valid UTF-8 and as bin otherwise;
+-- both decode to Lua strings. Integers up to 2^53 are exact.
 
 local type = type
 local pairs = pairs
@@ -26,6 +26,7 @@ local unpack = unpack or table.unpack
 local tostring = tostring
 
 local json = require("json")
+local valid_utf8 = require("eightys.utf8").valid
 local null = json.null
 local array_mt = json.array_mt
 local object_mt = json.object_mt
@@ -134,7 +135,11 @@ encode_value = function(v, buf, depth)
     local kind = type(v)
     if kind == "string" then
         local n = #v
-        if n < 32 then buf[#buf + 1] = char(0xa0 + n)
+        if not valid_utf8(v) then -- bytes: bin 8/16/32
+            if n < 256 then buf[#buf + 1] = "\196" .. char(n)
+            elseif n < 65536 then buf[#buf + 1] = "\197" .. be(n, 2)
+            else buf[#buf + 1] = "\198" .. be(n, 4) end
+        elseif n < 32 then buf[#buf + 1] = char(0xa0 + n)
         elseif n < 256 then buf[#buf + 1] = "\217" .. char(n)
         elseif n < 65536 then buf[#buf + 1] = "\218" .. be(n, 2)
         else buf[#buf + 1] = "\219" .. be(n, 4) end

@@ -301,9 +301,17 @@ end
 
 local routers = {} -- name -> router, for the mailbox
 
+-- Messages between workers are MessagePack: any bytes survive (a msgpack
+-- session's binary payloads), and it is the faster of our codecs.
 local function post(worker, message)
     if NWORKERS <= 1 then return end
-    local ok, err = aio:post(worker, MAILBOX, json_encode(message))
+    local data, err = msgpack.encode(message)
+    if data == nil then
+        log_error("wamp: cannot encode a message for worker " .. tostring(worker) .. ": " .. tostring(err))
+        return
+    end
+    local ok
+    ok, err = aio:post(worker, MAILBOX, data)
     if not ok then log_error("wamp: cannot reach worker " .. tostring(worker) .. ": " .. tostring(err)) end
 end
 
@@ -1189,7 +1197,7 @@ end
 
 aio:mailbox(MAILBOX, function(sender, data)
     if sender == WORKER then return end -- our own broadcast
-    local msg = json_decode(data)
+    local msg = msgpack.decode(data)
     if type(msg) ~= "table" then return end
     local router = routers[msg[2]]
     if router == nil then return end
