@@ -1,5 +1,5 @@
 -- A WAMP v2 router (README, "WAMP router"): ws://HOST:PORT/ws, realm "realm1",
--- subprotocols wamp.2.json and wamp.2.msgpack.
+-- subprotocols wamp.2.json, wamp.2.msgpack and wamp.2.cbor.
 --   eightys server/wamp.lua -p 8080 -c 2
 -- Every worker serves sessions; calls and events cross between workers.
 local wamp = require("eightys.wamp")

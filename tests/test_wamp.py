@@ -63,7 +63,7 @@ async def eventually(fn, timeout: float = 5.0):
 # -- Basic Profile ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("serializer", ["json", "msgpack"])
+@pytest.mark.parametrize("serializer", ["json", "msgpack", "cbor"])
 def test_rpc_between_two_connections(one_worker, serializer):
     async def body():
         callee, _ = await join(one_worker.port, serializer=serializer)
@@ -106,7 +106,7 @@ def test_rpc_between_two_connections(one_worker, serializer):
     run(body())
 
 
-@pytest.mark.parametrize("serializer", ["json", "msgpack"])
+@pytest.mark.parametrize("serializer", ["json", "msgpack", "cbor"])
 def test_pubsub_acknowledge_and_exclude_me(one_worker, serializer):
     async def body():
         pub, _ = await join(one_worker.port, serializer=serializer)

@@ -48,6 +48,7 @@ local object = codec.object
 local host = require("eightys.host")
 local log_error = host.log_error
 local msgpack = require("eightys.msgpack")
+local cbor = require("eightys.cbor")
 
 local _M = {}
 
@@ -203,6 +204,7 @@ local SERIALIZERS = {
     ["wamp.2.json"] = { encode = json_encode, decode = json_decode, binary = false, name = "json" },
     ["wamp.2.msgpack"] = { encode = msgpack.encode, decode = msgpack.decode, binary = true,
                            name = "msgpack" },
+    ["wamp.2.cbor"] = { encode = cbor.encode, decode = cbor.decode, binary = true, name = "cbor" },
 }
 
 -- The WAMP message as a list: trailing args/kwargs only when present.
@@ -399,20 +401,20 @@ function Router:realm(name)
     return realm
 end
 
---- Serve WAMP over WebSocket on `path` (subprotocols wamp.2.json and
---- wamp.2.msgpack); `ws_options` are aio:websocket's options.
+--- Serve WAMP over WebSocket on `path` (subprotocols wamp.2.json, wamp.2.msgpack
+--- and wamp.2.cbor); `ws_options` are aio:websocket's options.
 --- @param path string
 --- @param ws_options? table
 function Router:listen(path, ws_options)
     local opts = {}
     for k, v in pairs(ws_options or {}) do opts[k] = v end
-    opts.protocols = opts.protocols or { "wamp.2.json", "wamp.2.msgpack" }
+    opts.protocols = opts.protocols or { "wamp.2.json", "wamp.2.msgpack", "wamp.2.cbor" }
     local router = self
     aio:websocket(path, {
         open = function(ws, query, headers)
             local ser = SERIALIZERS[ws.protocol or ""]
             if ser == nil then
-                ws:close(1002, "a WAMP subprotocol (wamp.2.json, wamp.2.msgpack) is required")
+                ws:close(1002, "a WAMP subprotocol (wamp.2.json, wamp.2.msgpack, wamp.2.cbor) is required")
                 return
             end
             ws.wamp = setmetatable({ ws = ws, codec = ser, serializer = ser.name, state = "new",
