@@ -567,6 +567,10 @@ def test_across_workers(start_server, serializer):
         payload = [b"\x00\xff raw", "é", None, 2**53, -1.5, {"nested": [[], {}]}]
         assert await eventually(lambda: caller.call("com.example.echo", *payload, k=b"\xfe\x01")) == [
             payload, {"k": b"\xfe\x01"}]
+        # pattern registrations work across the workers too
+        await callee.register(lambda details: details.procedure, "com.cross.",
+                              options=RegisterOptions(match="prefix", details_arg="details"))
+        assert await eventually(lambda: caller.call("com.cross.deep.name")) == "com.cross.deep.name"
         # a procedure name is unique across the workers
         with pytest.raises(ApplicationError) as err:
             await caller.register(lambda: None, "com.example.where")

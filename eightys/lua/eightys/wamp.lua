@@ -236,7 +236,10 @@ local function new_realm(router, name, config)
         pattern_subs = {},   -- key -> subscription, prefix and wildcard only
         regs = {},           -- key -> local registration
         regs_by_id = {},     -- id -> local registration
-        remote_regs = {},    -- id -> { id, procedure, match, worker } in other workers
+        patterns = {},       -- key -> local registration, prefix and wildcard only
+        remote_regs = {},    -- id -> { id, procedure, match, key, worker } in other workers
+        remote_by_key = {},  -- key -> { id -> entry } (Lua procedures exist in every worker)
+        remote_patterns = {}, -- id -> entry, prefix and wildcard only
         calls = {},          -- call id -> pending call whose caller is here
         remote_invocations = {}, -- call id -> invocation here for a caller elsewhere
         lua_subs = {},       -- key -> handle of router:subscribe (one per topic and match)
@@ -249,12 +252,15 @@ local function reg_key(match, uri) return match .. "\0" .. uri end
 --- The registration serving `uri`: exact first, then the longest prefix, then the
 --- most specific wildcard; a registration in this worker before one elsewhere.
 function Realm:find_registration(uri)
-    local exact = self.regs[reg_key("exact", uri)]
+    local key = reg_key("exact", uri)
+    local exact = self.regs[key]
     if exact then return exact end
-    local best, best_len, best_local
-    for _, r in pairs(self.remote_regs) do
-        if r.match == "exact" and r.procedure == uri then return r end
+    local remote = self.remote_by_key[key]
+    if remote then
+        local _, entry = next(remote)
+        if entry then return entry end
     end
+    local best, best_len, best_local
     local function consider_prefix(r, is_local)
         if r.match == "prefix" and str_sub(uri, 1, #r.procedure) == r.procedure then
             local n = #r.procedure
@@ -263,8 +269,8 @@ function Realm:find_registration(uri)
             end
         end
     end
-    for _, r in pairs(self.regs) do consider_prefix(r, true) end
-    for _, r in pairs(self.remote_regs) do consider_prefix(r, false) end
+    for _, r in pairs(self.patterns) do consider_prefix(r, true) end
+    for _, r in pairs(self.remote_patterns) do consider_prefix(r, false) end
     if best then return best end
     local function consider_wildcard(r, is_local)
         if r.match == "wildcard" then
@@ -277,9 +283,35 @@ function Realm:find_registration(uri)
             end
         end
     end
-    for _, r in pairs(self.regs) do consider_wildcard(r, true) end
-    for _, r in pairs(self.remote_regs) do consider_wildcard(r, false) end
+    for _, r in pairs(self.patterns) do consider_wildcard(r, true) end
+    for _, r in pairs(self.remote_patterns) do consider_wildcard(r, false) end
     return best
+end
+
+-- A registration in another worker, announced to us.
+function Realm:add_remote(entry)
+    self:drop_remote(entry.id)
+    entry.key = reg_key(entry.match, entry.procedure)
+    self.remote_regs[entry.id] = entry
+    local same = self.remote_by_key[entry.key]
+    if same == nil then
+        same = {}
+        self.remote_by_key[entry.key] = same
+    end
+    same[entry.id] = entry
+    if entry.match ~= "exact" then self.remote_patterns[entry.id] = entry end
+end
+
+function Realm:drop_remote(id)
+    local entry = self.remote_regs[id]
+    if entry == nil then return end
+    self.remote_regs[id] = nil
+    self.remote_patterns[id] = nil
+    local same = self.remote_by_key[entry.key]
+    if same then
+        same[id] = nil
+        if next(same) == nil then self.remote_by_key[entry.key] = nil end
+    end
 end
 
 -- The local subscriptions an event on `topic` goes to.
@@ -807,17 +839,14 @@ end
 function Router:_register(realm, match, procedure, callee, fn)
     local key = reg_key(match, procedure)
     if realm.regs[key] then return nil, "wamp.error.procedure_already_exists" end
-    if callee then -- a client: procedures are unique across the workers
-        for _, r in pairs(realm.remote_regs) do
-            if r.match == match and r.procedure == procedure then
-                return nil, "wamp.error.procedure_already_exists"
-            end
-        end
+    if callee and realm.remote_by_key[key] then -- a client's procedure is unique across the workers
+        return nil, "wamp.error.procedure_already_exists"
     end
     local reg = { id = new_id(), procedure = procedure, match = match, callee = callee, fn = fn,
                   key = key, worker = WORKER, parts = match == "wildcard" and split(procedure) or nil }
     realm.regs[key] = reg
     realm.regs_by_id[reg.id] = reg
+    if match ~= "exact" then realm.patterns[key] = reg end
     if callee then
         callee.registrations[reg] = true
         callee.nregistrations = callee.nregistrations + 1
@@ -832,6 +861,7 @@ function Router:_unregister(realm, reg)
     if realm.regs[reg.key] ~= reg then return false end
     realm.regs[reg.key] = nil
     realm.regs_by_id[reg.id] = nil
+    realm.patterns[reg.key] = nil
     if reg.callee and reg.callee.registrations[reg] then
         reg.callee.registrations[reg] = nil
         reg.callee.nregistrations = reg.callee.nregistrations - 1
@@ -1122,7 +1152,7 @@ remote.hello = function(router, sender)
     -- a (re)started worker: forget what it had, tell it what we have
     for _, realm in pairs(router.realms) do
         for id, r in pairs(realm.remote_regs) do
-            if r.worker == sender then realm.remote_regs[id] = nil end
+            if r.worker == sender then realm:drop_remote(id) end
         end
         for id in pairs(realm.directory) do
             if id % SLOTS == sender then router:_left(realm, id) end
@@ -1151,11 +1181,11 @@ end
 
 remote.reg = function(router, sender, realm, entry)
     entry.worker = sender
-    realm.remote_regs[entry.id] = entry
+    realm:add_remote(entry)
 end
 
 remote.unreg = function(router, sender, realm, id)
-    realm.remote_regs[id] = nil
+    realm:drop_remote(id)
 end
 
 remote.event = function(router, sender, realm, topic, publication, args, kwargs, options, publisher)
