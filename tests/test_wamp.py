@@ -774,3 +774,24 @@ def test_npm_wampy_round_trip(start_server):
     report = json.loads(result.stdout)
     assert report == {"product": [42], "lua": [42], "event": {"argsList": ["hi"], "argsDict": {"n": 1}},
                       "missing": "wamp.error.no_such_procedure"}
+
+
+@pytest.mark.parametrize("serializer", ["json", "msgpack", "cbor"])
+def test_lua54_engine(start_server, serializer):
+    server = start_server(APP, "--lua", "lua54", workers=2)
+
+    async def body():
+        (callee, _), (caller, _) = await sessions_on_both_workers(server.port, serializer)
+        await callee.register(lambda *a, **k: [list(a), k], "com.example.echo")
+        payload = [2**53, -2**40, 1.5, "é", None, {"a": []}]
+        assert await eventually(lambda: caller.call("com.example.echo", *payload, x=1)) == [payload, {"x": 1}]
+        seen: list = []
+        assert await caller.call("lua.progress", 2, options=CallOptions(on_progress=seen.append)) == "done"
+        assert seen == [1, 2]
+        got: asyncio.Queue = asyncio.Queue()
+        await callee.subscribe(lambda x: got.put_nowait(x), "com.example.t")
+        await caller.publish("com.example.t", "hi", options=PublishOptions(acknowledge=True))
+        assert await asyncio.wait_for(got.get(), 5) == "hi"
+        await leave(callee, caller)
+
+    run(body())
