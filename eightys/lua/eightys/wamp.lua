@@ -20,7 +20,6 @@
 
 local type = type
 local pairs = pairs
-local ipairs = ipairs
 local next = next
 local tostring = tostring
 local error = error
@@ -34,14 +33,12 @@ local random = math.random
 local str_byte = string.byte
 local str_find = string.find
 local str_sub = string.sub
-local concat = table.concat
 
 local aio = aio
 local codec = codec
 local crypto = crypto
 local json_encode = codec.json_encode
 local json_decode = codec.json_decode
-local null = codec.null
 local array = codec.array
 local object = codec.object
 
@@ -302,6 +299,7 @@ function Realm:add_remote(entry)
     if entry.match ~= "exact" then self.remote_patterns[entry.id] = entry end
 end
 
+-- A registration in another worker went away.
 function Realm:drop_remote(id)
     local entry = self.remote_regs[id]
     if entry == nil then return end
@@ -427,6 +425,8 @@ function _M.router(options)
     return router
 end
 
+--- The realm called `name` (its sessions, subscriptions and registrations);
+--- an unknown name is a usage error.
 function Router:realm(name)
     local realm = self.realms[name]
     if realm == nil then error("wamp: no realm " .. tostring(name), 3) end
@@ -479,7 +479,6 @@ function Router:_abort(s, reason, message)
     self:_leave(s)
     s.state = "closed" -- whatever still arrives before the close is ignored
 end
-_M.ABORT_REASON = E_PROTOCOL
 
 function Router:_violation(s, message)
     self:_abort(s, E_PROTOCOL, message)
@@ -1355,7 +1354,8 @@ end
 -- Session meta API (answered by every worker from its directory)
 ---------------------------------------------------------------------------
 
-local function role_filter(kwargs, args)
+-- The optional first argument of count/list: a list of authroles to count.
+local function role_filter(args)
     local roles = args and args[1]
     if type(roles) ~= "table" then return nil end
     return roles
@@ -1369,14 +1369,14 @@ function Router:_install_meta(realm)
         realm.regs_by_id[reg.id] = reg
     end
     meta("wamp.session.count", function(args)
-        local roles = role_filter(nil, args)
+        local roles = role_filter(args)
         if roles == nil then return { realm.count } end
         local n = 0
         for _, d in pairs(realm.directory) do if list_has(roles, d.authrole) then n = n + 1 end end
         return { n }
     end)
     meta("wamp.session.list", function(args)
-        local roles = role_filter(nil, args)
+        local roles = role_filter(args)
         local ids = array()
         for id, d in pairs(realm.directory) do
             if roles == nil or list_has(roles, d.authrole) then ids[#ids + 1] = id end
