@@ -19,6 +19,11 @@ service = lapps.service{
         return "poked"
     end,
     notes = function(client) return notes end,
+    on_open = function(client)
+        -- too early: no request answered yet
+        local ok, err = service:notify(client, 7, { "early" })
+        notes[#notes + 1] = { "on_open", tostring(ok), err }
+    end,
     on_notification = function(client, cid, message)
         notes[#notes + 1] = { cid, message }
     end,

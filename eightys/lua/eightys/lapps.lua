@@ -114,7 +114,8 @@ function Service:_request(ws, data, binary)
     end
     local req, err = decode(data)
     if req == nil then return respond(ws, seq, error_response(_M.PARSE_ERROR, err)) end
-    if type(req) ~= "table" or req[1] ~= nil or req.lapps ~= "1" then
+    -- the specification says the string "1"; the number 1 is taken too
+    if type(req) ~= "table" or req[1] ~= nil or (req.lapps ~= "1" and req.lapps ~= 1) then
         return respond(ws, seq, error_response(_M.INVALID_REQUEST, 'a request is a map with lapps = "1"'))
     end
     local cid = req.cid
@@ -178,9 +179,15 @@ local function oon(cid, message)
 end
 
 --- Send an out of order notification on channel `cid` (> 0) to one client.
---- Returns true, or nil, err (as ws:send).
+--- Returns true, or nil, err (as ws:send; "no request answered yet" before the
+--- client's first request was answered, which the specification requires).
 function Service:notify(client, cid, message)
-    return client:send(oon(cid, message), true)
+    local data = oon(cid, message)
+    local q = client.lapps
+    if q == nil or q.sent == 0 then
+        return nil, "no request answered yet" -- OONs follow the first request-response exchange
+    end
+    return client:send(data, true)
 end
 
 --- Add a client to channel `cid`'s broadcasts (call it from a method: OONs follow
