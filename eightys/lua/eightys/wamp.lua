@@ -1159,6 +1159,9 @@ remote.hello = function(router, sender)
         for _, call in pairs(realm.calls) do
             if call.remote_worker == sender then call:fail(E_CANCELED, { "callee's worker restarted" }) end
         end
+        for _, inv in pairs(realm.remote_invocations) do -- their callers are gone
+            if inv.caller_worker == sender then inv:interrupt("killnowait") end
+        end
         for _, reg in pairs(realm.regs) do
             if not reg.meta then
                 post(sender, { "reg", router.name, realm.name, { id = reg.id, procedure = reg.procedure, match = reg.match } })
@@ -1206,7 +1209,7 @@ remote.call = function(router, sender, realm, call_id, caller_worker, reg_id, pr
         post(caller_worker, { "result", router.name, realm.name, call_id, a or array(), k or object({}), progress })
     end, reply_error)
     if not inv.done then
-        inv.remote_id = call_id
+        inv.remote_id, inv.caller_worker = call_id, caller_worker
         realm.remote_invocations[call_id] = inv
     end
 end
