@@ -4,6 +4,7 @@
 #   ./scripts/80.sh server/http.lua [eightys flags]   set up (first run) and serve
 #   ./scripts/80.sh test [pytest args]                 set up and run the test suite
 #   ./scripts/80.sh bench [bench.py args]              set up and run the benchmark
+#   ./scripts/80.sh bench wamp [wamp_bench.py args]    the WAMP router benchmark
 #
 # Setup: a virtualenv in .venv with the project and its test extras installed
 # (redone when pyproject.toml changes), plus the Debian packages a command needs
@@ -88,6 +89,12 @@ case "${1:-}" in
         shift
         ensure_venv
         ensure_compiled
+        if [ "${1:-}" = wamp ]; then  # ./scripts/80.sh bench wamp [wamp_bench.py args]
+            shift
+            ensure_debian taskset util-linux || true
+            cd "$ROOT"
+            exec "$VENV/bin/python" "$ROOT/scripts/wamp_bench.py" "$@"
+        fi
         "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "uvicorn>=0.30"
         ensure_debian wrk wrk
         ensure_debian ab apache2-utils

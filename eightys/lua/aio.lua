@@ -856,6 +856,36 @@ function aio:broadcast(message)
     return net.mail("*", message)
 end
 
+-- Library mailboxes: name -> handler(sender_worker, data). Messages posted to a
+-- mailbox bypass the app's on_message hook, so libraries (eightys.wamp) can talk
+-- between workers without taking the hook from the app.
+aio.mailboxes = aio.mailboxes or {}
+local MAILBOX_KEY = "eightys.mailbox"
+aio.MAILBOX_KEY = MAILBOX_KEY
+
+--- Receive what aio:post sends to mailbox `name`: `handler(sender_worker, data)`
+--- runs in the receiving worker (registering the name again replaces the handler).
+--- @param name string
+--- @param handler fun(sender: integer, data: string)
+function aio:mailbox(name, handler)
+    if type(name) ~= "string" or type(handler) ~= "function" then
+        error("aio:mailbox(name, handler): a string and a function expected", 2)
+    end
+    aio.mailboxes[name] = handler
+end
+
+--- Send string `data` to mailbox `name` of worker `worker` ("*": every worker,
+--- this one included), relayed by the master. Returns true, or nil, err.
+--- @param worker integer|string
+--- @param name string
+--- @param data string
+function aio:post(worker, name, data)
+    if type(name) ~= "string" or type(data) ~= "string" then
+        error("aio:post(worker, name, data): name and data must be strings", 2)
+    end
+    return net.mail(worker, { [MAILBOX_KEY] = name, data = data })
+end
+
 --- Reload the Lua code of every worker (each re-runs its entry script in place).
 function aio:reload()
     return host.reload_all()

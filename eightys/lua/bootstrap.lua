@@ -154,6 +154,17 @@ function dispatch.message(sender, sender_fd, receiver_fd, message)
         if not ok then report("mail handler", err) end
         return ok
     end
+    if type(message) == "table" then
+        local box = message[aio.MAILBOX_KEY]
+        if box ~= nil then -- aio:post to a library's mailbox, not the app's hook
+            local handler = aio.mailboxes[box]
+            if handler == nil then return true end
+            local ok, err = xpcall(handler, traceback, sender, message.data)
+            if ok then return true end
+            report("mailbox " .. tostring(box), err)
+            return false
+        end
+    end
     local hook = on_message
     if hook == nil then return true end
     local ok, err = xpcall(hook, traceback, sender, ELFD, sender_fd, ELFD, receiver_fd, 5, message)
