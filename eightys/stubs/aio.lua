@@ -286,6 +286,21 @@ function aio:mail(params) end
 ---@param message string|table
 function aio:broadcast(message) end
 
+--- Receive what aio:post sends to mailbox `name`: `handler(sender_worker, data)` runs in
+--- the receiving worker (registering the name again replaces the handler).
+---@param name string
+---@param handler fun(sender: integer, data: string)
+function aio:mailbox(name, handler) end
+
+--- Send string `data` to mailbox `name` of worker `worker` ("*": every worker, this one
+--- included), relayed by the master. Returns true, or nil, err.
+---@param worker integer|string
+---@param name string
+---@param data string
+---@return boolean|nil ok
+---@return string? err
+function aio:post(worker, name, data) end
+
 ---Every worker reloads its Lua code.
 ---@param full? boolean ignored (80s)
 ---@return boolean

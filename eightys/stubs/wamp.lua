@@ -1,0 +1,115 @@
+---@meta
+-- WAMP v2 router, LAppS protocol and their codecs (eightys.wamp, eightys.lapps,
+-- eightys.msgpack, eightys.cbor). See the README's "WAMP router" and "LAppS protocol".
+
+---@class wamp
+local wamp = {}
+
+---A WAMP router; `options.realms` configures realms (default `realm1`).
+---@param options? table
+---@return wamprouter
+function wamp.router(options) end
+
+---An error a procedure raises to answer its caller with a WAMP ERROR.
+---@param uri string
+---@param args? table
+---@param kwargs? table
+function wamp.error(uri, args, kwargs) end
+
+---@class wamprouter
+local router = {}
+
+---Serve WAMP on the WebSocket path (subprotocols wamp.2.json and wamp.2.msgpack).
+---@param path string
+---@param ws_options? table
+function router:listen(path, ws_options) end
+
+---Register a procedure implemented in Lua; returns its registration id.
+---@param realm string
+---@param procedure string
+---@param fn fun(args: table, kwargs: table, details: table): any
+---@param options? table
+---@return integer|nil id
+---@return string? err
+function router:register(realm, procedure, fn, options) end
+
+---@param realm string
+---@param id integer
+function router:unregister(realm, id) end
+
+---Subscribe a Lua function to a topic; returns a handle for unsubscribe.
+---@param realm string
+---@param topic string
+---@param fn fun(args: table, kwargs: table, details: table)
+---@param options? table
+---@return any handle
+function router:subscribe(realm, topic, fn, options) end
+
+---@param handle any
+function router:unsubscribe(handle) end
+
+---Publish an event from Lua.
+---@param realm string
+---@param topic string
+---@param args? table
+---@param kwargs? table
+---@param options? table
+function router:publish(realm, topic, args, kwargs, options) end
+
+---Call a procedure from Lua (any callee, any worker): a promise of the result.
+---@param realm string
+---@param procedure string
+---@param args? table
+---@param kwargs? table
+---@param options? table
+---@return aiopromise
+function router:call(realm, procedure, args, kwargs, options) end
+
+---Sessions joined to `realm` in this worker.
+---@param realm string
+---@return integer
+function router:session_count(realm) end
+
+---@class lapps
+local lapps = {}
+
+---A LAppS service: `methods` maps method names to `fn(params, client)`.
+---@param methods table<string, function>
+---@param options? table
+---@return lappsservice
+function lapps.service(methods, options) end
+
+---An error a method raises to answer with a LAppS error object.
+---@param code integer
+---@param message string
+---@param data? any
+function lapps.error(code, message, data) end
+
+---@class lappsservice
+local service = {}
+
+---Serve the service on the WebSocket path.
+---@param path string
+---@param ws_options? table
+function service:listen(path, ws_options) end
+
+---Send an out-of-order notification on channel `cid` to one client.
+function service:notify(client, cid, message) end
+
+---Add a client to channel `cid` (broadcasts reach it).
+function service:join(client, cid) end
+
+---Remove a client from channel `cid`.
+function service:leave(client, cid) end
+
+---Send `message` to every client on channel `cid`.
+function service:broadcast(cid, message) end
+
+---@class msgpack
+local msgpack = {}
+---@param value any
+---@return string
+function msgpack.encode(value) end
+---@param data string
+---@return any
+function msgpack.decode(data) end
