@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                    default=os.environ.get("RELOAD", "").lower() in ("1", "true", "yes"),
                    help="reload mode (also RELOAD=true): watch the code and the site, reload "
                         "workers on change, refresh browsers; implies --dev")
+    p.add_argument("--redis", metavar="URL", default=None,
+                   help="Redis server for apps and shared caches/sessions, "
+                        "redis://HOST:PORT/DB (default $REDIS_URL); a URL with a password "
+                        "belongs in $REDIS_URL, never on the command line")
     p.add_argument("--help", action="help", help="show this help and exit")
     p.add_argument("--version", action="version", version=f"eightys {__version__}")
     return p
@@ -131,6 +135,27 @@ def parse_address(host: str | None, port: int, ipv6: bool) -> Address:
             raise UsageError(f"-6 was given with the IPv4 address {host}")
         return Address("inet6", host.strip("[]") or "::", port)
     return Address("inet", host, port)
+
+
+def redis_url(option: str | None) -> str:
+    """The Redis URL from --redis, else $REDIS_URL (validated). A password is refused
+    on the command line, where every user of the machine can read it (``ps``)."""
+    from urllib.parse import urlsplit
+
+    url = option if option is not None else os.environ.get("REDIS_URL", "")
+    if not url:
+        return ""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError as exc:
+        raise UsageError(f"--redis: bad URL ({exc})") from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise UsageError(f"--redis needs a redis://HOST:PORT/DB URL, got scheme {parts.scheme!r}")
+    if option is not None and parts.password:
+        raise UsageError("--redis: a password on the command line is visible to every user "
+                         "(ps); put the URL in $REDIS_URL instead")
+    return url
 
 
 def config_from_args(argv: Sequence[str]) -> Config:
@@ -172,6 +197,7 @@ def config_from_args(argv: Sequence[str]) -> Config:
         dev=args.dev or args.reload,
         reload=args.reload,
         secret=secrets.token_hex(32),
+        redis=redis_url(args.redis),
     )
 
 

@@ -59,6 +59,9 @@ class Config:
     reload: bool = False
     #: Signs session cookies when no MASTER_KEY is set; one per server run, shared by its workers.
     secret: str = ""
+    #: Redis for apps (``require("redis")``'s default) and shared caches/sessions:
+    #: ``redis://[user:password@]host:port/db`` (--redis, or REDIS_URL for one with a password).
+    redis: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:

@@ -30,6 +30,7 @@ from eightys.log import setup_logging
 from eightys.lua_runtime import LuaLoadError, LuaRuntime
 from eightys.modules import ExtensionModule, load_modules
 from eightys.mysql import MySQLHost
+from eightys.redis_host import RedisHost
 from eightys.protocols.host import ConnectionHost
 from eightys.protocols.http import HttpProtocol
 from eightys.protocols.http_core import HttpLimits
@@ -87,6 +88,7 @@ class Worker:
         self.runtime: LuaRuntime = None  # type: ignore[assignment]
         self.content: ContentHost = None  # type: ignore[assignment]  # set by _load
         self.mysql: MySQLHost = None  # type: ignore[assignment]  # set by _load
+        self.redis: RedisHost = None  # type: ignore[assignment]  # set by _load
         self.server: asyncio.AbstractServer | None = None
         self.channel: ChannelProtocol | None = None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -135,7 +137,9 @@ class Worker:
         config = self.config
         self.content = ContentHost(self)
         self.mysql = MySQLHost(self)
+        self.redis = RedisHost(self, config.redis)
         private = {**self.content.functions(), **self.mysql.functions(),
+                   **self.redis.functions(),
                    b"live_subscribe": self.live_subscribe,
                    b"handler_timeout": config.handler_timeout}
         self.runtime = LuaRuntime(
@@ -208,6 +212,10 @@ class Worker:
         if self.connections:
             self.log.warning("closed %d connection(s) still open after the %.1f s grace period",
                              len(self.connections), self.config.graceful_timeout)
+        try:
+            await asyncio.wait_for(self.redis.close_all(), 1.0)
+        except (asyncio.TimeoutError, AttributeError):  # AttributeError: never loaded
+            pass
 
     def _sweep(self) -> None:
         # Once a second: advance the coarse clock and let each connection apply

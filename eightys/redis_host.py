@@ -1,0 +1,471 @@
+"""The Python half of the Redis client (eightys/lua/redis.lua): the only module that
+touches redis-py (its asyncio client, with the hiredis parser when installed).
+
+Lua sees a handful of host functions (``RedisHost.functions``, in the private host
+table); each returns at once, with a promise (``LuaRuntime.promise_from``) for the
+work done on the worker's loop. Clients are small integer ids: Lua never holds a
+Python object.
+
+Design:
+
+* Every ``redis:new()`` client has, per worker, a pool of at most ``pool_size``
+  connections (redis-py's BlockingConnectionPool): commands run concurrently up to
+  that many, more wait for a connection. redis-py's reply callbacks are switched
+  off: Lua gets the raw RESP2 reply (``"OK"``, integers, strings, flat arrays),
+  like lua-resty-redis, whatever the command.
+* Failing fast: redis-py retries nothing here (its default would retry three
+  times with back-off, holding the caller). A pooled connection the server closed
+  (``CLIENT KILL``, timeout) is replaced before it is used, by redis-py. When
+  connecting fails, the client is *down*: for a back-off that doubles from
+  :data:`MIN_BACKOFF` to :data:`MAX_BACKOFF`, every call fails at once with
+  ``nil, "redis: unavailable: ..."`` without touching the network; the first call
+  after the back-off tries again. So a Redis that went away costs callers nothing
+  but the error, and one connection attempt per back-off period.
+* Pub/sub: one dedicated connection per client, supervised by one task
+  (:class:`Subscriber`). It subscribes to the channels and patterns that have
+  local callbacks; when the connection is lost it reconnects with the same
+  back-off and subscribes again to all of them (redis-py would not), so a
+  subscription made once lives until unsubscribed, across Redis restarts.
+* Every failure reaches Lua as ``nil, "redis: message"``; no Python exception
+  propagates into Lua.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+if TYPE_CHECKING:
+    from eightys.lua_runtime import LuaRuntime
+    from eightys.mysql import HasRuntime
+
+#: Connections per client and worker when ``opts.pool_size`` does not say.
+DEFAULT_POOL_SIZE = 8
+#: Seconds a connection attempt may take, and a command may wait for a pooled connection.
+DEFAULT_CONNECT_TIMEOUT = 2.0
+#: Back-off after a failed connection attempt: doubles from MIN to MAX seconds.
+MIN_BACKOFF = 0.05
+MAX_BACKOFF = 5.0
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    from redis import exceptions
+
+    return (exceptions.ConnectionError, exceptions.TimeoutError, OSError,
+            asyncio.TimeoutError, EOFError)
+
+
+def describe(exc: BaseException) -> str:
+    """An error message for Lua: ``redis: ...`` (server errors keep Redis' own text,
+    e.g. ``redis: WRONGTYPE Operation against a key holding the wrong kind of value``)."""
+    text = str(exc) or type(exc).__name__
+    return text if text.startswith("redis: ") else f"redis: {text}"
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(bad URL)"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
+
+
+class Backoff:
+    """Whether a server is usable now, from the outcome of the last attempts."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.delay = 0.0
+        self.retry_at = 0.0
+        self.error = ""
+
+    def down(self) -> str | None:
+        """The reason to fail at once, or None when an attempt may be made."""
+        if self.delay and self.loop.time() < self.retry_at:
+            return f"redis: unavailable: {self.error} (next attempt in " \
+                   f"{self.retry_at - self.loop.time():.2f} s)"
+        return None
+
+    def failed(self, exc: BaseException) -> float:
+        """Record a failed connection; returns the back-off now in force."""
+        self.delay = min(max(self.delay * 2, MIN_BACKOFF), MAX_BACKOFF)
+        self.retry_at = self.loop.time() + self.delay
+        self.error = describe(exc).removeprefix("redis: ")
+        return self.delay
+
+    def succeeded(self) -> None:
+        """The server answered: no back-off."""
+        self.delay = 0.0
+
+
+class Subscriber:
+    """The pub/sub connection of one client: the channels and patterns with local
+    callbacks, kept subscribed by :meth:`_supervise` across lost connections."""
+
+    def __init__(self, client: "Client", deliver: Callable[[bytes, bytes, bytes | None], None]
+                 ) -> None:
+        self.client = client
+        self.deliver = deliver
+        self.channels: set[bytes] = set()
+        self.patterns: set[bytes] = set()
+        self.pubsub: Any = None  # the live redis-py PubSub, or None while (re)connecting
+        self.backoff = Backoff(client.loop)
+        self.closed = False
+        #: (kind, name) -> futures waiting for Redis to confirm that subscription
+        self._waiting: dict[tuple[str, bytes], list[asyncio.Future[None]]] = {}
+        self._wake = asyncio.Event()
+        self.task = asyncio.ensure_future(self._supervise())
+
+    def _names(self, pattern: bool) -> set[bytes]:
+        return self.patterns if pattern else self.channels
+
+    async def subscribe(self, name: bytes, pattern: bool) -> tuple[Any, ...]:
+        """Add a channel (or pattern); resolves once Redis confirmed it. If Redis is
+        unreachable the subscription stays and is made on reconnect."""
+        names = self._names(pattern)
+        kind = "psubscribe" if pattern else "subscribe"
+        if name in names and self.pubsub is not None:
+            return (True,)
+        names.add(name)
+        waiter: asyncio.Future[None] = self.client.loop.create_future()
+        self._waiting.setdefault((kind, name), []).append(waiter)
+        if self.pubsub is not None:
+            try:
+                await (self.pubsub.psubscribe(name) if pattern else self.pubsub.subscribe(name))
+            except Exception:  # noqa: BLE001 - the supervisor sees the lost connection too
+                pass
+        else:
+            self._wake.set()
+        reason = self.backoff.down()
+        if reason is not None and self.pubsub is None:
+            return None, (reason + "; subscribed when it is back").encode()
+        try:
+            await asyncio.wait_for(waiter, self.client.connect_timeout)
+        except asyncio.TimeoutError:
+            return None, b"redis: subscription not confirmed in time (it is kept and retried)"
+        except Exception as exc:  # noqa: BLE001 - lost connection: reported, kept for later
+            return None, (describe(exc) + "; subscribed again when it is back").encode()
+        return (True,)
+
+    async def unsubscribe(self, name: bytes, pattern: bool) -> tuple[Any, ...]:
+        """Drop a channel (or pattern); nothing is delivered for it any more."""
+        names = self._names(pattern)
+        if name not in names:
+            return (True,)
+        names.discard(name)
+        if self.pubsub is not None:
+            try:
+                await (self.pubsub.punsubscribe(name) if pattern
+                       else self.pubsub.unsubscribe(name))
+            except Exception:  # noqa: BLE001 - gone is as good as unsubscribed
+                pass
+        return (True,)
+
+    def _confirm(self, kind: str, name: bytes, error: BaseException | None = None) -> None:
+        for waiter in self._waiting.pop((kind, name), ()):
+            if not waiter.done():
+                if error is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(error)
+
+    def _fail_waiters(self, error: BaseException) -> None:
+        for kind, name in list(self._waiting):
+            self._confirm(kind, name, error)
+
+    async def _supervise(self) -> None:
+        errors = _connection_errors()
+        while not self.closed:
+            if not self.channels and not self.patterns:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            wait = self.backoff.retry_at - self.client.loop.time()
+            if self.backoff.delay and wait > 0:
+                await asyncio.sleep(wait)
+            pubsub = self.client.redis.pubsub()
+            try:
+                channels, patterns = list(self.channels), list(self.patterns)
+                if channels:
+                    await pubsub.subscribe(*channels)
+                if patterns:
+                    await pubsub.psubscribe(*patterns)
+                self.pubsub = pubsub
+                self.backoff.succeeded()
+                while not self.closed and (self.channels or self.patterns):
+                    message = await pubsub.get_message(timeout=None)
+                    if message is None:
+                        continue
+                    kind = message["type"]
+                    if kind == "message":
+                        self.deliver(message["channel"], message["data"], None)
+                    elif kind == "pmessage":
+                        self.deliver(message["channel"], message["data"], message["pattern"])
+                    elif kind in ("subscribe", "psubscribe"):
+                        self._confirm(kind, message["channel"])
+            except asyncio.CancelledError:
+                raise
+            except errors as exc:
+                self.backoff.failed(exc)
+                self._fail_waiters(exc)
+            except Exception as exc:  # noqa: BLE001 - keep supervising whatever happened
+                self.backoff.failed(exc)
+                self._fail_waiters(exc)
+            finally:
+                self.pubsub = None
+                try:
+                    await pubsub.aclose()
+                except Exception:  # noqa: BLE001 - closing a dead connection
+                    pass
+
+    async def close(self) -> None:
+        """Stop supervising and close the connection."""
+        self.closed = True
+        self.channels.clear()
+        self.patterns.clear()
+        self.task.cancel()
+        try:
+            await self.task
+        except BaseException:  # noqa: BLE001 - cancelled, as asked
+            pass
+
+
+class Client:
+    """One ``redis:new()`` client of one worker."""
+
+    def __init__(self, url: str, pool_size: int, connect_timeout: float) -> None:
+        from redis.asyncio import BlockingConnectionPool, Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        self.loop = asyncio.get_event_loop()
+        self.url = url
+        self.connect_timeout = connect_timeout
+        pool = BlockingConnectionPool.from_url(
+            url, max_connections=pool_size, timeout=connect_timeout,
+            socket_connect_timeout=connect_timeout, socket_keepalive=True, protocol=2,
+            retry=Retry(NoBackoff(), 0))
+        self.redis = Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+        self.redis.response_callbacks.clear()  # raw replies, whatever the command
+        self.backoff = Backoff(self.loop)
+        self.subscriber: Subscriber | None = None
+
+    async def close(self) -> None:
+        """Close the subscriber and every pooled connection."""
+        if self.subscriber is not None:
+            await self.subscriber.close()
+        await self.redis.aclose(close_connection_pool=True)
+
+
+# -- the host functions ----------------------------------------------------------------------
+
+
+class RedisHost:
+    """The host functions redis.lua calls (through the private host table)."""
+
+    def __init__(self, owner: "HasRuntime", default_url: str = "") -> None:
+        self.owner = owner
+        self.default_url = default_url
+        self._clients: dict[int, Client] = {}
+        self._pending: set[asyncio.Future[Any]] = set()
+        self._ids = itertools.count(1)
+        self._deliver: Any = None
+        self._null: Any = None
+        self._array_mt: Any = None
+        self._setmetatable: Any = None
+
+    def functions(self) -> dict[bytes, Any]:
+        """The entries this adds to the private host table."""
+        return {
+            b"redis_setup": self.setup, b"redis_new": self.new, b"redis_call": self.call,
+            b"redis_pipeline": self.pipeline, b"redis_subscribe": self.subscribe,
+            b"redis_unsubscribe": self.unsubscribe, b"redis_close": self.close,
+            b"redis_url": self.default_url.encode(),
+        }
+
+    @property
+    def runtime(self) -> "LuaRuntime":
+        return self.owner.runtime
+
+    # -- called by Lua ----------------------------------------------------------------------
+
+    def setup(self, deliver: Any, null: Any, array_mt: Any) -> None:
+        """Learn the message dispatcher, the null sentinel and the array metatable
+        (once, when redis.lua loads)."""
+        self._deliver = deliver
+        self._null = null
+        self._array_mt = array_mt
+        self._setmetatable = self.runtime.lua.globals()[b"setmetatable"]
+
+    def new(self, url: bytes | None, pool_size: Any = None, connect_timeout: Any = None) -> Any:
+        """A new client for ``url`` (default: the server's --redis); its id, or
+        ``nil, err`` for a URL that is missing or malformed. Connects lazily."""
+        text = (url or b"").decode("utf-8", "replace") or self.default_url
+        if not text:
+            return None, b"redis: no URL given and the server has no --redis (or REDIS_URL)"
+        if not text.startswith(("redis://", "rediss://", "unix://")):
+            return None, f"redis: not a redis:// URL: {redact(text)}".encode()
+        size = int(pool_size) if isinstance(pool_size, (int, float)) and pool_size >= 1 \
+            else DEFAULT_POOL_SIZE
+        timeout = float(connect_timeout) if isinstance(connect_timeout, (int, float)) \
+            and connect_timeout > 0 else DEFAULT_CONNECT_TIMEOUT
+        try:
+            client = Client(text, size, timeout)
+        except Exception as exc:  # noqa: BLE001 - a bad URL is a value for Lua
+            return None, f"redis: bad URL {redact(text)}: {exc}".encode()
+        client_id = next(self._ids)
+        self._clients[client_id] = client
+        return client_id
+
+    def call(self, client_id: int, args: Any, count: int) -> Any:
+        """Run one command (``args[1..count]``, strings): promise of its reply."""
+        client = self._clients.get(client_id)
+        if client is None:
+            return self._failed("redis: the client is closed")
+        values = [args[i] for i in range(1, count + 1)]
+        return self._guarded(client, self._call(client, values))
+
+    def pipeline(self, client_id: int, commands: Any, count: int, transaction: bool) -> Any:
+        """Send ``commands[1..count]`` (each an array of strings with ``n``) in one
+        round trip (in MULTI/EXEC if ``transaction``): promise of the replies, a
+        failed command's reply being ``{error = message}``."""
+        client = self._clients.get(client_id)
+        if client is None:
+            return self._failed("redis: the client is closed")
+        batch = []
+        for i in range(1, count + 1):
+            command = commands[i]
+            batch.append([command[j] for j in range(1, command[b"n"] + 1)])
+        return self._guarded(client, self._pipeline(client, batch, bool(transaction)))
+
+    def subscribe(self, client_id: int, name: bytes, pattern: bool) -> Any:
+        """Subscribe the client's pub/sub connection to a channel (or pattern)."""
+        client = self._clients.get(client_id)
+        if client is None:
+            return self._failed("redis: the client is closed")
+        if client.subscriber is None:
+            deliver = self._deliver
+            dispatch = self.runtime.dispatch_call
+
+            def on_message(channel: bytes, data: bytes, pattern: bytes | None) -> None:
+                dispatch(deliver, client_id, channel, data, pattern)
+
+            client.subscriber = Subscriber(client, on_message)
+        return self._promise(client.subscriber.subscribe(name, bool(pattern)))
+
+    def unsubscribe(self, client_id: int, name: bytes, pattern: bool) -> Any:
+        """Drop a channel (or pattern) from the client's pub/sub connection."""
+        client = self._clients.get(client_id)
+        if client is None or client.subscriber is None:
+            return self._failed(None)
+        return self._promise(client.subscriber.unsubscribe(name, bool(pattern)))
+
+    def close(self, client_id: int) -> Any:
+        """Close the client (its pub/sub connection and pool): promise of ``true``."""
+        client = self._clients.pop(client_id, None)
+        if client is None:
+            return self._failed(None)
+
+        async def closing() -> tuple[Any, ...]:
+            await client.close()
+            return (True,)
+
+        return self._promise(closing())
+
+    async def close_all(self) -> None:
+        """Close every client (the worker is stopping)."""
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            try:
+                await client.close()
+            except Exception:  # noqa: BLE001 - shutting down anyway
+                pass
+
+    # -- the work ---------------------------------------------------------------------------
+
+    async def _call(self, client: Client, values: list[Any]) -> tuple[Any, ...]:
+        reply = await client.redis.execute_command(*values)
+        return (self._lua(reply, True),)
+
+    async def _pipeline(self, client: Client, batch: list[list[Any]],
+                        transaction: bool) -> tuple[Any, ...]:
+        pipe = client.redis.pipeline(transaction=transaction)
+        for values in batch:
+            pipe.execute_command(*values)
+        replies = await pipe.execute(raise_on_error=False)
+        return (self._lua(list(replies), False),)
+
+    def _guarded(self, client: Client, work: Awaitable[tuple[Any, ...]]) -> Any:
+        reason = client.backoff.down()
+        if reason is not None:
+            work.close()  # type: ignore[attr-defined]  # a coroutine never started
+            return self._failed(reason)
+
+        async def guarded() -> tuple[Any, ...]:
+            try:
+                result = await work
+            except _connection_errors() as exc:
+                client.backoff.failed(exc)
+                raise
+            client.backoff.succeeded()
+            return result
+
+        return self._promise(guarded())
+
+    # -- values -----------------------------------------------------------------------------
+
+    def _lua(self, reply: Any, top: bool) -> Any:
+        """A RESP reply as a Lua value: nil at the top, redis.null inside arrays;
+        arrays as codec.array tables; an error reply inside an array as {error=...}."""
+        if reply is None:
+            return None if top else self._null
+        if isinstance(reply, (bytes, int, float)):
+            return reply
+        if isinstance(reply, (list, tuple)):
+            table = self.runtime.table([self._lua(item, False) for item in reply])
+            self._setmetatable(table, self._array_mt)
+            return table
+        if isinstance(reply, BaseException):
+            return self.runtime.table({b"error": describe(reply).encode()})
+        if isinstance(reply, str):
+            return reply.encode()
+        if isinstance(reply, bool):
+            return reply
+        return str(reply).encode()
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _promise(self, work: Awaitable[tuple[Any, ...]]) -> Any:
+        # a strong reference: the loop holds tasks only weakly (see mysql.py)
+        task = asyncio.ensure_future(_reported(work))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return self.runtime.promise_from(task, _values)
+
+    def _failed(self, message: str | None) -> Any:
+        promise, resolve = self.runtime.new_promise()
+        if message is None:
+            resolve(True)
+        else:
+            resolve(None, message.encode())
+        return promise
+
+
+async def _reported(work: Awaitable[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """``work``'s values, or ``(nil, message)`` if it raised."""
+    try:
+        return await work
+    except Exception as exc:  # noqa: BLE001 - every failure is a value for Lua
+        return None, describe(exc).encode()
+
+
+def _values(result: tuple[Any, ...]) -> tuple[Any, ...]:
+    return result

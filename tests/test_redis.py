@@ -1,0 +1,396 @@
+"""The Redis client (eightys/lua/redis.lua + eightys/redis_host.py) against real servers.
+
+Most tests run Lua in-process (tests/luahost.py with the Redis host functions, a
+real uvloop loop) against the machine's Redis (``redis_url``: skipped without one,
+failing under CI); the tests that kill connections or the server itself use a
+redis-server of their own (``private_redis``). One test runs a real ``eightys``
+process with ``--redis``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Iterator
+
+import pytest
+
+from conftest import PrivateRedis
+from eightys.lua_runtime import ENGINES
+from eightys.redis_host import RedisHost
+from http_helpers import HttpClient
+from luahost import LuaHost
+
+redis = pytest.importorskip("redis")
+
+PRELUDE = b"""
+redis = require("redis")
+function must(promise)
+    local value, err = aio:await(promise)
+    if value == nil then error(err, 2) end
+    return value
+end
+function is_array(t)
+    return getmetatable(t) == getmetatable(codec.array())
+end
+"""
+
+
+class Lua:
+    """A Lua state with the Redis host functions; :meth:`run` runs async Lua code."""
+
+    def __init__(self, engine: str, default_url: str = "") -> None:
+        self.hosts: list[RedisHost] = []
+
+        def private(host: LuaHost) -> dict[bytes, Any]:
+            redis_host = RedisHost(host, default_url)
+            self.hosts.append(redis_host)
+            return redis_host.functions()
+
+        self.host = LuaHost(engine, private=private)
+        self.runtime = self.host.runtime
+        self.host.call(self.runtime.lua.execute, PRELUDE)
+
+    def run(self, body: str, *args: Any, timeout: float = 10.0) -> tuple[Any, ...]:
+        """Run ``body`` (receiving ``...`` = args) in aio:async; its results as Python
+        values (tables -> lists or dicts). A Lua error fails the test."""
+        fn = self.runtime.execute(
+            b"return function(done, ...) aio:async(function(...)\n" + body.encode()
+            + b"\nend, nil, ...)(done) end")
+        results: list[tuple[Any, ...]] = []
+        args = tuple(a.encode() if isinstance(a, str) else a for a in args)
+        self.host.call(fn, lambda *values: results.append(values), *args)
+        self.host.run_until(lambda: results, timeout, what="the Lua code to finish")
+        if self.host.errors:
+            pytest.fail("Lua errors:\n" + "\n".join(self.host.errors), pytrace=False)
+        return tuple(self.to_py(v) for v in results[0])
+
+    def wait(self, condition: Any, timeout: float = 5.0, what: str = "the condition") -> None:
+        """Run the loop until ``condition()`` holds (messages arrive meanwhile)."""
+        self.host.run_until(condition, timeout, what=what)
+
+    def globals(self) -> Any:
+        return self.runtime.lua.globals()
+
+    def to_py(self, value: Any) -> Any:
+        if self.runtime.lupa.lua_type(value) != "table":
+            return value
+        items = dict(value.items())
+        if not items:
+            return []
+        if all(isinstance(k, int) and k > 0 for k in items):
+            return [self.to_py(items.get(i)) for i in range(1, max(items) + 1)]
+        return {(k.decode() if isinstance(k, bytes) else k): self.to_py(v)
+                for k, v in items.items()}
+
+    def dispose(self) -> None:
+        for redis_host in self.hosts:
+            self.host.loop.run_until_complete(redis_host.close_all())
+        self.host.dispose()
+
+
+@pytest.fixture
+def lua_factory() -> Iterator[Any]:
+    made: list[Lua] = []
+
+    def make(engine: str = "luajit", default_url: str = "") -> Lua:
+        lua = Lua(engine, default_url)
+        made.append(lua)
+        return lua
+
+    yield make
+    for lua in made:
+        lua.dispose()
+
+
+@pytest.fixture(params=sorted(ENGINES))
+def lua(request: pytest.FixtureRequest, lua_factory: Any, redis_url: str) -> Lua:
+    """A :class:`Lua` on each engine whose default URL is the machine's Redis."""
+    return lua_factory(request.param, redis_url)
+
+
+@pytest.fixture
+def key() -> str:
+    """A key prefix no other test (or engineer) uses."""
+    return f"eightys-test:{uuid.uuid4().hex}:"
+
+
+@pytest.fixture
+def direct(redis_url: str) -> Iterator[Any]:
+    """A blocking redis-py client of the machine's Redis (test database)."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+def test_commands_by_name_and_call(lua: Lua, key: str, direct: Any) -> None:
+    ok, value, missing, hset, hgetall, incr, typed = lua.run("""
+        local k = ...
+        local c = redis:new()
+        local ok = must(c:set(k .. "a", "h\\0llo", "EX", 60))
+        local value = must(c:get(k .. "a"))
+        local missing, err = aio:await(c:get(k .. "nothing"))
+        assert(missing == nil and err == nil, err)
+        local hset = must(c:call("HSET", k .. "h", "name", "Ada", "age", 36))
+        local all = must(c:hgetall(k .. "h"))
+        assert(is_array(all))
+        local incr = must(c:Incr(k .. "n"))
+        local typed = must(c:TYPE(k .. "h"))
+        return ok, value, missing, hset, all, incr, typed
+    """, key)
+    assert (ok, value, missing, hset, incr, typed) == (b"OK", b"h\0llo", None, 2, 1, b"hash")
+    assert hgetall == [b"name", b"Ada", b"age", b"36"]
+    assert direct.get(key + "a") == b"h\0llo" and 0 < direct.ttl(key + "a") <= 60
+    direct.delete(key + "a", key + "h", key + "n")
+
+
+def test_numbers_and_nested_replies(lua: Lua, key: str, direct: Any) -> None:
+    direct.rpush(key + "l", "x")
+    got, mget = lua.run("""
+        local k = ...
+        local c = redis:new()
+        must(c:set(k .. "f", 1.5))
+        must(c:set(k .. "i", 2 ^ 40))
+        local mget = must(c:mget(k .. "f", k .. "none", k .. "i"))
+        assert(rawequal(mget[2], redis.null))
+        mget[2] = "NULL"
+        return { must(c:get(k .. "f")), must(c:get(k .. "i")) }, mget
+    """, key)
+    assert got == [b"1.5", b"1099511627776"]
+    assert mget == [b"1.5", b"NULL", b"1099511627776"]
+    direct.delete(key + "f", key + "i", key + "l")
+
+
+def test_server_errors_are_values_and_misuse_raises(lua: Lua, key: str, direct: Any) -> None:
+    direct.set(key + "s", "text")
+    wrongtype, unknown, misuse = lua.run("""
+        local k = ...
+        local c = redis:new()
+        local misuse = select(2, pcall(c.set, c, k, {}))
+        return { aio:await(c:lpush(k .. "s", "x")) }, { aio:await(c:call("NOSUCHCOMMAND")) },
+               misuse
+    """, key)
+    assert wrongtype[0] is None and wrongtype[1].startswith(b"redis: WRONGTYPE"), wrongtype
+    assert unknown[0] is None and b"unknown command" in unknown[1], unknown
+    assert b"an argument must be a string or a number, got table" in misuse
+    direct.delete(key + "s")
+
+
+def test_pipeline_and_transaction(lua: Lua, key: str, direct: Any) -> None:
+    replies, tx, empty = lua.run("""
+        local k = ...
+        local c = redis:new()
+        local p = c:pipeline()
+        p:set(k .. "a", "1"):incr(k .. "a")
+        p:call("LPUSH", k .. "a", "x")   -- WRONGTYPE: an error in its slot, the rest run
+        p:get(k .. "a")
+        local replies = must(p:execute())
+        local t = c:pipeline({ transaction = true })
+        t:incr(k .. "b"); t:incr(k .. "b"); t:get(k .. "b")
+        local tx = must(t:execute())
+        return replies, tx, must(p:execute())
+    """, key)
+    assert replies[:2] == [b"OK", 2] and replies[3] == b"2"
+    assert replies[2]["error"].startswith(b"redis: WRONGTYPE")
+    assert tx == [1, 2, b"2"] and empty == []
+    direct.delete(key + "a", key + "b")
+
+
+def test_explicit_url_and_bad_urls(lua_factory: Any, redis_url: str, key: str) -> None:
+    lua = lua_factory("luajit")  # no default URL
+    none, bad, good = lua.run("""
+        local url, k = ...
+        local none = { redis:new() }
+        local bad = { redis:new("http://example.com/") }
+        local c = assert(redis:new(url, { pool_size = 2 }))
+        return none, bad, must(c:ping())
+    """, redis_url, key)
+    assert none[0] is None and b"no URL given" in none[1]
+    assert bad[0] is None and b"not a redis:// URL" in bad[1]
+    assert good == b"PONG"
+
+
+def test_concurrent_commands_share_a_bounded_pool(lua: Lua, key: str, direct: Any) -> None:
+    (total,) = lua.run("""
+        local k = ...
+        local c = redis:new(nil, { pool_size = 3 })
+        local promises = {}
+        for i = 1, 50 do promises[i] = c:incr(k .. "n") end
+        local values = aio:await(aio:gather(unpack and unpack(promises) or table.unpack(promises)))
+        return must(c:get(k .. "n"))
+    """, key)
+    assert total == b"50"
+    direct.delete(key + "n")
+
+
+# -- pub/sub ----------------------------------------------------------------------------
+
+
+def test_subscribe_receives_messages_until_unsubscribed(lua: Lua, key: str, direct: Any) -> None:
+    channel = key + "news"
+    (ok,) = lua.run("""
+        local channel = ...
+        received = {}
+        client = redis:new()
+        local function on(message, ch) received[#received + 1] = ch .. "=" .. message end
+        second = function(message) received[#received + 1] = "2nd:" .. message end
+        assert(must(client:subscribe(channel, on)))
+        assert(must(client:subscribe(channel, second)))
+        return true
+    """, channel)
+    assert ok is True
+    direct.publish(channel, b"one")
+    lua.wait(lambda: len(lua.globals()[b"received"]) == 2, what="the message")
+    assert lua.to_py(lua.globals()[b"received"]) == [channel.encode() + b"=one", b"2nd:one"]
+    lua.run("""
+        local channel = ...
+        must(client:unsubscribe(channel, second))
+        must(client:ping())
+    """, channel)
+    direct.publish(channel, b"two")
+    lua.wait(lambda: len(lua.globals()[b"received"]) == 3, what="the second message")
+    lua.run("must(client:unsubscribe(...))", channel)
+    time.sleep(0.05)
+    assert direct.publish(channel, b"three") == 0  # nobody subscribed any more
+    lua.run("return must(client:ping())")
+    assert len(lua.globals()[b"received"]) == 3
+
+
+def test_psubscribe_and_a_failing_callback(lua: Lua, key: str, direct: Any) -> None:
+    lua.run("""
+        local pattern = ...
+        got = {}
+        local c = redis:new()
+        must(c:psubscribe(pattern, function() error("boom") end))
+        must(c:psubscribe(pattern, function(m, ch, p) got[#got + 1] = ch .. " " .. p .. " " .. m end))
+    """, key + "*")
+    direct.publish(key + "x", b"hi")
+    lua.wait(lambda: len(lua.globals()[b"got"]) == 1, what="the pattern message")
+    assert lua.to_py(lua.globals()[b"got"]) == [f"{key}x {key}* hi".encode()]
+    assert lua.host.claim_error(b"boom")  # logged; the other callback still ran
+    lua.host.errors.clear()
+
+
+# -- failures and recovery ----------------------------------------------------------------
+
+
+def test_killed_connections_come_back(lua_factory: Any, private_redis: PrivateRedis) -> None:
+    lua = lua_factory("luajit", private_redis.url)
+    lua.run("""
+        got = {}
+        client = redis:new()
+        must(client:set("k", "v"))
+        must(client:subscribe("ch", function(m) got[#got + 1] = m end))
+    """)
+    admin = private_redis.client()
+    assert admin.publish("ch", "before") == 1
+    lua.wait(lambda: len(lua.globals()[b"got"]) == 1)
+    killed = admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    killed += admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    assert killed >= 2
+    (value,) = lua.run("return must(client:get('k'))")  # a fresh connection, at once
+    assert value == b"v"
+    # the supervisor notices, reconnects and subscribes again
+    wait_for_subscriber(lua, admin, "ch")
+    admin.publish("ch", "after")
+    lua.wait(lambda: len(lua.globals()[b"got"]) == 2, what="the message after CLIENT KILL")
+    assert lua.to_py(lua.globals()[b"got"]) == [b"before", b"after"]
+
+
+def wait_for_subscriber(lua: Lua, admin: Any, channel: str, timeout: float = 10.0) -> None:
+    """Run the Lua loop until Redis counts a subscriber of ``channel``."""
+    def subscribed() -> bool:
+        return admin.pubsub_numsub(channel)[0][1] >= 1
+    lua.wait(subscribed, timeout, what=f"a subscriber of {channel}")
+
+
+def test_redis_down_fails_fast_and_recovers(lua_factory: Any,
+                                            private_redis: PrivateRedis) -> None:
+    lua = lua_factory("luajit", private_redis.url)
+    lua.run("""
+        got = {}
+        client = redis:new()
+        must(client:set("k", "v"))
+        must(client:subscribe("ch", function(m) got[#got + 1] = m end))
+    """)
+    private_redis.stop()
+    first, again, elapsed = lua.run("""
+        local t = net.clock()
+        local first = { aio:await(client:get("k")) }
+        local again = { aio:await(client:get("k")) }
+        return first, again, net.clock() - t
+    """)
+    assert first[0] is None and first[1].startswith(b"redis: "), first
+    assert again[0] is None and b"unavailable" in again[1], again  # no new attempt
+    assert elapsed < 1.0
+    # the loop stays free meanwhile: a timer fires on time
+    (late,) = lua.run("""
+        local t = net.clock()
+        aio:await(aio:sleep(0.05))
+        return net.clock() - t
+    """)
+    assert late < 0.5
+    private_redis.start()  # same port, empty
+    admin = private_redis.client()
+    wait_for_subscriber(lua, admin, "ch")
+
+    (works,) = lua.run("""
+        for _ = 1, 200 do  -- the back-off is at most 5 s
+            if aio:await(client:set("k", "again")) == "OK" then return true end
+            aio:await(aio:sleep(0.05))
+        end
+        return false
+    """, timeout=15)
+    assert works
+    admin.publish("ch", "back")
+    lua.wait(lambda: len(lua.globals()[b"got"]) == 1, what="the message after the restart")
+
+
+def test_subscribe_while_down_is_kept(lua_factory: Any, private_redis: PrivateRedis) -> None:
+    lua = lua_factory("luajit", private_redis.url)
+    private_redis.stop()
+    (result,) = lua.run("""
+        got = {}
+        client = redis:new()
+        return { aio:await(client:subscribe("ch", function(m) got[#got + 1] = m end)) }
+    """)
+    assert result[0] is None and b"subscribed" in result[1], result
+    private_redis.start()
+    admin = private_redis.client()
+    wait_for_subscriber(lua, admin, "ch")
+    admin.publish("ch", "late")
+    lua.wait(lambda: len(lua.globals()[b"got"]) == 1)
+
+
+# -- a real server ----------------------------------------------------------------------
+
+APP = """
+local redis = require("redis")
+local client = assert(redis:new())
+aio:http_get("/incr", function(fd, query)
+    local n, err = aio:await(client:incr(aio:parse_query(query).key))
+    fd:http_response(n and 200 or 500, "text/plain", tostring(n or err))
+end)
+"""
+
+
+def test_server_default_url_from_option_and_env(start_server: Any, tmp_path: Any, key: str,
+                                                redis_url: str, direct: Any) -> None:
+    entry = tmp_path / "app.lua"
+    entry.write_text(APP)
+    by_option = start_server(entry, "--redis", redis_url, workers=1)
+    by_env = start_server(entry, workers=1, env={"REDIS_URL": redis_url})
+    for server, expected in ((by_option, b"1"), (by_env, b"2")):
+        with HttpClient.connect(server) as http:
+            response = http.request("GET", f"/incr?key={key}n")
+            assert response.status == 200 and response.body == expected, response
+    direct.delete(key + "n")
+
+
+def test_password_on_the_command_line_is_refused(run_eightys: Any) -> None:
+    result = run_eightys("--redis", "redis://:secret@127.0.0.1:6379/0", "server/simple_http.lua")
+    assert result.returncode == 2
+    assert "REDIS_URL" in result.stderr and "secret" not in result.stderr
