@@ -394,3 +394,72 @@ def test_password_on_the_command_line_is_refused(run_eightys: Any) -> None:
     result = run_eightys("--redis", "redis://:secret@127.0.0.1:6379/0", "server/simple_http.lua")
     assert result.returncode == 2
     assert "REDIS_URL" in result.stderr and "secret" not in result.stderr
+
+
+# -- aio:cached(..., { shared = true }) ---------------------------------------------------
+
+CACHE_PRELUDE = """
+local name = ...
+calls = calls or 0
+function produce(value, delay)
+    return function()
+        calls = calls + 1
+        if delay then aio:await(aio:sleep(delay)) end
+        return value
+    end
+end
+"""
+
+
+def test_shared_cache_spans_workers_with_one_fill_per_key(lua_factory: Any, redis_url: str,
+                                                          key: str, direct: Any) -> None:
+    first, second = lua_factory("luajit", redis_url), lua_factory("lua54", redis_url)
+    (values, calls) = first.run(CACHE_PRELUDE + """
+        local promises = {}
+        for i = 1, 10 do  -- concurrent callers of one worker share one fill
+            promises[i] = aio:cached(name, "k", produce({ n = 42, s = "x" }, 0.05),
+                                     { shared = true, ttl = 30 })
+        end
+        local values = {}
+        for i = 1, 10 do values[i] = aio:await(promises[i]).n end
+        return values, calls
+    """, key)
+    assert values == [42] * 10 and calls == 1
+    assert 0 < direct.pttl(f"eightys:cache:{key}:k") <= 30000
+    # another worker (another Lua state, here another engine) finds it in Redis
+    (value, calls) = second.run(CACHE_PRELUDE + """
+        local value = aio:await(aio:cached(name, "k", produce({ n = 0 }), { shared = true }))
+        return value.s, calls
+    """, key)
+    assert (value, calls) == (b"x", 0)
+    direct.delete(f"eightys:cache:{key}:k")
+
+
+def test_shared_cache_expires_and_keeps_no_failure(lua: Lua, key: str, direct: Any) -> None:
+    calls, failed, after_failure = lua.run(CACHE_PRELUDE + """
+        local opts = { shared = true, ttl = 0.1 }
+        aio:await(aio:cached(name, "t", produce("v"), opts))
+        aio:await(aio:cached(name, "t", produce("v"), opts))
+        assert(calls == 1)
+        aio:await(aio:sleep(0.2))
+        aio:await(aio:cached(name, "t", produce("v"), opts))
+        local failed = { aio:await(aio:cached(name, "f", function() return nil, "no" end, opts)) }
+        local after = aio:await(aio:cached(name, "f", produce("ok"), opts))
+        return calls, failed, after
+    """, key)
+    assert calls == 3 and failed == [None, b"no"] and after_failure == b"ok"
+    direct.delete(f"eightys:cache:{key}:t", f"eightys:cache:{key}:f")
+
+
+def test_shared_cache_without_redis(lua_factory: Any, private_redis: PrivateRedis) -> None:
+    lua = lua_factory("luajit", private_redis.url)
+    private_redis.stop()
+    (value,) = lua.run(CACHE_PRELUDE + """
+        return aio:await(aio:cached("c", "k", produce("computed"), { shared = true }))
+    """)
+    assert value == b"computed"  # Redis down: computed, not cached, no error
+    none = lua_factory("luajit")  # no --redis at all: misuse
+    (message,) = none.run("""
+        return select(2, pcall(aio.cached, aio, "c", "k", function() end, { shared = true }))
+    """)
+    assert b"needs the server's --redis" in message
