@@ -51,9 +51,11 @@ class Lua:
         self.runtime = self.host.runtime
         self.host.call(self.runtime.lua.execute, PRELUDE)
 
-    def run(self, body: str, *args: Any, timeout: float = 10.0) -> tuple[Any, ...]:
+    def run(self, body: str, *args: Any, timeout: float = 10.0,
+            logs: bool = False) -> tuple[Any, ...]:
         """Run ``body`` (receiving ``...`` = args) in aio:async; its results as Python
-        values (tables -> lists or dicts). A Lua error fails the test."""
+        values (tables -> lists or dicts). A Lua error (any logged line, unless
+        ``logs``) fails the test."""
         fn = self.runtime.execute(
             b"return function(done, ...) aio:async(function(...)\n" + body.encode()
             + b"\nend, nil, ...)(done) end")
@@ -61,7 +63,7 @@ class Lua:
         args = tuple(a.encode() if isinstance(a, str) else a for a in args)
         self.host.call(fn, lambda *values: results.append(values), *args)
         self.host.run_until(lambda: results, timeout, what="the Lua code to finish")
-        if self.host.errors:
+        if self.host.errors and not logs:
             pytest.fail("Lua errors:\n" + "\n".join(self.host.errors), pytrace=False)
         return tuple(self.to_py(v) for v in results[0])
 
@@ -463,3 +465,72 @@ def test_shared_cache_without_redis(lua_factory: Any, private_redis: PrivateRedi
         return select(2, pcall(aio.cached, aio, "c", "k", function() end, { shared = true }))
     """)
     assert b"needs the server's --redis" in message
+
+
+# -- the Redis session store (eightys.redis_sessions) -----------------------------------------
+
+
+def test_session_store_in_process(lua: Lua, key: str, direct: Any) -> None:
+    got, missing, after_delete = lua.run("""
+        local prefix = ...
+        local store = require("eightys.redis_sessions"):new({ ttl = 60, prefix = prefix })
+        assert(store:set("abc", { user = "ada", n = 2, tags = { "x" } }) == true)
+        local got = store:get("abc")
+        local missing = { store:get("nope") }
+        assert(store:delete("abc") == true)
+        return got, missing, { store:get("abc") }
+    """, key)
+    assert got == {"user": b"ada", "n": 2, "tags": [b"x"]}
+    assert missing == [] and after_delete == []
+    (misuse,) = lua.run("""
+        return select(2, pcall(function()
+            require("eightys.redis_sessions"):new({ ttl = 0 }) end))
+    """)
+    assert b"ttl must be at least 1 second" in misuse
+
+
+def test_session_store_down_is_an_empty_session(lua_factory: Any,
+                                                 private_redis: PrivateRedis) -> None:
+    lua = lua_factory("luajit", private_redis.url)
+    private_redis.stop()
+    got, saved = lua.run("""
+        local store = require("eightys.redis_sessions"):new()
+        return { store:get("abc") }, { store:set("abc", { n = 1 }) }
+    """, logs=True)
+    assert got[0] is None and got[1].startswith(b"redis: ")
+    assert saved[0] is None
+    assert lua.host.claim_error(b"session not saved: redis: ")
+    lua.host.errors.clear()
+
+
+SESSION_MAIN = """
+httpd.session_store = require("eightys.redis_sessions"):new({ ttl = 60, prefix = %r })
+"""
+
+
+def test_session_made_on_one_server_is_seen_on_another(start_server: Any, tmp_path: Any,
+                                                       redis_url: str, key: str,
+                                                       direct: Any) -> None:
+    (tmp_path / "main.lua").write_text(SESSION_MAIN % key)
+    root = tmp_path / "public_html"
+    root.mkdir()
+    (root / "counter.dyn.html").write_text(
+        '<?lu session.n = (session.n or 0) + 1 write("n=%d", session.n) ?>')
+    env = {"PUBLIC_HTML": str(root), "MASTER_KEY": "test-master-key-0123456789",
+           "REDIS_URL": redis_url}
+    a = start_server("server/http.lua", workers=1, env=env)
+    b = start_server("server/http.lua", workers=1, env=env)
+    with HttpClient.connect(a) as http:
+        first = http.request("GET", "/counter")
+    assert first.body == b"n=1", first
+    cookie = first.header("Set-Cookie").split(";", 1)[0]
+    session_id = cookie.split("=", 1)[1].split(".")[0]
+    assert direct.ttl(key + session_id) > 0
+    with HttpClient.connect(b) as http:
+        second = http.request("GET", "/counter", headers=[("Cookie", cookie)])
+    assert second.body == b"n=2", second
+    direct.delete(key + session_id)  # revoked (what store:delete(id) does)
+    with HttpClient.connect(a) as http:
+        third = http.request("GET", "/counter", headers=[("Cookie", cookie)])
+    assert third.body == b"n=1", third
+    direct.delete(*direct.keys(key + "*"))
