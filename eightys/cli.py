@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Redis server for apps and shared caches/sessions, "
                         "redis://HOST:PORT/DB (default $REDIS_URL); a URL with a password "
                         "belongs in $REDIS_URL, never on the command line")
+    p.add_argument("--mysql-driver", choices=("auto", "aiomysql", "asyncmy"),
+                   default=os.environ.get("EIGHTYS_MYSQL_DRIVER") or "auto",
+                   help="MySQL driver: asyncmy when installed, else aiomysql (auto, the "
+                        "default), or force one (default $EIGHTYS_MYSQL_DRIVER or auto)")
     p.add_argument("--help", action="help", help="show this help and exit")
     p.add_argument("--version", action="version", version=f"eightys {__version__}")
     return p
@@ -178,6 +182,15 @@ def config_from_args(argv: Sequence[str]) -> Config:
                         ("--max-headers", args.max_headers)):
         if value < 0:
             raise UsageError(f"{flag} must be >= 0")
+    if args.mysql_driver not in ("auto", "aiomysql", "asyncmy"):
+        raise UsageError(f"$EIGHTYS_MYSQL_DRIVER must be auto, aiomysql or asyncmy, "
+                         f"got {args.mysql_driver!r}")
+    if args.mysql_driver == "asyncmy":
+        from eightys.mysql import available
+
+        if not available("asyncmy"):
+            raise UsageError("--mysql-driver asyncmy: asyncmy is not installed "
+                             "(pip install 'eightys[fast]')")
     node = args.node or os.environ.get("HOSTNAME") or "localhost"
     return Config(
         entry=os.path.abspath(args.entry),
@@ -198,6 +211,7 @@ def config_from_args(argv: Sequence[str]) -> Config:
         reload=args.reload,
         secret=secrets.token_hex(32),
         redis=redis_url(args.redis),
+        mysql_driver=args.mysql_driver,
     )
 
 

@@ -62,6 +62,8 @@ class Config:
     #: Redis for apps (``require("redis")``'s default) and shared caches/sessions:
     #: ``redis://[user:password@]host:port/db`` (--redis, or REDIS_URL for one with a password).
     redis: str = ""
+    #: MySQL driver: "auto" (asyncmy when installed, else aiomysql), "aiomysql" or "asyncmy".
+    mysql_driver: str = "auto"
     extra: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:

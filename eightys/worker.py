@@ -136,7 +136,7 @@ class Worker:
     def _load(self) -> None:
         config = self.config
         self.content = ContentHost(self)
-        self.mysql = MySQLHost(self)
+        self.mysql = MySQLHost(self, driver=config.mysql_driver)
         self.redis = RedisHost(self, config.redis)
         private = {**self.content.functions(), **self.mysql.functions(),
                    **self.redis.functions(),
