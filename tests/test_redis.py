@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import PrivateRedis
+from conftest import PrivateRedis, wait_until
 from eightys.lua_runtime import ENGINES
 from eightys.redis_host import RedisHost
 from http_helpers import HttpClient
@@ -534,3 +534,57 @@ def test_session_made_on_one_server_is_seen_on_another(start_server: Any, tmp_pa
         third = http.request("GET", "/counter", headers=[("Cookie", cookie)])
     assert third.body == b"n=1", third
     direct.delete(*direct.keys(key + "*"))
+
+
+PUBSUB_APP = """
+local redis = require("redis")
+CLIENT = CLIENT or assert(redis:new())
+RECEIVED = RECEIVED or {}
+CHANNEL = os.getenv("TEST_CHANNEL")
+if not SUBSCRIBED then
+    SUBSCRIBED = true
+    CLIENT:subscribe(CHANNEL, function(message) RECEIVED[#RECEIVED + 1] = message end)
+end
+aio:http_get("/publish", function(fd, query)
+    local n, err = aio:await(CLIENT:publish(CHANNEL, aio:parse_query(query).m))
+    fd:http_response(n and 200 or 500, "text/plain", tostring(n or err))
+end)
+aio:http_get("/received", function(fd)
+    fd:http_response(200, "text/plain", table.concat(RECEIVED, ","))
+end)
+"""
+
+
+def test_pubsub_between_two_servers(start_server: Any, tmp_path: Any, redis_url: str,
+                                    key: str) -> None:
+    entry = tmp_path / "pubsub.lua"
+    entry.write_text(PUBSUB_APP)
+    env = {"REDIS_URL": redis_url, "TEST_CHANNEL": key + "ch"}
+    a = start_server(entry, workers=1, env=env)
+    b = start_server(entry, workers=1, env=env)
+    direct = redis.Redis.from_url(redis_url)
+    wait_until(lambda: direct.pubsub_numsub(key + "ch")[0][1] == 2, 10.0,
+               message="both servers to subscribe")
+    with HttpClient.connect(b) as http:
+        published = http.request("GET", "/publish?m=hello")
+    assert published.status == 200 and published.body == b"2"  # two subscribers got it
+
+    def received(server: Any) -> bytes:
+        with HttpClient.connect(server) as http:
+            return http.request("GET", "/received").body
+
+    wait_until(lambda: received(a) == b"hello" and received(b) == b"hello", 5.0,
+               message="the message on both servers")
+    direct.close()
+
+
+def test_hiredis_parser_is_used(lua: Lua) -> None:
+    from redis.asyncio import connection
+
+    # hiredis is a dependency: redis-py's connections must parse replies with it
+    assert "Hiredis" in connection.DefaultParser.__name__
+    lua.run("must(redis:new():ping())")
+    client = next(iter(lua.hosts[0]._clients.values()))
+    pool = client.redis.connection_pool
+    conn = pool.connection_class(**pool.connection_kwargs)
+    assert "Hiredis" in type(conn._parser).__name__
