@@ -47,6 +47,10 @@ DEFAULT_CONNECT_TIMEOUT = 2.0
 #: Back-off after a failed connection attempt: doubles from MIN to MAX seconds.
 MIN_BACKOFF = 0.05
 MAX_BACKOFF = 5.0
+#: A quiet pub/sub connection is pinged after this many seconds, and given up (and
+#: made again) when nothing came back for twice as long: a peer that vanished
+#: without closing the TCP connection is noticed.
+PUBSUB_HEALTH_INTERVAL = 15.0
 
 
 def _connection_errors() -> tuple[type[BaseException], ...]:
@@ -106,18 +110,48 @@ class Backoff:
         self.delay = 0.0
 
 
-class Subscriber:
-    """The pub/sub connection of one client: the channels and patterns with local
-    callbacks, kept subscribed by :meth:`_supervise` across lost connections."""
+def connect(url: str, pool_size: int = DEFAULT_POOL_SIZE,
+            connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> Any:
+    """A redis-py asyncio client for ``url`` set up as eightys uses it: at most
+    ``pool_size`` connections, no retries (failures are reported at once), raw
+    RESP2 replies (no reply callbacks), hiredis parsing when installed."""
+    from redis.asyncio import BlockingConnectionPool, Redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
 
-    def __init__(self, client: "Client", deliver: Callable[[bytes, bytes, bytes | None], None]
-                 ) -> None:
-        self.client = client
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=pool_size, timeout=connect_timeout,
+        socket_connect_timeout=connect_timeout, socket_keepalive=True, protocol=2,
+        retry=Retry(NoBackoff(), 0))
+    client = Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+    client.response_callbacks.clear()  # raw replies, whatever the command
+    return client
+
+
+class Subscriber:
+    """One supervised pub/sub connection: the channels and patterns that have local
+    listeners, subscribed again whenever the connection is made again.
+
+    ``deliver(channel, data, pattern)`` is called for every message (pattern None
+    for a plain channel). Usable on its own by anything in a worker that needs
+    Redis pub/sub (one ``Subscriber`` multiplexes any number of channels)::
+
+        subscriber = Subscriber(connect(url), on_message)
+        await subscriber.subscribe(b"room:1", pattern=False)
+    """
+
+    def __init__(self, redis: Any, deliver: Callable[[bytes, bytes, bytes | None], None],
+                 timeout: float = DEFAULT_CONNECT_TIMEOUT,
+                 health_interval: float = PUBSUB_HEALTH_INTERVAL) -> None:
+        self.redis = redis
+        self.loop = asyncio.get_event_loop()
+        self.timeout = timeout
+        self.health_interval = health_interval
         self.deliver = deliver
         self.channels: set[bytes] = set()
         self.patterns: set[bytes] = set()
         self.pubsub: Any = None  # the live redis-py PubSub, or None while (re)connecting
-        self.backoff = Backoff(client.loop)
+        self.backoff = Backoff(self.loop)
         self.closed = False
         #: (kind, name) -> futures waiting for Redis to confirm that subscription
         self._waiting: dict[tuple[str, bytes], list[asyncio.Future[None]]] = {}
@@ -135,7 +169,7 @@ class Subscriber:
         if name in names and self.pubsub is not None:
             return (True,)
         names.add(name)
-        waiter: asyncio.Future[None] = self.client.loop.create_future()
+        waiter: asyncio.Future[None] = self.loop.create_future()
         self._waiting.setdefault((kind, name), []).append(waiter)
         if self.pubsub is not None:
             try:
@@ -148,7 +182,7 @@ class Subscriber:
         if reason is not None and self.pubsub is None:
             return None, (reason + "; subscribed when it is back").encode()
         try:
-            await asyncio.wait_for(waiter, self.client.connect_timeout)
+            await asyncio.wait_for(waiter, self.timeout)
         except asyncio.TimeoutError:
             return None, b"redis: subscription not confirmed in time (it is kept and retried)"
         except Exception as exc:  # noqa: BLE001 - lost connection: reported, kept for later
@@ -183,34 +217,27 @@ class Subscriber:
 
     async def _supervise(self) -> None:
         errors = _connection_errors()
+        loop = self.loop
         while not self.closed:
             if not self.channels and not self.patterns:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            wait = self.backoff.retry_at - self.client.loop.time()
+            wait = self.backoff.retry_at - loop.time()
             if self.backoff.delay and wait > 0:
                 await asyncio.sleep(wait)
-            pubsub = self.client.redis.pubsub()
+            pubsub = self.redis.pubsub()
             try:
-                channels, patterns = list(self.channels), list(self.patterns)
+                channels, patterns = set(self.channels), set(self.patterns)
                 if channels:
                     await pubsub.subscribe(*channels)
                 if patterns:
                     await pubsub.psubscribe(*patterns)
                 self.pubsub = pubsub
+                # names added or dropped while those were on their way
+                await self._catch_up(pubsub, channels, patterns)
                 self.backoff.succeeded()
-                while not self.closed and (self.channels or self.patterns):
-                    message = await pubsub.get_message(timeout=None)
-                    if message is None:
-                        continue
-                    kind = message["type"]
-                    if kind == "message":
-                        self.deliver(message["channel"], message["data"], None)
-                    elif kind == "pmessage":
-                        self.deliver(message["channel"], message["data"], message["pattern"])
-                    elif kind in ("subscribe", "psubscribe"):
-                        self._confirm(kind, message["channel"])
+                await self._read(pubsub)
             except asyncio.CancelledError:
                 raise
             except errors as exc:
@@ -225,6 +252,41 @@ class Subscriber:
                     await pubsub.aclose()
                 except Exception:  # noqa: BLE001 - closing a dead connection
                     pass
+
+    async def _catch_up(self, pubsub: Any, channels: set[bytes], patterns: set[bytes]) -> None:
+        if self.channels - channels:
+            await pubsub.subscribe(*(self.channels - channels))
+        if channels - self.channels:
+            await pubsub.unsubscribe(*(channels - self.channels))
+        if self.patterns - patterns:
+            await pubsub.psubscribe(*(self.patterns - patterns))
+        if patterns - self.patterns:
+            await pubsub.punsubscribe(*(patterns - self.patterns))
+
+    async def _read(self, pubsub: Any) -> None:
+        """Deliver messages until no channel is left; ping a quiet connection and
+        give up on one that stopped answering."""
+        loop = self.loop
+        heard = loop.time()
+        pinged = False
+        while not self.closed and (self.channels or self.patterns):
+            message = await pubsub.get_message(timeout=self.health_interval)
+            if message is None:
+                if loop.time() - heard >= 2 * self.health_interval:
+                    raise ConnectionError("the pub/sub connection stopped answering")
+                if not pinged:
+                    await pubsub.ping()
+                    pinged = True
+                continue
+            heard = loop.time()
+            pinged = False
+            kind = message["type"]
+            if kind == "message":
+                self.deliver(message["channel"], message["data"], None)
+            elif kind == "pmessage":
+                self.deliver(message["channel"], message["data"], message["pattern"])
+            elif kind in ("subscribe", "psubscribe"):
+                self._confirm(kind, message["channel"])
 
     async def close(self) -> None:
         """Stop supervising and close the connection."""
@@ -242,19 +304,10 @@ class Client:
     """One ``redis:new()`` client of one worker."""
 
     def __init__(self, url: str, pool_size: int, connect_timeout: float) -> None:
-        from redis.asyncio import BlockingConnectionPool, Redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
         self.loop = asyncio.get_event_loop()
         self.url = url
         self.connect_timeout = connect_timeout
-        pool = BlockingConnectionPool.from_url(
-            url, max_connections=pool_size, timeout=connect_timeout,
-            socket_connect_timeout=connect_timeout, socket_keepalive=True, protocol=2,
-            retry=Retry(NoBackoff(), 0))
-        self.redis = Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
-        self.redis.response_callbacks.clear()  # raw replies, whatever the command
+        self.redis = connect(url, pool_size, connect_timeout)
         self.backoff = Backoff(self.loop)
         self.subscriber: Subscriber | None = None
 
@@ -358,7 +411,7 @@ class RedisHost:
             def on_message(channel: bytes, data: bytes, pattern: bytes | None) -> None:
                 dispatch(deliver, client_id, channel, data, pattern)
 
-            client.subscriber = Subscriber(client, on_message)
+            client.subscriber = Subscriber(client.redis, on_message, client.connect_timeout)
         return self._promise(client.subscriber.subscribe(name, bool(pattern)))
 
     def unsubscribe(self, client_id: int, name: bytes, pattern: bool) -> Any:

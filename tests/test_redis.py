@@ -588,3 +588,49 @@ def test_hiredis_parser_is_used(lua: Lua) -> None:
     pool = client.redis.connection_pool
     conn = pool.connection_class(**pool.connection_kwargs)
     assert "Hiredis" in type(conn._parser).__name__
+
+
+def test_subscriber_notices_a_server_that_stops_answering(private_redis: PrivateRedis) -> None:
+    """The Python Subscriber (what other worker code can use for pub/sub): a Redis
+    that stops answering without closing the connection (SIGSTOP) is given up after
+    two health intervals and subscribed to again once it answers."""
+    import asyncio
+    import os
+    import signal
+
+    import uvloop
+
+    from eightys.redis_host import Subscriber, connect
+
+    async def main() -> list[bytes]:
+        got: list[bytes] = []
+        client = connect(private_redis.url)
+        subscriber = Subscriber(client, lambda channel, data, pattern: got.append(data),
+                                timeout=2.0, health_interval=0.2)
+        assert await subscriber.subscribe(b"ch", False) == (True,)
+        admin = connect(private_redis.url)
+        assert await admin.execute_command("PUBLISH", "ch", "one") == 1
+        assert private_redis.proc is not None
+        os.kill(private_redis.proc.pid, signal.SIGSTOP)
+        try:
+            deadline = asyncio.get_running_loop().time() + 3.0
+            while subscriber.backoff.delay == 0:
+                assert asyncio.get_running_loop().time() < deadline, "silence not noticed"
+                await asyncio.sleep(0.05)
+        finally:
+            os.kill(private_redis.proc.pid, signal.SIGCONT)
+        for _ in range(200):
+            if await admin.execute_command("PUBLISH", "ch", "two") == 1:
+                break
+            await asyncio.sleep(0.05)
+        for _ in range(100):
+            if b"two" in got:
+                break
+            await asyncio.sleep(0.02)
+        await subscriber.close()
+        await client.aclose()
+        await admin.aclose()
+        return got
+
+    got = uvloop.run(main())
+    assert got[0] == b"one" and b"two" in got
