@@ -38,7 +38,7 @@ OVERRIDE_APP = "tests/apps/http_on_http.lua"
 MAX_HEADER = 4096
 MAX_BODY = 1024
 SERVER_ARGS = ("--max-header-size", str(MAX_HEADER), "--max-body-size", str(MAX_BODY),
-               "--header-timeout", "1", "--keepalive-timeout", "1")
+               "--header-timeout", "1", "--keepalive-timeout", "1", "--handler-timeout", "2")
 #: Latest a 1 s timeout may strike: the worker checks once a second, and `since`
 #: comes from that coarse clock, so up to timeout + 2 s (plus scheduling slack).
 TIMEOUT_LATEST = 3.6
@@ -660,3 +660,18 @@ def test_http_send_on_a_raw_connection_is_a_lua_error(client: HttpClient) -> Non
     response = client.request("GET", "/http_send_on_raw")
     assert response.status == 200
     assert "not an HTTP connection" in response.text
+
+
+def test_a_handler_that_never_answers_gets_504_and_a_log_line_saying_where(
+        server: Server, client: HttpClient) -> None:
+    started = time.monotonic()
+    response = client.request("GET", "/hang")
+    waited = time.monotonic() - started
+    assert response.status == 504 and response.text == "Gateway Timeout"
+    assert response.header("Connection") == "close"
+    assert 2 <= waited < 2 + TIMEOUT_LATEST
+    handler = f"tests/apps/http_app.lua:{line_of(APP_PATH, 'MARK:hang-handler')}"
+    waits = f"tests/apps/http_app.lua:{line_of(APP_PATH, 'MARK:hang-wait')}"
+    log = server.wait_for_log("handler timeout after 2 s: GET /hang")
+    line = next(l for l in log.splitlines() if "handler timeout" in l)
+    assert f"(handler at {handler})" in line and f"waiting on: {waits}" in line

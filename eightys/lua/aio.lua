@@ -566,16 +566,17 @@ aio.IDLE = IDLE
 function aio:coroutine_pool(body, max)
     max = max or 256
     local parked, size = {}, 0
+    local function repark(co)
+        if size < max then
+            size = size + 1
+            parked[size] = co
+        else
+            drivers[co] = nil -- the pool is full: this one is dropped
+        end
+    end
     local function park(co)
         return function(dead, marker)
-            if marker == IDLE then
-                if size < max then
-                    size = size + 1
-                    parked[size] = co
-                else
-                    drivers[co] = nil -- the pool is full: this one is dropped
-                end
-            end
+            if marker == IDLE then repark(co) end
         end
     end
     return function(...)
@@ -593,12 +594,7 @@ function aio:coroutine_pool(body, max)
         -- and re-park, skipping the generic resume() bookkeeping.
         local ok, marker = co_resume(co, ...)
         if marker == IDLE then
-            if size < max then
-                size = size + 1
-                parked[size] = co
-            else
-                drivers[co] = nil -- the pool is full: this one is dropped
-            end
+            repark(co)
         elseif not ok then
             report("coroutine", traceback(co, tostring(marker)))
             forget(co)

@@ -30,6 +30,7 @@ from eightys.protocols.host import ConnectionHost
 from eightys.protocols.http_core import (
     CLOSED, CLOSING, SWITCHED, SWITCHING, TIMEOUT_HANDLER, TIMEOUT_NONE, HttpConnection,
 )
+from eightys.wire import error_response
 
 #: Stop dispatching (and reading) once this many requests on one connection await
 #: their responses.
@@ -296,10 +297,15 @@ class HttpProtocol:
     def check_timeout(self, now: float) -> None:
         """The once-a-second sweep: slow heads/bodies (408), idle keep-alives, handlers
         that never answer (504, reported to Lua for the log line)."""
-        result = self.core.check_timeout(now)
+        core = self.core
+        result = core.check_timeout(now)
         if result != TIMEOUT_NONE:
             if result == TIMEOUT_HANDLER:
-                self.host.http_timeout(self.fd, self.core.timed_out_seq)
+                # Lua logs where the handler waits and renders the 504 (the app's
+                # error page, if it has one)
+                seq = core.timed_out_seq
+                response = self.host.http_timeout(self.fd, seq)
+                core.send(seq, response if response else error_response(504), True, True)
             self._flush()
 
     def shutdown(self) -> None:

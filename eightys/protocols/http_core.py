@@ -75,7 +75,8 @@ TIMEOUT_NONE = 0
 TIMEOUT_IDLE = 1
 #: A head or body stalled: 408 was queued, the connection closes after it.
 TIMEOUT_REQUEST = 2
-#: A handler did not answer in time: 504 was queued for ``timed_out_seq``.
+#: A handler did not answer in time: ``timed_out_seq`` is due its 504 (``send`` it
+#: with ``close``; the caller renders it, e.g. with the app's error page).
 TIMEOUT_HANDLER = 3
 
 #: ``since`` is stamped from a coarse clock (advanced once a second), so it can be up
@@ -464,7 +465,7 @@ class HttpConnection:
 
     def check_timeout(self, now: float) -> int:
         """Apply the timeouts at time ``now``; returns a ``TIMEOUT_*`` code. For
-        TIMEOUT_REQUEST and TIMEOUT_HANDLER the answer (408, 504) is queued."""
+        TIMEOUT_REQUEST the 408 is queued; for TIMEOUT_HANDLER the caller sends the 504."""
         state = self.state
         if state >= SWITCHED:
             return TIMEOUT_NONE
@@ -486,8 +487,7 @@ class HttpConnection:
             started = self.pending_since.get(seq)
             if started is not None and now - started > limits.handler_timeout + CLOCK_STEP:
                 del self.pending_since[seq]
-                self.timed_out_seq = seq
-                self.send(seq, error_response(504), True, True)
+                self.timed_out_seq = seq  # the caller answers it (504) and the connection closes
                 return TIMEOUT_HANDLER
         return TIMEOUT_NONE
 

@@ -148,3 +148,9 @@ aio:http_get("/http_send_on_raw", function(fd)
     net.close(ELFD, raw)
     fd:http_response(200, "text/plain; charset=utf-8", tostring(ok) .. " " .. tostring(err))
 end)
+
+-- a handler that never answers: --handler-timeout turns it into a 504
+aio:http_get("/hang", function(fd) -- MARK:hang-handler
+    local _, never = aio:prepare_promise()
+    aio:await(never) -- MARK:hang-wait
+end)

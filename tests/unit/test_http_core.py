@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 import eightys.protocols.http_core as installed_core
+from eightys.wire import error_response
 
 SOURCE = Path(installed_core.__file__).with_name("http_core.py")
 
@@ -284,6 +285,7 @@ def test_a_handler_that_never_answers_gets_504(core: ModuleType) -> None:
     clock.now += 31.5
     assert conn.check_timeout(clock.now) == core.TIMEOUT_HANDLER
     assert conn.timed_out_seq == 0
+    assert conn.send(0, error_response(504), True, True)  # what the adapter does
     assert statuses(conn.data_to_send()) == [504]
     assert conn.state == core.CLOSED
     assert not conn.send(0, b"too late", True)

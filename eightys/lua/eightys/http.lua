@@ -533,25 +533,71 @@ on_http_error = function(req, err)
     fail(req, err)
 end
 
+-- Inputs that repeat (a keep-alive client's header block) are parsed once they are
+-- seen twice; later calls get a copy of the kept result
+-- (one table insert per field instead of new strings). Bounded: inputs up to
+-- max_bytes, max_kept of them (and as many seen once), forgotten all at once when
+-- full. parse(raw, into) fills `into` and returns how many fields it set.
+local table_new = (pcall(require, "table.new")) and require("table.new")
+    or function() return {} end
+
+local function memo_parser(parse, max_kept, max_bytes)
+    local kept, sizes, kept_count = {}, {}, 0
+    local seen, seen_count = {}, 0
+    local function parse_memo(raw)
+        local template = kept[raw]
+        if template then
+            local size = sizes[raw]
+            -- presized when big enough to be worth a C call (growing rehashes)
+            local out = size > 4 and table_new(0, size) or {}
+            for k, v in next, template do out[k] = v end
+            return out
+        end
+        local out = {}
+        local count = parse(raw, out)
+        if #raw <= max_bytes then
+            if seen[raw] then -- the second time: keep it parsed
+                if kept_count >= max_kept then kept, sizes, kept_count = {}, {}, 0 end
+                template = {}
+                for k, v in next, out do template[k] = v end
+                kept[raw], sizes[raw] = template, count
+                kept_count = kept_count + 1
+            else
+                if seen_count >= max_kept then seen, seen_count = {}, 0 end
+                seen[raw] = true
+                seen_count = seen_count + 1
+            end
+        end
+        return out
+    end
+    return parse_memo, function() return kept_count, seen_count end
+end
+
 -- "name\0value\0name\0value" as received -> {lower-case name = value}; a
 -- repeated field's values are joined with ", " (RFC 9110 5.3). One string from
 -- Python instead of one argument per field: O(n), whatever the count.
-local function parse_headers(raw)
-    local headers = {}
-    if raw == "" then return headers end
-    local pos = 1
+local function parse_fields(raw, headers)
+    if raw == "" then return 0 end
+    local pos, count = 1, 0
     while true do
         local sep = str_find(raw, "\0", pos, true)
         local name = str_lower(str_sub(raw, pos, sep - 1))
         local stop = str_find(raw, "\0", sep + 1, true)
         local value = str_sub(raw, sep + 1, stop and stop - 1 or -1)
         local prev = headers[name]
+        if prev == nil then count = count + 1 end
         headers[name] = prev and (prev .. ", " .. value) or value
-        if stop == nil then return headers end
+        if stop == nil then return count end
         pos = stop + 1
     end
 end
+
+-- a keep-alive client mostly sends the same block again and again
+local parse_headers, header_cache_sizes = memo_parser(parse_fields, 256, 4096)
 _M.parse_headers = parse_headers
+
+--- Internal (tests): how many header blocks are kept parsed, and seen once.
+_M.header_cache_sizes = header_cache_sizes
 
 waiting = {}
 
@@ -608,25 +654,35 @@ end
 local function waiting_at(co)
     if type(co) ~= "thread" then return "unknown" end
     for line in string.gmatch(traceback(co, "", 0), "\n%s*([^\n]+)") do
-        if not str_find(line, LIBRARY_DIR, 1, true) and not str_find(line, "^%[C%]") then
-            return line
-        end
+        local at = line:match("^(.-:%d+):")
+        if at and not str_find(at, LIBRARY_DIR, 1, true) then return at end
     end
     return "unknown"
 end
 
---- Request `seq` on `fd` got no answer within --handler-timeout; Python has
---- answered 504. Log where it is stuck; whatever it sends later is dropped.
+--- Request `seq` on `fd` got no answer within --handler-timeout: log where it is
+--- stuck and return the 504 to send (the app's error page, if it has one);
+--- whatever the handler sends later is dropped.
 function _M.timeout(fd, seq)
     local by_fd = waiting[fd]
     local req = by_fd and by_fd[seq]
-    if req == nil then return end
+    if req == nil then return nil end
     by_fd[seq] = nil
     if next(by_fd) == nil then waiting[fd] = nil end
-    req.gone = true
-    host.log_error(str_format("handler timeout after %s s: %s %s (handler at %s), waiting on: %s",
+    local err = str_format("handler timeout after %s s: %s %s (handler at %s), waiting on: %s",
         tostring(host.handler_timeout or "?"), req.method, req.path, where(req.handler),
-        req.waiting_on or waiting_at(req.co)))
+        req.waiting_on or waiting_at(req.co))
+    host.log_error(err)
+    local mime, body = DEFAULT_TYPE, "Gateway Timeout"
+    local page = aio.http_error_page
+    if page then
+        local ok, page_mime, page_body = pcall(page, 504, err, req)
+        if ok and page_body then mime, body = page_mime, page_body end
+    end
+    req.gone = true
+    return status_lines[504] .. server_date_headers() .. "Content-Type: " .. mime
+        .. "\r\nContent-Length: " .. #body .. "\r\nConnection: close\r\n\r\n"
+        .. (req.method == "HEAD" and "" or body)
 end
 
 --- Connection `fd` closed while handlers were working on its requests.
