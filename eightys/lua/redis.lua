@@ -154,7 +154,8 @@ function Client:call(name, ...)
     return redis_call(self.id, cmd, cmd.n)
 end
 
---- Call fn(message, channel) for each message published on `channel`. The first
+--- Call fn(message, channel) for each message published on `channel` (outside any
+--- coroutine: wrap its body in aio:async to await in it). The first
 --- callback of a channel subscribes; promise of true once Redis confirmed it, or
 --- nil, err when Redis is unreachable now (the subscription is kept and made when
 --- it comes back). The subscription lasts until unsubscribe.
@@ -258,5 +259,4 @@ function Pipeline:execute()
     return redis_pipeline(self.client.id, cmds, n, self.transaction)
 end
 
-package.loaded["aio.lib.redis"] = redis
 return redis
