@@ -346,6 +346,7 @@ class RedisHost:
 
     @property
     def runtime(self) -> "LuaRuntime":
+        """The owner's Lua runtime (made after this host, so looked up on use)."""
         return self.owner.runtime
 
     # -- called by Lua ----------------------------------------------------------------------

@@ -634,3 +634,23 @@ def test_subscriber_notices_a_server_that_stops_answering(private_redis: Private
 
     got = uvloop.run(main())
     assert got[0] == b"one" and b"two" in got
+
+
+def test_a_callback_that_unsubscribes_itself(lua: Lua, key: str, direct: Any) -> None:
+    lua.run("""
+        local channel = ...
+        calls = {}
+        client = redis:new()
+        local first
+        first = function(m)
+            calls[#calls + 1] = "first:" .. m
+            client:unsubscribe(channel, first)
+        end
+        must(client:subscribe(channel, first))
+        must(client:subscribe(channel, function(m) calls[#calls + 1] = "second:" .. m end))
+    """, key + "ch")
+    direct.publish(key + "ch", b"a")
+    lua.wait(lambda: len(lua.globals()[b"calls"]) == 2, what="both callbacks")
+    direct.publish(key + "ch", b"b")
+    lua.wait(lambda: len(lua.globals()[b"calls"]) == 3, what="the remaining callback")
+    assert lua.to_py(lua.globals()[b"calls"]) == [b"first:a", b"second:a", b"second:b"]

@@ -41,6 +41,7 @@ local upper = string.upper
 local floor = math.floor
 local huge = math.huge
 local math_type = math.type -- nil on LuaJIT
+local unpack = unpack or table.unpack
 
 local redis_new = host.redis_new
 local redis_call = host.redis_call
@@ -180,12 +181,10 @@ function Client:_listen(name, fn, is_pattern)
         listeners[self.id] = subs
     end
     local by_name = is_pattern and subs.patterns or subs.channels
-    local fns = by_name[name]
-    if fns == nil then
-        fns = {}
-        by_name[name] = fns
-    end
-    fns[#fns + 1] = fn
+    local fns = by_name[name] or {}
+    local grown = { unpack(fns) } -- a new list, as in _unlisten
+    grown[#grown + 1] = fn
+    by_name[name] = grown
     return redis_subscribe(self.id, name, is_pattern)
 end
 
@@ -205,9 +204,14 @@ function Client:_unlisten(name, fn, is_pattern)
     local by_name = subs and (is_pattern and subs.patterns or subs.channels)
     local fns = by_name and by_name[name]
     if fns and fn then
-        for i = #fns, 1, -1 do
-            if fns[i] == fn then table.remove(fns, i) end
+        -- a new list: a delivery running over the old one (a callback that
+        -- unsubscribes) still reaches every callback it started with
+        local kept = {}
+        for i = 1, #fns do
+            if fns[i] ~= fn then kept[#kept + 1] = fns[i] end
         end
+        fns = kept
+        by_name[name] = kept
     end
     if fns and (fn == nil or #fns == 0) then
         by_name[name] = nil
