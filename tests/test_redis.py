@@ -501,6 +501,20 @@ def test_session_store_down_is_an_empty_session(lua_factory: Any,
     assert saved[0] is None
     assert lua.host.claim_error(b"session not saved: redis: ")
     lua.host.errors.clear()
+    # with a fallback store the outage's sessions live there
+    saved, got, deleted = lua.run("""
+        local memory = { data = {} }
+        function memory:get(id) return self.data[id] end
+        function memory:set(id, data) self.data[id] = data end
+        function memory:delete(id) self.data[id] = nil end
+        local store = require("eightys.redis_sessions"):new({ fallback = memory })
+        local saved = store:set("abc", { n = 7 })
+        local got = store:get("abc")
+        store:delete("abc")
+        return saved, got, memory.data.abc == nil
+    """)
+    assert saved is True and got == {"n": 7} and deleted is True
+    assert not lua.host.errors
 
 
 SESSION_MAIN = """

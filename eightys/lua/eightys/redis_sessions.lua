@@ -14,7 +14,9 @@
 -- The store's calls wait for Redis (aio:await), so they run where httpd calls
 -- them, inside a request's coroutine. When Redis is unreachable, get returns
 -- nil, err (the request runs with an empty session) and set logs the failure:
--- Redis calls fail at once, never hold the worker (see the Redis client).
+-- Redis calls fail at once, never hold the worker (see the Redis client). With
+-- `fallback` (another store: get/set/delete, e.g. a per-worker one), the sessions
+-- of an outage live there instead, and get looks there when Redis has nothing.
 
 local redis = require("redis")
 local host = require("eightys.host")
@@ -33,7 +35,7 @@ local M = {}
 
 --- A store on `opts.url` (default: the server's --redis), or opts.client (a
 --- redis:new() client to share). Raises when no Redis is configured.
---- @param opts? { url?: string, client?: table, ttl?: number, prefix?: string }
+--- @param opts? { url?: string, client?: table, ttl?: number, prefix?: string, fallback?: table }
 --- @return redis_sessions
 function M:new(opts)
     opts = opts or {}
@@ -48,7 +50,7 @@ function M:new(opts)
         if not client then error("redis_sessions: " .. tostring(err), 2) end
     end
     return setmetatable({ client = client, ttl = floor(ttl),
-        prefix = opts.prefix or "eightys:session:" }, Store)
+        prefix = opts.prefix or "eightys:session:", fallback = opts.fallback or false }, Store)
 end
 
 --- The session `id` (renewing its expiry), nil if there is none, or nil, err
@@ -56,7 +58,14 @@ end
 --- @return table|nil, string?
 function Store:get(id)
     local json, err = aio:await(self.client:call("GETEX", self.prefix .. id, "EX", self.ttl))
-    if json == nil then return nil, err end
+    if json == nil then
+        local fallback = self.fallback
+        if fallback then
+            local data = fallback:get(id)
+            if data then return data end
+        end
+        return nil, err
+    end
     local data = codec.json_decode(json)
     if type(data) ~= "table" then return nil end
     return data
@@ -72,6 +81,11 @@ function Store:set(id, data)
     local ok
     ok, err = aio:await(self.client:set(self.prefix .. id, json, "EX", self.ttl))
     if not ok then
+        local fallback = self.fallback
+        if fallback then
+            fallback:set(id, data)
+            return true
+        end
         host.log_error("session not saved: " .. tostring(err))
         return nil, err
     end
@@ -80,6 +94,7 @@ end
 
 --- Revoke session `id`, on every server at once. Returns true, or nil, err.
 function Store:delete(id)
+    if self.fallback then self.fallback:delete(id) end
     local n, err = aio:await(self.client:del(self.prefix .. id))
     if n == nil then return nil, err end
     return true
