@@ -30,11 +30,11 @@ from eightys.log import setup_logging
 from eightys.lua_runtime import LuaLoadError, LuaRuntime
 from eightys.modules import ExtensionModule, load_modules
 from eightys.mysql import MySQLHost
-from eightys.redis_host import RedisHost
 from eightys.protocols.host import ConnectionHost
 from eightys.protocols.http import HttpProtocol
 from eightys.protocols.http_core import HttpLimits
 from eightys.protocols.raw import RawProtocol
+from eightys.redis_host import RedisHost
 from eightys.timers import Timers
 
 #: Exit code of a worker whose Lua code or modules failed to load at start-up.
@@ -212,10 +212,11 @@ class Worker:
         if self.connections:
             self.log.warning("closed %d connection(s) still open after the %.1f s grace period",
                              len(self.connections), self.config.graceful_timeout)
-        try:
-            await asyncio.wait_for(self.redis.close_all(), 1.0)
-        except (asyncio.TimeoutError, AttributeError):  # AttributeError: never loaded
-            pass
+        if self.redis is not None:  # its clients' connections and subscriptions
+            try:
+                await asyncio.wait_for(self.redis.close_all(), 1.0)
+            except asyncio.TimeoutError:
+                self.log.warning("Redis connections still closing after 1 s; leaving them")
 
     def _sweep(self) -> None:
         # Once a second: advance the coarse clock and let each connection apply
