@@ -16,7 +16,9 @@ Design:
 * Failing fast: redis-py retries nothing here (its default would retry three
   times with back-off, holding the caller). A pooled connection the server closed
   (``CLIENT KILL``, timeout) is replaced before it is used, by redis-py. When
-  connecting fails, the client is *down*: for a back-off that doubles from
+  connecting fails (the connection class reports each attempt, so a busy pool or
+  a connection lost mid-command does not count), the client is *down*: for a
+  back-off that doubles from
   :data:`MIN_BACKOFF` to :data:`MAX_BACKOFF`, every call fails at once with
   ``nil, "redis: unavailable: ..."`` without touching the network; the first call
   after the back-off tries again. So a Redis that went away costs callers nothing
@@ -64,6 +66,8 @@ def describe(exc: BaseException) -> str:
     """An error message for Lua: ``redis: ...`` (server errors keep Redis' own text,
     e.g. ``redis: WRONGTYPE Operation against a key holding the wrong kind of value``)."""
     text = str(exc) or type(exc).__name__
+    if text == "No connection available.":  # BlockingConnectionPool's wait timed out
+        return "redis: every connection of the pool stayed busy (pool_size too small?)"
     return text if text.startswith("redis: ") else f"redis: {text}"
 
 
@@ -111,21 +115,50 @@ class Backoff:
 
 
 def connect(url: str, pool_size: int = DEFAULT_POOL_SIZE,
-            connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> Any:
+            connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+            backoff: "Backoff | None" = None) -> Any:
     """A redis-py asyncio client for ``url`` set up as eightys uses it: at most
-    ``pool_size`` connections, no retries (failures are reported at once), raw
-    RESP2 replies (no reply callbacks), hiredis parsing when installed."""
+    ``pool_size`` connections (a command waits up to ``connect_timeout`` for one),
+    no retries (failures are reported at once), raw RESP2 replies (no reply
+    callbacks), hiredis parsing when installed. ``backoff`` learns the outcome of
+    every connection attempt (and of nothing else: a lost connection or a busy
+    pool says nothing about whether the server can be reached)."""
     from redis.asyncio import BlockingConnectionPool, Redis
+    from redis.asyncio.connection import parse_url
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
 
+    options: dict[str, Any] = {}
+    if backoff is not None:
+        options["connection_class"] = _tracked(parse_url(url).get("connection_class"), backoff)
     pool = BlockingConnectionPool.from_url(
         url, max_connections=pool_size, timeout=connect_timeout,
         socket_connect_timeout=connect_timeout, socket_keepalive=True, protocol=2,
-        retry=Retry(NoBackoff(), 0))
+        retry=Retry(NoBackoff(), 0), **options)
     client = Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
     client.response_callbacks.clear()  # raw replies, whatever the command
     return client
+
+
+def _tracked(base: type | None, backoff: "Backoff") -> type:
+    """``base`` (redis-py's connection class for the URL's scheme) telling
+    ``backoff`` whether each attempt to connect succeeded."""
+    if base is None:
+        from redis.asyncio.connection import Connection
+
+        base = Connection
+
+    class TrackedConnection(base):  # type: ignore[misc, valid-type]
+        # _connect opens the socket (TCP, TLS or Unix) in every redis-py since 4.2
+        async def _connect(self) -> None:
+            try:
+                await super()._connect()
+            except BaseException as exc:
+                backoff.failed(exc)
+                raise
+            backoff.succeeded()
+
+    return TrackedConnection
 
 
 class Subscriber:
@@ -307,8 +340,9 @@ class Client:
         self.loop = asyncio.get_event_loop()
         self.url = url
         self.connect_timeout = connect_timeout
-        self.redis = connect(url, pool_size, connect_timeout)
+        #: the outcome of the last connection attempts (see _guarded)
         self.backoff = Backoff(self.loop)
+        self.redis = connect(url, pool_size, connect_timeout, self.backoff)
         self.subscriber: Subscriber | None = None
 
     async def close(self) -> None:
@@ -463,16 +497,7 @@ class RedisHost:
             work.close()  # type: ignore[attr-defined]  # a coroutine never started
             return self._failed(reason)
 
-        async def guarded() -> tuple[Any, ...]:
-            try:
-                result = await work
-            except _connection_errors() as exc:
-                client.backoff.failed(exc)
-                raise
-            client.backoff.succeeded()
-            return result
-
-        return self._promise(guarded())
+        return self._promise(work)
 
     # -- values -----------------------------------------------------------------------------
 
