@@ -23,6 +23,8 @@ Design:
   ``nil, "redis: unavailable: ..."`` without touching the network; the first call
   after the back-off tries again. So a Redis that went away costs callers nothing
   but the error, and one connection attempt per back-off period.
+* Commands issued in the same turn of the loop are pipelined automatically
+  (:class:`Batcher`): one write, one read, one pooled connection for all of them.
 * Pub/sub: one dedicated connection per client, supervised by one task
   (:class:`Subscriber`). It subscribes to the channels and patterns that have
   local callbacks; when the connection is lost it reconnects with the same
@@ -333,6 +335,67 @@ class Subscriber:
             pass
 
 
+#: Commands that may block their connection: never batched with others.
+BLOCKING_COMMANDS = frozenset({
+    b"BLPOP", b"BRPOP", b"BRPOPLPUSH", b"BLMOVE", b"BLMPOP", b"BZPOPMIN", b"BZPOPMAX",
+    b"BZMPOP", b"XREAD", b"XREADGROUP", b"WAIT", b"WAITAOF", b"MONITOR", b"SUBSCRIBE",
+    b"PSUBSCRIBE", b"SSUBSCRIBE",
+})
+#: Most commands sent in one automatic pipeline (bounds one write's size).
+MAX_BATCH = 512
+
+
+class Batcher:
+    """Automatic pipelining: the commands a worker issues in one turn of its loop
+    (the typical case: many requests' handlers, each waiting on one command) leave
+    in one write on one connection and come back in one read, instead of one
+    round trip, one pooled connection and one system call each. Replies are in
+    order, each to its own caller, a refused command failing only itself."""
+
+    def __init__(self, redis: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.redis = redis
+        self.loop = loop
+        self._queue: list[tuple[list[Any], asyncio.Future[Any]]] = []
+        self._sending: set[asyncio.Future[Any]] = set()
+
+    def submit(self, values: list[Any]) -> "asyncio.Future[Any]":
+        """A future of the reply to one command, sent with the others of this turn."""
+        future = self.loop.create_future()
+        self._queue.append((values, future))
+        if len(self._queue) == 1:
+            self.loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        queue, self._queue = self._queue, []
+        for start in range(0, len(queue), MAX_BATCH):
+            task = asyncio.ensure_future(self._send(queue[start:start + MAX_BATCH]))
+            self._sending.add(task)  # strong reference (the loop holds tasks weakly)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[list[Any], "asyncio.Future[Any]"]]) -> None:
+        try:
+            if len(batch) == 1:
+                replies: list[Any] = [await self.redis.execute_command(*batch[0][0])]
+            else:
+                pipe = self.redis.pipeline(transaction=False)
+                for values, _ in batch:
+                    pipe.execute_command(*values)
+                replies = await pipe.execute(raise_on_error=False)
+        except Exception as exc:  # noqa: BLE001 - the whole batch failed: each caller learns why
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), reply in zip(batch, replies):
+            if future.done():
+                continue
+            if isinstance(reply, BaseException):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+
 class Client:
     """One ``redis:new()`` client of one worker."""
 
@@ -343,6 +406,7 @@ class Client:
         #: the outcome of the last connection attempts (see _guarded)
         self.backoff = Backoff(self.loop)
         self.redis = connect(url, pool_size, connect_timeout, self.backoff)
+        self.batcher = Batcher(self.redis, self.loop)
         self.subscriber: Subscriber | None = None
 
     async def close(self) -> None:
@@ -480,7 +544,10 @@ class RedisHost:
     # -- the work ---------------------------------------------------------------------------
 
     async def _call(self, client: Client, values: list[Any]) -> tuple[Any, ...]:
-        reply = await client.redis.execute_command(*values)
+        if values[0].upper() in BLOCKING_COMMANDS:
+            reply = await client.redis.execute_command(*values)
+        else:
+            reply = await client.batcher.submit(values)
         return (self._lua(reply, True),)
 
     async def _pipeline(self, client: Client, batch: list[list[Any]],

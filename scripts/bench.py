@@ -6,6 +6,7 @@
     ./scripts/80.sh bench --only eightys  # one server
     ./scripts/80.sh bench --listen        # -c 2: SO_REUSEPORT vs one shared socket
     ./scripts/80.sh bench --orm           # the ORM page with each MySQL driver only
+    ./scripts/80.sh bench --redis         # pub/sub between two servers through Redis
     ./scripts/80.sh bench --s80 DIR       # add 80s (DIR: its checkout, built: DIR/bin/80s)
 
 Each server answers ``GET /echo?name=Abcde`` with ``Hi, Abcde!`` using one worker:
@@ -468,6 +469,78 @@ def orm_rate(args: argparse.Namespace, client_pin: list[str], server_pin: list[s
         server.stop()
 
 
+REDIS_PUBSUB_APP = """
+-- bench --redis: /pub publishes the sender's clock; every server's subscriber
+-- records how long each message took; /stats reports them.
+local redis = require("redis")
+CLIENT = CLIENT or assert(redis:new())
+LATENCIES = LATENCIES or {}
+if not SUBSCRIBED then
+    SUBSCRIBED = true
+    CLIENT:subscribe("eightys-bench", function(message)
+        LATENCIES[#LATENCIES + 1] = net.clock() - tonumber(message)
+    end)
+end
+aio:http_get("/pub", function(fd)
+    local n, err = aio:await(CLIENT:publish("eightys-bench", string.format("%.6f", net.clock())))
+    fd:http_response(n and 200 or 503, "text/plain", tostring(n or err))
+end)
+aio:http_get("/stats", function(fd)
+    local t = LATENCIES
+    LATENCIES = {}
+    table.sort(t)
+    local function at(q) return t[math.max(1, math.ceil(#t * q))] or 0 end
+    fd:http_response(200, "text/plain", string.format("%d %.6f %.6f", #t, at(0.5), at(0.99)))
+end)
+"""
+
+
+def main_redis(args: argparse.Namespace) -> None:
+    """--redis: publish rate and latency between two servers through the Lua Redis
+    client (server A publishes under wrk; server B's subscriber measures)."""
+    import urllib.request
+
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    two_cpus = (os.cpu_count() or 1) >= 2 and shutil.which("taskset")
+    server_pin = ["taskset", "-c", "0"] if two_cpus else []
+    client_pin = ["taskset", "-c", "1"] if two_cpus else []
+    tmp = Path(tempfile.mkdtemp(prefix="eightys-bench-"))
+    entry = tmp / "pubsub.lua"
+    entry.write_text(REDIS_PUBSUB_APP)
+    servers = []
+    for name in ("A", "B"):
+        port = free_port()
+        servers.append(Server(f"eightys {name}", [sys.executable, "-m", "eightys", str(entry),
+                                                  "-p", str(port), "-h", "127.0.0.1", "-c", "1"],
+                              port, worker_pids=children, env={"REDIS_URL": url}))
+    for server in servers:
+        server.start(server_pin)
+    try:
+        a, b = servers
+
+        def stats() -> tuple[int, float, float]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{b.port}/stats", timeout=10) as r:
+                count, p50, p99 = r.read().decode().split()
+            return int(count), float(p50), float(p99)
+
+        run_wrk(client_pin, a.port, 50, 1, path="/pub")
+        time.sleep(0.5)
+        stats()  # drop the warm-up's
+        rate = run_wrk(client_pin, a.port, 50, args.duration, path="/pub")
+        time.sleep(0.5)  # the last messages arrive
+        count, p50, p99 = stats()
+        print()
+        print("| Redis pub/sub between two servers (Lua client), wrk c=50 on A | value |")
+        print("|---|---|")
+        print(f"| publishes/s (one PUBLISH per request, reply awaited) | {rate:,.0f} |")
+        print(f"| messages received on B | {count:,} |")
+        print(f"| latency A publish -> B callback, p50 | {p50 * 1000:.2f} ms |")
+        print(f"| latency A publish -> B callback, p99 | {p99 * 1000:.2f} ms |")
+    finally:
+        for server in servers:
+            server.stop()
+
+
 def main_orm(args: argparse.Namespace) -> None:
     """--orm: the echo route and the ORM page with each installed MySQL driver only."""
     two_cpus = (os.cpu_count() or 1) >= 2 and shutil.which("taskset")
@@ -560,6 +633,9 @@ def main() -> None:
                         help="skip the content-server, static and ORM rows")
     parser.add_argument("--orm", action="store_true",
                         help="only the echo route and the ORM page with each MySQL driver")
+    parser.add_argument("--redis", action="store_true",
+                        help="only the Redis pub/sub rate and latency between two servers "
+                             "(REDIS_URL, default redis://127.0.0.1:6379/0)")
     parser.add_argument("--listen", action="store_true",
                         help="compare SO_REUSEPORT with a shared socket (-c 2)")
     args = parser.parse_args()
@@ -567,6 +643,8 @@ def main() -> None:
         main_listen(args)
     elif args.orm:
         main_orm(args)
+    elif args.redis:
+        main_redis(args)
     else:
         main_benchmark(args)
 

@@ -683,3 +683,20 @@ def test_a_busy_pool_is_not_an_outage(lua: Lua, key: str) -> None:
     """, key)
     assert busy[0] is None and b"pool stayed busy" in busy[1], busy
     assert after == [b"OK"]  # not "unavailable": the server was never unreachable
+
+
+def test_commands_of_one_turn_share_a_pipeline_and_fail_alone(lua: Lua, key: str,
+                                                              direct: Any) -> None:
+    direct.set(key + "s", "text")
+    replies = lua.run("""
+        local k = ...
+        local c = redis:new(nil, { pool_size = 1 })
+        -- issued in one turn: sent as one pipeline on the one connection
+        local a, b, d = c:incr(k .. "n"), c:lpush(k .. "s", "x"), c:get(k .. "s")
+        local blocking = c:blpop(k .. "none", 0.05)  -- never batched
+        return { aio:await(a) }, { aio:await(b) }, { aio:await(d) }, { aio:await(blocking) }
+    """, key)
+    incr, lpush, get, blpop = replies
+    assert incr == [1] and get == [b"text"] and blpop == []
+    assert lpush[0] is None and lpush[1].startswith(b"redis: WRONGTYPE")
+    direct.delete(key + "s", key + "n")

@@ -3,6 +3,8 @@ the back-off of eightys.redis_host: pure logic, no server."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from eightys.cli import redis_url
@@ -57,3 +59,55 @@ def test_backoff_doubles_to_a_cap_and_resets() -> None:
     assert backoff.down() is None  # time for one attempt
     backoff.succeeded()
     assert backoff.down() is None and backoff.failed(OSError("x")) == MIN_BACKOFF
+
+
+class FakePipeline:
+    def __init__(self, log: list[Any]) -> None:
+        self.log = log
+        self.commands: list[tuple[Any, ...]] = []
+
+    def execute_command(self, *args: Any) -> None:
+        self.commands.append(args)
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        self.log.append(("pipeline", self.commands))
+        return [ValueError("refused") if c[0] == b"BAD" else c[1] for c in self.commands]
+
+
+class FakeRedis:
+    """Records how the Batcher sends commands (pure logic: no server)."""
+
+    def __init__(self) -> None:
+        self.log: list[Any] = []
+
+    async def execute_command(self, *args: Any) -> Any:
+        self.log.append(("single", args))
+        return args[1]
+
+    def pipeline(self, transaction: bool = True) -> FakePipeline:
+        assert transaction is False
+        return FakePipeline(self.log)
+
+
+def test_batcher_sends_one_turn_as_one_pipeline() -> None:
+    import asyncio
+
+    from eightys.redis_host import MAX_BATCH, Batcher
+
+    async def main() -> tuple[list[Any], list[Any], Any]:
+        redis = FakeRedis()
+        batcher = Batcher(redis, asyncio.get_running_loop())
+        futures = [batcher.submit([b"ECHO", i]) for i in range(3)]
+        futures.append(batcher.submit([b"BAD", 0]))
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        alone = await batcher.submit([b"ECHO", "x"])  # a turn of its own: no pipeline
+        many = await asyncio.gather(*[batcher.submit([b"ECHO", i])
+                                      for i in range(MAX_BATCH + 1)])
+        return redis.log, results, (alone, many)
+
+    log, results, (alone, many) = asyncio.run(main())
+    assert log[0] == ("pipeline", [(b"ECHO", 0), (b"ECHO", 1), (b"ECHO", 2), (b"BAD", 0)])
+    assert results[:3] == [0, 1, 2] and isinstance(results[3], ValueError)
+    assert log[1] == ("single", (b"ECHO", "x")) and alone == "x"
+    assert [entry[0] for entry in log[2:]] == ["pipeline", "single"]  # MAX_BATCH, then 1
+    assert many == list(range(MAX_BATCH + 1))
