@@ -296,7 +296,7 @@ class Driver:
     def usable(self, conn: "Connection") -> bool:
         """Whether an idle connection still looks alive (see :func:`usable`)."""
         if self.name == "asyncmy":
-            return conn.connected and not conn._stream_broken
+            return conn.connected and not getattr(conn, "_stream_broken", False)
         return usable(conn)
 
 
