@@ -413,6 +413,7 @@ class Client:
         """Close the subscriber and every pooled connection."""
         if self.subscriber is not None:
             await self.subscriber.close()
+            await self.subscriber.redis.aclose(close_connection_pool=True)
         await self.redis.aclose(close_connection_pool=True)
 
 
@@ -510,7 +511,10 @@ class RedisHost:
             def on_message(channel: bytes, data: bytes, pattern: bytes | None) -> None:
                 dispatch(deliver, client_id, channel, data, pattern)
 
-            client.subscriber = Subscriber(client.redis, on_message, client.connect_timeout)
+            # a pool of its own: the pub/sub connection never takes a command's place
+            client.subscriber = Subscriber(
+                connect(client.url, 1, client.connect_timeout, client.backoff), on_message,
+                client.connect_timeout)
         return self._promise(client.subscriber.subscribe(name, bool(pattern)))
 
     def unsubscribe(self, client_id: int, name: bytes, pattern: bool) -> Any:

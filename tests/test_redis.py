@@ -676,6 +676,7 @@ def test_a_busy_pool_is_not_an_outage(lua: Lua, key: str) -> None:
     busy, after = lua.run("""
         local k = ...
         local c = redis:new(nil, { pool_size = 1, connect_timeout = 0.2 })
+        must(c:subscribe(k .. "ch", function() end))  -- on a connection of its own
         local blocking = c:blpop(k .. "nothing", 0.6)  -- holds the only connection
         local busy = { aio:await(c:get(k)) }
         aio:await(blocking)
