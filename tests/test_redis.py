@@ -701,3 +701,43 @@ def test_commands_of_one_turn_share_a_pipeline_and_fail_alone(lua: Lua, key: str
     assert incr == [1] and get == [b"text"] and blpop == []
     assert lpush[0] is None and lpush[1].startswith(b"redis: WRONGTYPE")
     direct.delete(key + "s", key + "n")
+
+
+def test_servers_survive_a_redis_restart(start_server: Any, tmp_path: Any,
+                                         private_redis: PrivateRedis, key: str) -> None:
+    """Two servers subscribed through a Redis that is killed and restarted: while it
+    is down their handlers answer at once (503 with the error, no worker blocks);
+    once it is back both are subscribed again and a publish reaches both."""
+    entry = tmp_path / "pubsub.lua"
+    entry.write_text(PUBSUB_APP)
+    env = {"REDIS_URL": private_redis.url, "TEST_CHANNEL": "ch"}
+    a = start_server(entry, workers=1, env=env)
+    b = start_server(entry, workers=1, env=env)
+    admin = private_redis.client()
+    wait_until(lambda: admin.pubsub_numsub("ch")[0][1] == 2, 10.0,
+               message="both servers to subscribe")
+    admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    wait_until(lambda: admin.pubsub_numsub("ch")[0][1] == 2, 10.0,
+               message="both servers to subscribe again after CLIENT KILL")
+    private_redis.stop()
+    started = time.monotonic()
+    with HttpClient.connect(a) as http:
+        down = http.request("GET", "/publish?m=lost")
+    assert down.status == 500 and down.body.startswith(b"redis: "), down
+    assert time.monotonic() - started < 1.0
+    private_redis.start()
+    admin = private_redis.client()
+    wait_until(lambda: admin.pubsub_numsub("ch")[0][1] == 2, 15.0,
+               message="both servers to subscribe again after the restart")
+
+    def publish() -> bool:
+        with HttpClient.connect(b) as http:
+            return http.request("GET", "/publish?m=back").body == b"2"
+    wait_until(publish, 10.0, message="a publish that reaches both servers")
+
+    def received(server: Any) -> bytes:
+        with HttpClient.connect(server) as http:
+            return http.request("GET", "/received").body
+
+    wait_until(lambda: received(a).endswith(b"back") and received(b).endswith(b"back"), 5.0,
+               message="the message on both servers")
