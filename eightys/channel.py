@@ -31,6 +31,11 @@ class Kind:
     RELOADED = "reloaded"  # (RELOADED, round, error or None): this worker's reload is done
     NOTIFY = "notify"  # master->worker (NOTIFY, event, data): tell live-reload browsers
     QUIT = "quit"  # worker->master: stop the whole server
+    PUBLISH = "publish"  # (PUBLISH, channel, data, binary): worker->master, relayed to
+    #                      the other workers with subscribers (WebSocket pub/sub)
+    INTEREST = "interest"  # worker->master (INTEREST, channel, bool): this worker's first
+    #                        subscriber to channel came (True) or its last one left (False)
+    RETIRE = "retire"  # master->worker: a rolling restart replaced you; drain and exit
 
 
 class FrameError(Exception):

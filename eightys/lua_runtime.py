@@ -209,6 +209,10 @@ class LuaRuntime:
         """Whether the Lua global ``name`` is a function."""
         return bool(self._has_global_function(name.encode()))
 
+    def has_http_routes(self) -> bool:
+        """Whether the scripts registered HTTP routes (or took over aio:on_http)."""
+        return bool(self.execute(b'return require("eightys.http").has_routes()'))
+
     def execute(self, source: str | bytes) -> Any:
         """Run a snippet of Lua source (tests and tools)."""
         return self.lua.execute(source if isinstance(source, bytes) else source.encode())

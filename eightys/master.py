@@ -66,6 +66,8 @@ class WorkerSlot:
     pending_mail: list[bytes] = field(default_factory=list)
     #: Replaced by a successor in a rolling restart: its exit is expected.
     retired: bool = False
+    #: Pub/sub channels this worker has subscribers for (PUBLISH goes only there).
+    channels: set[bytes] = field(default_factory=set)
     #: Resolved when the worker reports READY (True) or dies before (False).
     started: "asyncio.Future[bool] | None" = None
 
@@ -174,6 +176,7 @@ class Master:
         slot.started_at = time.monotonic()
         slot.ready = False
         slot.fatal = None
+        slot.channels = set()  # a new process has no subscribers yet
         slot.channel = MasterChannel(self, slot)
         slot.started = self.loop.create_future()
         self.loop.create_task(self._attach_channel(slot, slot.channel, ours))
@@ -201,6 +204,18 @@ class Master:
                     log.warning("worker %d is not ready and has %d messages waiting; "
                                 "dropping one from worker %d", t.worker_id,
                                 len(t.pending_mail), slot.worker_id)
+        elif kind == channel.Kind.PUBLISH:
+            name = message[1]
+            frame = None
+            for t in self.slots:
+                if t is not slot and name in t.channels and t.ready and t.channel is not None:
+                    frame = frame or channel.encode(message)
+                    t.channel.send_frame(frame)
+        elif kind == channel.Kind.INTEREST:
+            if message[2]:
+                slot.channels.add(message[1])
+            else:
+                slot.channels.discard(message[1])
         elif kind == channel.Kind.READY:
             slot.ready = slot.ever_ready = True
             if slot.started is not None and not slot.started.done():
@@ -366,7 +381,11 @@ class Master:
                 old.retired = True
                 if old.process is not None:
                     self.retired.append(old)
-                    old.process.send_signal(signal.SIGTERM)
+                    if old.channel is not None and old.channel.transport is not None:
+                        # drains like SIGTERM, but knowing why: WebSockets get 1012
+                        old.channel.send_frame(channel.encode((channel.Kind.RETIRE,)))
+                    else:
+                        old.process.send_signal(signal.SIGTERM)
                 log.info("worker %d restarted (pid %d)", old.worker_id,
                          successor.process.pid)  # type: ignore[union-attr]
             self.generation += 1

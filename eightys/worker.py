@@ -36,6 +36,7 @@ from eightys.protocols.http_core import HttpLimits
 from eightys.protocols.raw import RawProtocol
 from eightys.redis_host import RedisHost
 from eightys.timers import Timers
+from eightys.ws_host import WebSockets
 
 #: Exit code of a worker whose Lua code or modules failed to load at start-up.
 EXIT_LOAD_FAILED = 3
@@ -100,6 +101,7 @@ class Worker:
         self._last_reload_error = ""
         #: Browser live reload (--reload only).
         self.live: LiveReload | None = LiveReload() if config.reload else None
+        self.ws = WebSockets(self)
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -139,7 +141,7 @@ class Worker:
         self.mysql = MySQLHost(self, driver=config.mysql_driver)
         self.redis = RedisHost(self, config.redis)
         private = {**self.content.functions(), **self.mysql.functions(),
-                   **self.redis.functions(),
+                   **self.redis.functions(), **self.ws.functions(),
                    b"live_subscribe": self.live_subscribe,
                    b"handler_timeout": config.handler_timeout}
         self.runtime = LuaRuntime(
@@ -147,6 +149,7 @@ class Worker:
             workers=config.workers, port=self.listen_port(), node=config.node,
             dev=config.dev, private=private,
         )
+        self.ws.attach(self.runtime)
         self.modules = load_modules(config.modules, self)
         for module in self.modules:
             module.load(reload=False)
@@ -166,6 +169,16 @@ class Worker:
         self._install_live_route()
         self.runtime.call_hook("on_init", 0, 0)
 
+    @property
+    def workers(self) -> int:
+        """How many workers the server runs."""
+        return self.config.workers
+
+    def send_to_master(self, *message: Any) -> None:
+        """A control message to the master (dropped once the channel is gone)."""
+        if self.channel is not None:
+            self.channel.send(*message)
+
     def listen_port(self) -> int:
         """The TCP port the worker serves (0 for a Unix socket)."""
         name = self.listen_sock.getsockname()
@@ -173,8 +186,10 @@ class Worker:
 
     def _choose_protocol(self) -> None:
         # A script that handles raw bytes itself gets raw connections; anything
-        # else is an HTTP app (aio:http_get & co., or the content server).
-        if self.runtime.defines("on_data") or self.runtime.defines("on_accept"):
+        # else is an HTTP app (aio:http_get & co., or the content server). Hooks
+        # next to HTTP routes serve WebSockets (aio:websocket(path, "hooks")).
+        if (self.runtime.defines("on_data") or self.runtime.defines("on_accept")) \
+                and not self.runtime.has_http_routes():
             self.protocol_factory = self._raw_factory
         else:
             self.protocol_factory = self._http_factory
@@ -226,6 +241,7 @@ class Worker:
             self.runtime.set_date(wire.date_line())
         for conn in list(self.connections.values()):
             conn.check_timeout(now)
+        self.ws.sweep()
         self.loop.call_later(1.0, self._sweep)
 
     # -- master messages --------------------------------------------------------------
@@ -242,6 +258,11 @@ class Worker:
             assert self.channel is not None
             self.channel.send(channel.Kind.RELOADED, round_id,
                               None if ok else self._last_reload_error)
+        elif kind == channel.Kind.PUBLISH:
+            self.ws.delivered(message[1], message[2], message[3])
+        elif kind == channel.Kind.RETIRE:
+            self.ws.restart()
+            self.begin_shutdown()
         elif kind == channel.Kind.NOTIFY:
             if self.live is not None:
                 self.live.notify(*message[1:])

@@ -56,3 +56,25 @@ Posts = orm:create(SQL, {
     findById = true,
     findBy = true,
 })
+
+-- The chat demo (chat.dyn.html, static/chat.js): one WebSocket route. Each message
+-- is published to the "chat" channel, so it reaches the participants connected to
+-- every worker, not only this one.
+local MAX_NAME, MAX_TEXT = 32, 2000
+
+aio:websocket("/chat/ws", {
+    open = function(ws)
+        ws:subscribe("chat")
+        ws:send({ type = "welcome", worker = WORKERID })
+    end,
+    message = function(ws, data)
+        local msg = codec.json_decode(data)
+        if type(msg) ~= "table" or type(msg.text) ~= "string" or msg.text == "" then
+            return ws:close(1003, "expected JSON {\"name\": ..., \"text\": ...}")
+        end
+        local name = type(msg.name) == "string" and msg.name ~= "" and msg.name:sub(1, MAX_NAME)
+            or "anonymous"
+        aio:publish("chat", { type = "message", name = name, text = msg.text:sub(1, MAX_TEXT),
+                              worker = WORKERID })
+    end,
+}, { max_message = 8192, idle_timeout = 60 })

@@ -58,13 +58,26 @@ ensure_debian() {
     fi
 }
 
+# ensure_node_clients: npm install tests/node/package.json's clients (once per change).
+ensure_node_clients() {
+    local dir="$ROOT/tests/node"
+    if [ -d "$dir/node_modules" ] && [ "$dir/node_modules" -nt "$dir/package.json" ]; then
+        return 0
+    fi
+    command -v npm >/dev/null 2>&1 || ensure_debian npm npm || return 1
+    log "installing the npm test clients into tests/node/"
+    (cd "$dir" && npm install --no-audit --no-fund --silent) && touch "$dir/node_modules"
+}
+
 case "${1:-}" in
     test)
         shift
         ensure_venv
         ensure_compiled
-        # the live-reload test drives a real browser (skipped if missing, except under CI)
+        # the live-reload and chat tests drive a real browser (skipped if missing, except under CI)
         ensure_debian chromium chromium || true
+        # npm clients (WebSocket interop with npm `ws`), into the folder the tests own
+        ensure_node_clients || true
         cd "$ROOT"
         exec "$VENV/bin/python" -m pytest "$@"
         ;;

@@ -698,6 +698,12 @@ function _M.set_draining(on)
     draining = on and true or false
 end
 
+--- Internal: whether any route is registered or aio:on_http was replaced (the
+--- worker then serves HTTP even if the script also defines the raw hooks).
+function _M.has_routes()
+    return next(routes.exact) ~= nil or #routes.patterns > 0 or aio.on_http ~= aio.route
+end
+
 --- Internal: bootstrap hands over the host functions.
 function _M.attach(private)
     host = private
