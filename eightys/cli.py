@@ -108,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--secret-file", metavar="PATH",
                    help="file holding the server secret (sessions, signed cookies); "
                         "default $SECRET_KEY, else a random secret per start")
+    p.add_argument("--redis", metavar="URL", default=None,
+                   help="Redis server for apps and shared caches/sessions, "
+                        "redis://HOST:PORT/DB (default $REDIS_URL); a URL with a password "
+                        "belongs in $REDIS_URL, never on the command line")
+    p.add_argument("--mysql-driver", choices=("auto", "aiomysql", "asyncmy"),
+                   default=os.environ.get("EIGHTYS_MYSQL_DRIVER") or "auto",
+                   help="MySQL driver: asyncmy when installed, else aiomysql (auto, the "
+                        "default), or force one (default $EIGHTYS_MYSQL_DRIVER or auto)")
     p.add_argument("--help", action="help", help="show this help and exit")
     p.add_argument("--version", action="version", version=f"eightys {__version__}")
     return p
@@ -161,6 +169,27 @@ def server_secret(secret_file: str | None) -> tuple[str, str | None]:
     return secret, None
 
 
+def redis_url(option: str | None) -> str:
+    """The Redis URL from --redis, else $REDIS_URL (validated). A password is refused
+    on the command line, where every user of the machine can read it (``ps``)."""
+    from urllib.parse import urlsplit
+
+    url = option if option is not None else os.environ.get("REDIS_URL", "")
+    if not url:
+        return ""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError as exc:
+        raise UsageError(f"--redis: bad URL ({exc})") from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise UsageError(f"--redis needs a redis://HOST:PORT/DB URL, got scheme {parts.scheme!r}")
+    if option is not None and parts.password:
+        raise UsageError("--redis: a password on the command line is visible to every user "
+                         "(ps); put the URL in $REDIS_URL instead")
+    return url
+
+
 def config_from_args(argv: Sequence[str]) -> Config:
     """Parse ``argv`` (without the program name) into a validated Config."""
     args = build_parser().parse_args(list(argv))
@@ -181,6 +210,15 @@ def config_from_args(argv: Sequence[str]) -> Config:
                         ("--max-headers", args.max_headers)):
         if value < 0:
             raise UsageError(f"{flag} must be >= 0")
+    if args.mysql_driver not in ("auto", "aiomysql", "asyncmy"):
+        raise UsageError(f"$EIGHTYS_MYSQL_DRIVER must be auto, aiomysql or asyncmy, "
+                         f"got {args.mysql_driver!r}")
+    if args.mysql_driver == "asyncmy":
+        from eightys.mysql import available
+
+        if not available("asyncmy"):
+            raise UsageError("--mysql-driver asyncmy: asyncmy is not installed "
+                             "(pip install 'eightys[fast]')")
     node = args.node or os.environ.get("HOSTNAME") or "localhost"
     secret, secret_warning = server_secret(args.secret_file)
     notes = []
@@ -209,6 +247,8 @@ def config_from_args(argv: Sequence[str]) -> Config:
         secret=secret,
         secret_random=secret_warning is not None,
         notes=tuple(notes),
+        redis=redis_url(args.redis),
+        mysql_driver=args.mysql_driver,
     )
 
 

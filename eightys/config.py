@@ -61,6 +61,11 @@ class Config:
     secret: str = ""
     #: No SECRET_KEY/--secret-file: the secret is random, sessions end at restart.
     secret_random: bool = False
+    #: Redis for apps (``require("redis")``'s default) and shared caches/sessions:
+    #: ``redis://[user:password@]host:port/db`` (--redis, or REDIS_URL for one with a password).
+    redis: str = ""
+    #: MySQL driver: "auto" (asyncmy when installed, else aiomysql), "aiomysql" or "asyncmy".
+    mysql_driver: str = "auto"
     extra: dict[str, str] = field(default_factory=dict)
     #: Warnings about the configuration, logged once by the master at start.
     notes: tuple[str, ...] = ()

@@ -23,6 +23,11 @@ Design:
   out: no second pass), and handed to Lua with one ``table_from`` call.
 * Every failure reaches Lua as ``nil, "mysql: (code) message"``; no Python
   exception ever propagates into Lua.
+* Two drivers speak the protocol (:class:`Driver`): aiomysql (pure Python, the
+  default dependency) and asyncmy (Cython, ``pip install eightys[fast]``), used
+  when installed unless ``--mysql-driver``/EIGHTYS_MYSQL_DRIVER says otherwise.
+  Both take the same connection options and converters and produce the same
+  result objects; the driver is only asked to make, open and judge connections.
 """
 
 from __future__ import annotations
@@ -192,7 +197,7 @@ def describe(exc: BaseException) -> str:
 
 def is_lost(exc: BaseException, conn: "Connection") -> bool:
     """Whether ``exc`` (raised by a query on ``conn``) means the connection is gone."""
-    if conn.closed:
+    if not getattr(conn, "connected", True) or getattr(conn, "closed", False):
         return True
     args = getattr(exc, "args", ())
     if args and isinstance(args[0], int) and args[0] in LOST_CONNECTION_CODES:
@@ -201,8 +206,8 @@ def is_lost(exc: BaseException, conn: "Connection") -> bool:
 
 
 def usable(conn: "Connection") -> bool:
-    """Whether an idle connection still looks alive, without a round trip: no EOF,
-    no stream error, no unsolicited bytes (a server that closes a connection may
+    """Whether an idle aiomysql connection still looks alive, without a round trip: no
+    EOF, no stream error, no unsolicited bytes (a server that closes a connection may
     send an error packet first)."""
     reader = conn._reader
     if reader is None or reader.at_eof() or reader.exception() is not None:
@@ -234,6 +239,67 @@ def connection_class() -> type:
     return Connection
 
 
+#: The drivers, in the order "auto" prefers them.
+DRIVERS = ("asyncmy", "aiomysql")
+
+
+def available(name: str) -> bool:
+    """Whether driver ``name`` can be imported here."""
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def choose_driver(setting: str = "auto") -> str:
+    """The driver to use: ``setting`` ("aiomysql", "asyncmy"), or for "auto" (and
+    anything else) asyncmy when it is installed, else aiomysql."""
+    if setting in DRIVERS:
+        return setting
+    return "asyncmy" if available("asyncmy") else "aiomysql"
+
+
+class Driver:
+    """What the pool needs from a MySQL driver: make a connection from the options,
+    open it, and tell whether one is closed or still usable."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def make(self, options: dict[str, Any]) -> "Connection":
+        """A new, unopened connection, multi-statements off (one statement per
+        query is safer; both drivers ask for them by default)."""
+        from pymysql.constants import CLIENT
+
+        if self.name == "asyncmy":
+            from asyncmy.connection import Connection as AsyncmyConnection
+
+            conn = AsyncmyConnection(**options)
+            conn._client_flag &= ~CLIENT.MULTI_STATEMENTS
+            return conn
+        conn = connection_class()(**options)
+        conn.client_flag &= ~CLIENT.MULTI_STATEMENTS
+        return conn
+
+    async def open(self, conn: "Connection") -> None:
+        """Connect, authenticate and run the session set-up."""
+        if self.name == "asyncmy":
+            await conn.connect()
+        else:
+            await conn._connect()
+
+    def closed(self, conn: "Connection") -> bool:
+        """Whether the connection is known to be closed."""
+        if self.name == "asyncmy":
+            return not conn.connected
+        return bool(conn.closed)
+
+    def usable(self, conn: "Connection") -> bool:
+        """Whether an idle connection still looks alive (see :func:`usable`)."""
+        if self.name == "asyncmy":
+            return conn.connected and not getattr(conn, "_stream_broken", False)
+        return usable(conn)
+
+
 # -- the pool -----------------------------------------------------------------------------
 
 
@@ -241,7 +307,9 @@ class Pool:
     """At most ``size`` connections, opened on demand; acquirers beyond that wait
     (first come, first served). Idle connections are reused most recent first."""
 
-    def __init__(self, size: int, timeout: float, options: dict[str, Any]) -> None:
+    def __init__(self, size: int, timeout: float, options: dict[str, Any],
+                 driver: Driver | None = None) -> None:
+        self.driver = driver or Driver(choose_driver())
         self.size = size
         self.timeout = timeout
         self.options = options
@@ -261,7 +329,7 @@ class Pool:
             if not fresh:
                 while self._idle:
                     conn = self._idle.pop()
-                    if usable(conn):
+                    if self.driver.usable(conn):
                         return conn
                     conn.close()
             return await self._open()
@@ -270,14 +338,10 @@ class Pool:
             raise
 
     async def _open(self) -> "Connection":
-        from pymysql.constants import CLIENT
-
-        conn = connection_class()(**self.options)
-        # aiomysql always asks for multi-statements; one statement per query is safer
-        conn.client_flag &= ~CLIENT.MULTI_STATEMENTS
+        conn = self.driver.make(self.options)
         try:
             # the whole set-up is timed (aiomysql's connect_timeout covers TCP only)
-            await asyncio.wait_for(conn._connect(), self.timeout)
+            await asyncio.wait_for(self.driver.open(conn), self.timeout)
         except asyncio.TimeoutError:
             conn.close()
             host = self.options.get("unix_socket") or \
@@ -293,7 +357,7 @@ class Pool:
         """Give a connection back. It is closed instead of kept if ``discard``, if the
         pool is closed, or if it is inside a transaction (an ``exec("BEGIN")``
         never committed must not leak into the next task)."""
-        if discard or self.closed or conn.closed or conn.get_transaction_status():
+        if discard or self.closed or self.driver.closed(conn) or conn.get_transaction_status():
             conn.close()
         else:
             self._idle.append(conn)
@@ -336,8 +400,10 @@ class Client:
 class MySQLHost:
     """The host functions mysql.lua calls (through the private host table)."""
 
-    def __init__(self, owner: HasRuntime) -> None:
+    def __init__(self, owner: HasRuntime, driver: str = "auto") -> None:
         self.owner = owner
+        #: the driver every pool of this host uses (see :func:`choose_driver`)
+        self.driver = Driver(choose_driver(driver))
         self._clients: dict[int, Client] = {}
         self._transactions: dict[int, Transaction] = {}
         #: tasks in flight (see _promise)
@@ -406,7 +472,7 @@ class MySQLHost:
         else:
             options["host"] = address.removeprefix("v6:").strip("[]")
             options["port"] = int(port)
-        client.pool = Pool(client.pool_size, client.connect_timeout, options)
+        client.pool = Pool(client.pool_size, client.connect_timeout, options, self.driver)
         return self._promise(self._check(client.pool))
 
     def query(self, client_id: int, tx_id: int, want_rows: bool, sql: bytes, args: Any = None,

@@ -36,6 +36,7 @@ from eightys.protocols.host import ConnectionHost
 from eightys.protocols.http import HttpProtocol
 from eightys.protocols.http_core import HttpLimits
 from eightys.protocols.raw import RawProtocol
+from eightys.redis_host import RedisHost
 from eightys.timers import Timers
 from eightys.ws_host import WebSockets
 
@@ -91,6 +92,7 @@ class Worker:
         self.content: ContentHost = None  # type: ignore[assignment]  # set by _load
         self.mysql: MySQLHost = None  # type: ignore[assignment]  # set by _load
         self.compat: EightiesHost = None  # type: ignore[assignment]  # set by _load
+        self.redis: RedisHost = None  # type: ignore[assignment]  # set by _load
         self.server: asyncio.AbstractServer | None = None
         self.channel: ChannelProtocol | None = None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -139,10 +141,12 @@ class Worker:
     def _load(self) -> None:
         config = self.config
         self.content = ContentHost(self)
-        self.mysql = MySQLHost(self)
+        self.mysql = MySQLHost(self, driver=config.mysql_driver)
         self.compat = EightiesHost(self)
+        self.redis = RedisHost(self, config.redis)
         private = {**self.content.functions(), **self.mysql.functions(),
-                   **self.compat.functions(), **self.ws.functions(),
+                   **self.compat.functions(), **self.redis.functions(),
+                   **self.ws.functions(),
                    b"live_subscribe": self.live_subscribe,
                    b"handler_timeout": config.handler_timeout}
         self.runtime = LuaRuntime(
@@ -228,6 +232,11 @@ class Worker:
         if self.connections:
             self.log.warning("closed %d connection(s) still open after the %.1f s grace period",
                              len(self.connections), self.config.graceful_timeout)
+        if self.redis is not None:  # its clients' connections and subscriptions
+            try:
+                await asyncio.wait_for(self.redis.close_all(), 1.0)
+            except asyncio.TimeoutError:
+                self.log.warning("Redis connections still closing after 1 s; leaving them")
 
     def _sweep(self) -> None:
         # Once a second: advance the coarse clock and let each connection apply

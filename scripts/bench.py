@@ -5,6 +5,8 @@
     ./scripts/80.sh bench --duration 10   # longer runs
     ./scripts/80.sh bench --only eightys  # one server
     ./scripts/80.sh bench --listen        # -c 2: SO_REUSEPORT vs one shared socket
+    ./scripts/80.sh bench --orm           # the ORM page with each MySQL driver only
+    ./scripts/80.sh bench --redis         # pub/sub between two servers through Redis
     ./scripts/80.sh bench --s80 DIR       # add 80s (DIR: its checkout, built: DIR/bin/80s)
 
 Each server answers ``GET /echo?name=Abcde`` with ``Hi, Abcde!`` using one worker:
@@ -262,7 +264,7 @@ def make_orm_site(tmp: Path) -> Path | None:
         print(f"MariaDB not usable, ORM page skipped: {done.stderr.decode().strip()}")
         return None
     site = tmp / "orm-site"
-    site.mkdir()
+    site.mkdir(exist_ok=True)
     (site / "main.lua").write_text(ORM_MAIN)
     (site / "orm.dyn.html").write_text(ORM_PAGE)  # not post.*: that prefix means POST
     return site
@@ -273,11 +275,19 @@ def mariadb_pid() -> int | None:
     return int(out[0]) if out else None
 
 
-def content_server(port: int, site: Path) -> Server:
+def content_server(port: int, site: Path, mysql_driver: str = "auto") -> Server:
     cmd = [sys.executable, "-m", "eightys", "server/http.lua", "-p", str(port),
-           "-h", "127.0.0.1", "-c", "1"]
+           "-h", "127.0.0.1", "-c", "1", "--mysql-driver", mysql_driver]
     return Server("eightys http.lua", cmd, port, worker_pids=children,
                   env={"PUBLIC_HTML": str(site)})
+
+
+def mysql_drivers() -> list[str]:
+    """The MySQL drivers installed here (the ORM row is measured with each)."""
+    sys.path.insert(0, str(ROOT))
+    from eightys.mysql import DRIVERS, available
+
+    return [d for d in sorted(DRIVERS) if available(d)]
 
 
 def eightys_server(port: int, workers: int = 1, shared: bool = False) -> Server:
@@ -404,7 +414,8 @@ def content_rates(args: argparse.Namespace, client_pin: list[str], server_pin: l
                 runs["nginx static"].append(run_wrk(client_pin, nginx.port, 50, args.duration,
                                                     path="/static/1k.txt"))
         med = {k: sorted(v)[len(v) // 2] if v else 0.0 for k, v in runs.items()}
-        orm_line = orm_rate(args, client_pin, server_pin, site.parent)
+        orm_lines = [(driver, orm_rate(args, client_pin, server_pin, site.parent, driver))
+                     for driver in mysql_drivers()]
         print()
         print(f"| content server, wrk c=50 | req/s | ratio |")
         print("|---|---|---|")
@@ -417,26 +428,31 @@ def content_rates(args: argparse.Namespace, client_pin: list[str], server_pin: l
             print(f"| nginx, same file | {med['nginx static']:,.0f} | 1.00 |")
         else:
             print(f"| static 1 KiB file | {med['static']:,.0f} | - |")
-        if orm_line:
-            rate, cpu = orm_line
-            print(f"| ORM page: one primary-key SELECT | {rate:,.0f} | "
-                  f"{rate / med['echo']:.2f} x echo |")
+        cpus = []
+        for driver, orm_line in orm_lines:
+            if orm_line:
+                rate, cpu = orm_line
+                print(f"| ORM page: one primary-key SELECT, {driver} | {rate:,.0f} | "
+                      f"{rate / med['echo']:.2f} x echo |")
+                cpus.append(f"During the ORM run with {driver}: {cpu}")
+        if cpus:
             print()
-            print(f"During the ORM run: {cpu}")
+            print("\n".join(cpus))
         print()
     finally:
         content.stop()
 
 
 def orm_rate(args: argparse.Namespace, client_pin: list[str], server_pin: list[str],
-             tmp: Path) -> tuple[float, str] | None:
-    """req/s of the ORM page (median of the rounds) and the CPU used by the eightys
-    worker and by MariaDB during the last round: which one is the limit."""
+             tmp: Path, mysql_driver: str = "auto") -> tuple[float, str] | None:
+    """req/s of the ORM page (median of the rounds) with ``mysql_driver`` and the CPU
+    used by the eightys worker and by MariaDB during the last round: which one is
+    the limit."""
     site = make_orm_site(tmp)
     db_pid = mariadb_pid()
     if site is None or db_pid is None:
         return None
-    server = content_server(free_port(), site)
+    server = content_server(free_port(), site, mysql_driver)
     server.start(server_pin)
     try:
         run_wrk(client_pin, server.port, 50, 1, path="/orm")
@@ -451,6 +467,107 @@ def orm_rate(args: argparse.Namespace, client_pin: list[str], server_pin: list[s
         return sorted(rates)[len(rates) // 2], cpu
     finally:
         server.stop()
+
+
+REDIS_PUBSUB_APP = """
+-- bench --redis: /pub publishes the sender's clock; every server's subscriber
+-- records how long each message took; /stats reports them.
+local redis = require("redis")
+CLIENT = CLIENT or assert(redis:new())
+LATENCIES = LATENCIES or {}
+if not SUBSCRIBED then
+    SUBSCRIBED = true
+    CLIENT:subscribe("eightys-bench", function(message)
+        LATENCIES[#LATENCIES + 1] = net.clock() - tonumber(message)
+    end)
+end
+aio:http_get("/pub", function(fd)
+    local n, err = aio:await(CLIENT:publish("eightys-bench", string.format("%.6f", net.clock())))
+    fd:http_response(n and 200 or 503, "text/plain", tostring(n or err))
+end)
+aio:http_get("/stats", function(fd)
+    local t = LATENCIES
+    LATENCIES = {}
+    table.sort(t)
+    local function at(q) return t[math.max(1, math.ceil(#t * q))] or 0 end
+    fd:http_response(200, "text/plain", string.format("%d %.6f %.6f", #t, at(0.5), at(0.99)))
+end)
+"""
+
+
+def main_redis(args: argparse.Namespace) -> None:
+    """--redis: publish rate and latency between two servers through the Lua Redis
+    client (server A publishes under wrk; server B's subscriber measures)."""
+    import urllib.request
+
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    two_cpus = (os.cpu_count() or 1) >= 2 and shutil.which("taskset")
+    server_pin = ["taskset", "-c", "0"] if two_cpus else []
+    client_pin = ["taskset", "-c", "1"] if two_cpus else []
+    tmp = Path(tempfile.mkdtemp(prefix="eightys-bench-"))
+    entry = tmp / "pubsub.lua"
+    entry.write_text(REDIS_PUBSUB_APP)
+    servers = []
+    for name in ("A", "B"):
+        port = free_port()
+        servers.append(Server(f"eightys {name}", [sys.executable, "-m", "eightys", str(entry),
+                                                  "-p", str(port), "-h", "127.0.0.1", "-c", "1"],
+                              port, worker_pids=children, env={"REDIS_URL": url}))
+    for server in servers:
+        server.start(server_pin)
+    try:
+        a, b = servers
+
+        def stats() -> tuple[int, float, float]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{b.port}/stats", timeout=10) as r:
+                count, p50, p99 = r.read().decode().split()
+            return int(count), float(p50), float(p99)
+
+        run_wrk(client_pin, a.port, 50, 1, path="/pub")
+        time.sleep(0.5)
+        stats()  # drop the warm-up's
+        rate = run_wrk(client_pin, a.port, 50, args.duration, path="/pub")
+        time.sleep(0.5)  # the last messages arrive
+        count, p50, p99 = stats()
+        print()
+        print("| Redis pub/sub between two servers (Lua client), wrk c=50 on A | value |")
+        print("|---|---|")
+        print(f"| publishes/s (one PUBLISH per request, reply awaited) | {rate:,.0f} |")
+        print(f"| messages received on B | {count:,} |")
+        print(f"| latency A publish -> B callback, p50 | {p50 * 1000:.2f} ms |")
+        print(f"| latency A publish -> B callback, p99 | {p99 * 1000:.2f} ms |")
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def main_orm(args: argparse.Namespace) -> None:
+    """--orm: the echo route and the ORM page with each installed MySQL driver only."""
+    two_cpus = (os.cpu_count() or 1) >= 2 and shutil.which("taskset")
+    server_pin = ["taskset", "-c", "0"] if two_cpus else []
+    client_pin = ["taskset", "-c", "1"] if two_cpus else []
+    tmp = Path(tempfile.mkdtemp(prefix="eightys-bench-"))
+    echo = eightys_server(free_port())
+    echo.start(server_pin)
+    try:
+        run_wrk(client_pin, echo.port, 50, 1)
+        rate = sorted(run_wrk(client_pin, echo.port, 50, args.duration)
+                      for _ in range(args.rounds))[args.rounds // 2]
+    finally:
+        echo.stop()
+    print()
+    print("| ORM page, wrk c=50 | req/s | ratio |")
+    print("|---|---|---|")
+    print(f"| echo route (simple_http.lua) | {rate:,.0f} | 1.00 |")
+    cpus = []
+    for driver in mysql_drivers():
+        line = orm_rate(args, client_pin, server_pin, tmp, driver)
+        if line:
+            print(f"| ORM page: one primary-key SELECT, {driver} | {line[0]:,.0f} | "
+                  f"{line[0] / rate:.2f} x echo |")
+            cpus.append(f"During the ORM run with {driver}: {line[1]}")
+    print()
+    print("\n".join(cpus))
 
 
 def print_table(results: dict[str, dict[str, float]], rss: dict[str, str],
@@ -514,11 +631,20 @@ def main() -> None:
                         help="80s checkout with bin/80s built (JIT=true ./80s.sh): adds its column")
     parser.add_argument("--no-content", action="store_true",
                         help="skip the content-server, static and ORM rows")
+    parser.add_argument("--orm", action="store_true",
+                        help="only the echo route and the ORM page with each MySQL driver")
+    parser.add_argument("--redis", action="store_true",
+                        help="only the Redis pub/sub rate and latency between two servers "
+                             "(REDIS_URL, default redis://127.0.0.1:6379/0)")
     parser.add_argument("--listen", action="store_true",
                         help="compare SO_REUSEPORT with a shared socket (-c 2)")
     args = parser.parse_args()
     if args.listen:
         main_listen(args)
+    elif args.orm:
+        main_orm(args)
+    elif args.redis:
+        main_redis(args)
     else:
         main_benchmark(args)
 

@@ -453,3 +453,87 @@ def upstream() -> Iterator[Upstream]:
     server = Upstream()
     yield server
     server.close()
+
+
+# -- Redis ------------------------------------------------------------------------------
+
+#: The machine's Redis (EIGHTYS_TEST_REDIS_URL, default redis://127.0.0.1:6379/15: a
+#: database of its own, flushed by no test; tests use keys of their own).
+REDIS_URL = os.environ.get("EIGHTYS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def _unreachable(reason: str) -> None:
+    """Skip, or fail when CI is set (the Redis tests must run there), as for MySQL."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so the Redis tests must run)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The URL of a reachable Redis, or skip (fail under CI)."""
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        _unreachable(f"no Redis at {REDIS_URL}: {exc}")
+    return REDIS_URL
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free port (no persistence), which the
+    test may stop, restart and CLIENT KILL without disturbing anyone else."""
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start (or restart, on the same port) and wait until it answers."""
+        import redis
+
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--daemonize", "no", "--logfile", ""],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        wait_until(lambda: _pings(client), 10.0)
+
+    def stop(self) -> None:
+        """Stop the server (SIGKILL: as abrupt as a crash) and wait for it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def client(self) -> Any:
+        """A blocking redis-py client of this server."""
+        import redis
+
+        return redis.Redis(port=self.port, socket_connect_timeout=2)
+
+
+def _pings(client: Any) -> bool:
+    import redis
+
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    """A running :class:`PrivateRedis` (stopped at teardown), or skip (fail under CI)
+    when redis-server is not installed."""
+    import shutil
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        _unreachable("redis-server is not installed")
+    server = PrivateRedis(binary)  # type: ignore[arg-type]
+    server.start()
+    yield server
+    server.stop()

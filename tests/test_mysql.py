@@ -8,7 +8,8 @@ as root (EIGHTYS_TEST_MYSQL_ROOT_USER/_ROOT_PASSWORD, default root without a
 password), which creates the database ``eightys_test`` and the user
 ``eightys``@``%`` (password ``eightys``, mysql_native_password) when missing.
 Without a server these tests skip, unless CI is set: then they fail
-(the ``mysql_db`` fixture).
+(the ``mysql_db`` fixture). Every test that talks to the server runs once per
+installed driver (aiomysql, asyncmy: the ``driver`` fixture).
 """
 
 from __future__ import annotations
@@ -26,13 +27,15 @@ import pytest
 
 from conftest import Server, free_port
 from eightys.lua_runtime import ENGINES
-from eightys.mysql import MySQLHost, split_placeholders
+from eightys.mysql import DRIVERS, MySQLHost, available, split_placeholders
 from http_helpers import HttpClient
 from luahost import LuaHost
 
 pymysql = pytest.importorskip("pymysql")
 
 ENGINE_NAMES = sorted(ENGINES)
+#: The MySQL drivers installed here; each passes the same tests.
+MYSQL_DRIVERS = sorted(d for d in DRIVERS if available(d))
 APP = "tests/apps/mysql_app.lua"
 
 
@@ -156,9 +159,10 @@ end
 class Lua:
     """A Lua state with the MySQL host functions; :meth:`run` runs async Lua code."""
 
-    def __init__(self, engine: str, db: Database) -> None:
+    def __init__(self, engine: str, db: Database, driver: str = "auto") -> None:
         self.engine = engine
-        self.host = LuaHost(engine, private=lambda host: MySQLHost(host).functions())
+        self.driver = driver
+        self.host = LuaHost(engine, private=lambda host: MySQLHost(host, driver).functions())
         self.runtime = self.host.runtime
         self.host.call(self.runtime.lua.execute, PRELUDE, db.host.encode(), db.port,
                        db.name.encode(), db.user.encode(), db.password.encode(),
@@ -196,13 +200,19 @@ class Lua:
         return {(k.decode() if isinstance(k, bytes) else k): self.to_py(v) for k, v in items.items()}
 
 
+@pytest.fixture(params=MYSQL_DRIVERS)
+def driver(request: pytest.FixtureRequest) -> str:
+    """Each installed MySQL driver in turn."""
+    return request.param
+
+
 @pytest.fixture
-def lua_factory(mysql_db: Database) -> Iterator[Any]:
-    """``lua_factory(engine)``: a :class:`Lua` (disposed of at teardown)."""
+def lua_factory(mysql_db: Database, driver: str) -> Iterator[Any]:
+    """``lua_factory(engine)``: a :class:`Lua` on ``driver`` (disposed of at teardown)."""
     made: list[Lua] = []
 
     def make(engine: str = "luajit") -> Lua:
-        lua = Lua(engine, mysql_db)
+        lua = Lua(engine, mysql_db, driver)
         made.append(lua)
         return lua
 
@@ -809,7 +819,7 @@ def test_misuse_raises_and_closed_client_fails_as_a_value(lua_jit: Lua) -> None:
 
 
 @pytest.fixture
-def app_server(start_server: Any, mysql_db: Database) -> Server:
+def app_server(start_server: Any, mysql_db: Database, driver: str) -> Server:
     mysql_db.sql("DROP TABLE IF EXISTS mysql_app",
                  "CREATE TABLE mysql_app (id INT PRIMARY KEY, name VARCHAR(20), score DOUBLE, note TEXT)",
                  "INSERT INTO mysql_app VALUES (1, 'ann', 1.5, NULL), (2, 'ann', 2, 'it''s'), "
@@ -819,7 +829,7 @@ def app_server(start_server: Any, mysql_db: Database) -> Server:
            "EIGHTYS_TEST_MYSQL_PASSWORD": mysql_db.password,
            "EIGHTYS_TEST_MYSQL_DB": mysql_db.name,
            "EIGHTYS_TEST_MYSQL_DOWN_PORT": str(free_port())}
-    return start_server(APP, workers=1, env=env)
+    return start_server(APP, "--mysql-driver", driver, workers=1, env=env)
 
 
 def test_http_route_selects_through_the_module(app_server: Server) -> None:
@@ -846,3 +856,15 @@ def test_worker_survives_a_database_outage(app_server: Server) -> None:
         assert client.request("GET", "/pid").text == str(pids[0])
     assert app_server.worker_pids() == pids
     assert "Traceback" not in app_server.stderr_text()
+
+
+def test_driver_choice(run_eightys: Any) -> None:
+    from eightys.mysql import choose_driver
+
+    assert choose_driver("aiomysql") == "aiomysql"
+    assert choose_driver("asyncmy") == "asyncmy"
+    assert choose_driver("auto") == ("asyncmy" if available("asyncmy") else "aiomysql")
+    result = run_eightys("--mysql-driver", "pgsql", "server/simple_http.lua")
+    assert result.returncode == 2 and "--mysql-driver" in result.stderr
+    result = run_eightys("server/simple_http.lua", env={"EIGHTYS_MYSQL_DRIVER": "nope"})
+    assert result.returncode == 2 and "EIGHTYS_MYSQL_DRIVER" in result.stderr

@@ -24,6 +24,7 @@ from typing import Any, Iterator
 import pytest
 
 from conftest import APPS
+from eightys.mysql import DRIVERS, available
 from http_helpers import running_server
 
 try:
@@ -107,12 +108,19 @@ def db(database: None) -> Iterator[Any]:
         conn.close()
 
 
-@pytest.fixture(scope="module", params=["luajit", "lua54"])
+#: (engine, MySQL driver) pairs: both engines, each installed driver
+SERVERS = [(engine, driver) for engine in ("luajit", "lua54")
+           for driver in sorted(d for d in DRIVERS if available(d))]
+
+
+@pytest.fixture(scope="module", params=SERVERS, ids=["-".join(p) for p in SERVERS])
 def server(request: pytest.FixtureRequest, database: None,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     env = {"ORM_TEST_" + k.upper(): str(v) for k, v in SETTINGS.items()}
     env["ORM_TEST_DB"] = DB
-    with running_server(tmp_path_factory.mktemp("orm"), APP, "--lua", request.param, env=env) as srv:
+    engine, driver = request.param
+    with running_server(tmp_path_factory.mktemp("orm"), APP, "--lua", engine,
+                        "--mysql-driver", driver, env=env) as srv:
         yield srv
 
 

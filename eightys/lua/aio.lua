@@ -629,15 +629,74 @@ local function is_failure(v)
     return v == nil or (type(v) == "table" and getmetatable(v) == nil and v.error ~= nil)
 end
 
+-- { shared = true } caches: one fill per key per worker (cache_name \0 key -> promise)
+-- and one Redis client per worker (the server's --redis), made on first use.
+local shared_fills = {}
+local shared_client
+
+local function shared_cached(self, cache_name, key, producer, ttl)
+    local kt = type(key)
+    if kt ~= "string" and kt ~= "number" then
+        error("aio:cached: a shared cache's key must be a string or a number", 3)
+    end
+    if ttl ~= nil and (type(ttl) ~= "number" or ttl <= 0) then
+        error("aio:cached: ttl must be a positive number of seconds", 3)
+    end
+    local id = cache_name .. "\0" .. key
+    local inflight = shared_fills[id]
+    if inflight then return inflight end
+    if shared_client == nil then
+        local redis = require("redis")
+        if not redis.url then
+            error("aio:cached: { shared = true } needs the server's --redis (or REDIS_URL)", 3)
+        end
+        shared_client = assert(redis:new())
+    end
+    local client = shared_client
+    local redis_key = "eightys:cache:" .. cache_name .. ":" .. key
+    local promise = self:async(function()
+        local hit = self:await(client:get(redis_key))
+        if hit ~= nil then
+            local value = codec.json_decode(hit)
+            if value ~= nil then return value end
+        end
+        local value, err = producer()
+        if is_awaitable(value) then value, err = self:await(value) end
+        if is_failure(value) then return value, err end
+        local json = codec.json_encode(value)
+        if json then -- a value JSON cannot hold is returned, not shared
+            if ttl then
+                self:await(client:set(redis_key, json, "PX", math.max(1, math.floor(ttl * 1000))))
+            else
+                self:await(client:set(redis_key, json))
+            end
+        end
+        return value
+    end)
+    shared_fills[id] = promise
+    promise(function() shared_fills[id] = nil end)
+    return promise
+end
+
 --- Memoise producer()'s result under (cache_name, key). A promise is cached too,
 --- so concurrent callers share one in-flight promise. A failure is not kept: a
 --- result of nil or {error=...} is returned as is (with producer's err), and a
 --- promise that resolves with one is dropped from the cache.
---- @param ttl? number|boolean seconds to keep the value (nil: until evicted);
----   false bypasses the cache for this call (80s `condition`)
---- Each cache holds at most aio.max_cache_size entries; the oldest go first.
+--- @param ttl? number|boolean|table seconds to keep the value (nil: until evicted);
+---   false bypasses the cache for this call (80s `condition`); or options
+---   `{ ttl = seconds, shared = true }`: shared keeps the value in Redis (the
+---   server's --redis) under `eightys:cache:NAME:KEY`, JSON-encoded, for every
+---   worker of every server; the result is then always a promise, one fill per
+---   key runs at a time in each worker, and when Redis is unreachable producer's
+---   value is returned without being cached.
+--- Each (per-worker) cache holds at most aio.max_cache_size entries; the oldest go first.
 function aio:cached(cache_name, key, producer, ttl, expire)
     if ttl == false then return producer() end
+    if type(ttl) == "table" then
+        local opts = ttl
+        if opts.shared then return shared_cached(self, cache_name, key, producer, opts.ttl) end
+        ttl = opts.ttl
+    end
     if type(ttl) ~= "number" then ttl = expire end
     local cache = self.cache[cache_name]
     if cache == nil then
