@@ -536,7 +536,7 @@ def test_session_made_on_one_server_is_seen_on_another(start_server: Any, tmp_pa
     (root / "counter.dyn.html").write_text(
         '<?lu session.n = (session.n or 0) + 1 write("n=%d", session.n) ?>')
     env = {"PUBLIC_HTML": str(root), "MASTER_KEY": "test-master-key-0123456789",
-           "REDIS_URL": redis_url}
+           "SECRET_KEY": "test-secret-key-0123456789", "REDIS_URL": redis_url}
     a = start_server("server/http.lua", workers=1, env=env)
     b = start_server("server/http.lua", workers=1, env=env)
     with HttpClient.connect(a) as http:

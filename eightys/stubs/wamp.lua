@@ -17,12 +17,12 @@ function wamp.router(options) end
 function wamp.error(uri, args, kwargs) end
 
 ---@class wamprouter
-local router = {}
+local wamprouter = {}
 
 ---Serve WAMP on the WebSocket path (subprotocols wamp.2.json and wamp.2.msgpack).
 ---@param path string
 ---@param ws_options? table
-function router:listen(path, ws_options) end
+function wamprouter:listen(path, ws_options) end
 
 ---Register a procedure implemented in Lua; returns its registration id.
 ---@param realm string
@@ -31,11 +31,11 @@ function router:listen(path, ws_options) end
 ---@param options? table
 ---@return integer|nil id
 ---@return string? err
-function router:register(realm, procedure, fn, options) end
+function wamprouter:register(realm, procedure, fn, options) end
 
 ---@param realm string
 ---@param id integer
-function router:unregister(realm, id) end
+function wamprouter:unregister(realm, id) end
 
 ---Subscribe a Lua function to a topic; returns a handle for unsubscribe.
 ---@param realm string
@@ -43,10 +43,10 @@ function router:unregister(realm, id) end
 ---@param fn fun(args: table, kwargs: table, details: table)
 ---@param options? table
 ---@return any handle
-function router:subscribe(realm, topic, fn, options) end
+function wamprouter:subscribe(realm, topic, fn, options) end
 
 ---@param handle any
-function router:unsubscribe(handle) end
+function wamprouter:unsubscribe(handle) end
 
 ---Publish an event from Lua.
 ---@param realm string
@@ -54,7 +54,7 @@ function router:unsubscribe(handle) end
 ---@param args? table
 ---@param kwargs? table
 ---@param options? table
-function router:publish(realm, topic, args, kwargs, options) end
+function wamprouter:publish(realm, topic, args, kwargs, options) end
 
 ---Call a procedure from Lua (any callee, any worker): a promise of the result.
 ---@param realm string
@@ -63,12 +63,12 @@ function router:publish(realm, topic, args, kwargs, options) end
 ---@param kwargs? table
 ---@param options? table
 ---@return aiopromise
-function router:call(realm, procedure, args, kwargs, options) end
+function wamprouter:call(realm, procedure, args, kwargs, options) end
 
 ---Sessions joined to `realm` in this worker.
 ---@param realm string
 ---@return integer
-function router:session_count(realm) end
+function wamprouter:session_count(realm) end
 
 ---@class lapps
 local lapps = {}
@@ -86,24 +86,24 @@ function lapps.service(methods, options) end
 function lapps.error(code, message, data) end
 
 ---@class lappsservice
-local service = {}
+local lappsservice = {}
 
 ---Serve the service on the WebSocket path.
 ---@param path string
 ---@param ws_options? table
-function service:listen(path, ws_options) end
+function lappsservice:listen(path, ws_options) end
 
 ---Send an out-of-order notification on channel `cid` to one client.
-function service:notify(client, cid, message) end
+function lappsservice:notify(client, cid, message) end
 
 ---Add a client to channel `cid` (broadcasts reach it).
-function service:join(client, cid) end
+function lappsservice:join(client, cid) end
 
 ---Remove a client from channel `cid`.
-function service:leave(client, cid) end
+function lappsservice:leave(client, cid) end
 
 ---Send `message` to every client on channel `cid`.
-function service:broadcast(cid, message) end
+function lappsservice:broadcast(cid, message) end
 
 ---@class msgpack
 local msgpack = {}
