@@ -43,6 +43,7 @@ from content_site import (
     build_site,
 )
 from http_helpers import HttpClient, Response, check_date_and_server, request_bytes, running_server
+from test_mysql import Database, mysql_db  # noqa: F401 - the shared MySQL fixture
 
 ENTRY = "server/http.lua"
 MASTER_KEY = "test-master-key-0123456789"
@@ -88,9 +89,13 @@ def error_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("default"), ENTRY,
-                        env={"PUBLIC_HTML": "", "MASTER_KEY": ""}) as srv:
+def default_server(tmp_path_factory: pytest.TempPathFactory,
+                   mysql_db: Database) -> Iterator[Server]:  # noqa: F811
+    # the default site links the posts demo, which needs its database: the test one
+    env = {"PUBLIC_HTML": "", "MASTER_KEY": "", "DB_HOST": mysql_db.host,
+           "DB_PORT": str(mysql_db.port), "DB_USER": mysql_db.user,
+           "DB_PASSWORD": mysql_db.password, "DB_NAME": mysql_db.name}
+    with running_server(tmp_path_factory.mktemp("default"), ENTRY, env=env) as srv:
         yield srv
 
 
