@@ -14,8 +14,9 @@ given on the command line always wins.
 A relative path in the file is relative to the file's folder, so
 ``eightys --config /etc/eightys/site.toml`` means the same from any directory. An
 option is a path when its metavar says so (``PATH``, ``FILE``, ``DIR``, ``ENTRY.lua``,
-``MOD.py,...``: a name with an extension) or its dest ends in ``_file``, ``_path`` or
-``_dir``; ``-`` (standard output) is left alone.
+``MOD.py,...``: a name with an extension) or its dest ends in ``_file``, ``_path``,
+``_dir``, ``_cert``, ``_key`` or ``_ca`` (``--tls-key``); ``-`` (standard output) is
+left alone.
 
 Every mistake is a :class:`~eightys.config.UsageError` naming the file and the key:
 one line, exit 2, like every other usage error.
@@ -39,7 +40,7 @@ NOT_IN_FILE = frozenset({"config", "print_config"})
 #: A metavar naming a file: PATH, FILE, DIR, or a name with an extension (ENTRY.lua),
 #: optionally a comma-separated list of them (MOD.py,...).
 _PATH_METAVAR = re.compile(r"(?:PATH|FILE|DIR|\.[A-Za-z0-9]+)(?:,\.\.\.)?$")
-_PATH_DEST = re.compile(r"_(?:file|path|dir)$")
+_PATH_DEST = re.compile(r"_(?:file|path|dir|cert|key|ca)$")
 #: Option dests whose whole value is a secret (``--print-config`` shows ``<redacted>``).
 _SECRET_DEST = re.compile(r"(?:^|_)(?:password|passwd|secret|token|api_key)$")
 REDACTED = "<redacted>"

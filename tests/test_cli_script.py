@@ -15,11 +15,6 @@ import pytest
 
 from conftest import REPO, Result, Server, free_port, line_of
 
-#: The README section whose ```lua blocks this file runs (tests/test_readme.py
-#: checks that every README block is run somewhere).
-SECTION = "Scripts (`--cli`)"
-
-
 @pytest.fixture
 def run_script(tmp_path: Path):
     """``run_script(code, *args, timeout=20, env=None)``: write ``code`` as
@@ -350,7 +345,8 @@ def test_redis_commands_and_a_subscription_that_ends(run_script):
 
 
 def test_readme_cli_examples_run(run_script, tmp_path):
-    timers, queue = section_blocks(SECTION)
+    # (test_readme.py finds this call: the section's blocks are run here)
+    timers, queue = section_blocks("Scripts (`--cli`)")
     result, _ = run_script(timers)
     assert result.returncode == 0, result
     assert result.stdout == "waiting...\nslept 0.2 s\nticked 3 times\n"
