@@ -268,6 +268,17 @@ def test_aio_connect_refused_ends_with_on_close(run_script):
     assert result.stdout == "closed\ttrue\n"
 
 
+def test_extension_modules_load_in_a_script(run_script):
+    result, _ = run_script(
+        'aio:async(function()\n'
+        '    local addresses = aio:await(example.resolve("localhost"))\n'
+        '    print(example.upper("abc"), #addresses > 0)\n'
+        'end)\n', "-m", str(REPO / "modules" / "example.py"))
+    assert result.returncode == 0, result
+    assert result.stdout == "ABC\ttrue\n"
+    no_errors(result)
+
+
 def mysql_root():
     pymysql = pytest.importorskip("pymysql")
     try:
