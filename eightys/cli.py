@@ -1,7 +1,9 @@
 """Command line: ``eightys [ENTRY.lua] [-p PORT] [-h HOST] [-6] [-c N] ...`` -> a Config.
 
 ``-h`` is the bind host (as in 80s), so help is ``--help`` only. Every usage
-mistake is one line on stderr and exit code 2, never a traceback.
+mistake is one line on stderr and exit code 2, never a traceback. ``--config
+FILE.toml`` supplies any option from a file (eightys/config_file.py: built from
+this parser, so a new option works there with no extra code).
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import secrets
 import sys
 from typing import NoReturn, Sequence
 
-from eightys import __version__
+from eightys import __version__, config_file
 from eightys.config import Address, Config, UsageError
+from eightys.config_file import Merged
 
 DEFAULT_ENTRY = "server/simple_http.lua"
 DEFAULT_PORT = 8080
@@ -116,6 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
                    default=os.environ.get("EIGHTYS_MYSQL_DRIVER") or "auto",
                    help="MySQL driver: asyncmy when installed, else aiomysql (auto, the "
                         "default), or force one (default $EIGHTYS_MYSQL_DRIVER or auto)")
+    p.add_argument("--cli", action="store_true",
+                   help="run ENTRY.lua once as a script (migrations, cron jobs): the whole "
+                        "aio library, no listener, one process; exits when it calls "
+                        "aio:quit([code]) or has nothing left to wait for")
+    p.add_argument("--config", metavar="FILE.toml", default=None,
+                   help="read options from a TOML file (keys are the long option names, "
+                        "e.g. max-body-size = 1048576; workers, port, host, entry); "
+                        "command-line flags override it")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the merged configuration as TOML (secrets redacted) and exit")
     p.add_argument("--help", action="help", help="show this help and exit")
     p.add_argument("--version", action="version", version=f"eightys {__version__}")
     return p
@@ -144,20 +157,21 @@ def parse_address(host: str | None, port: int, ipv6: bool) -> Address:
     return Address("inet", host, port)
 
 
-def server_secret(secret_file: str | None) -> tuple[str, str | None]:
+def server_secret(secret_file: str | None, name: str = "--secret-file") -> tuple[str, str | None]:
     """The server secret and, when it is a throw-away one, a warning (the content
     server logs it: sessions are what end with the secret).
 
     From ``--secret-file`` (its text, stripped), else ``$SECRET_KEY``, else random:
     never from the command line itself, where every user of the machine could read it.
+    ``name`` is how errors name the option (``FILE: secret-file`` from a config file).
     """
     if secret_file:
         try:
             with open(secret_file, encoding="utf-8") as f:
                 secret = f.read().strip()
         except OSError as exc:
-            raise UsageError(f"--secret-file {secret_file}: {exc.strerror}") from None
-        source = f"--secret-file {secret_file}"
+            raise UsageError(f"{name} {secret_file}: {exc.strerror}") from None
+        source = f"{name} {secret_file}"
     else:
         secret = os.environ.get("SECRET_KEY", "")
         source = "SECRET_KEY"
@@ -169,9 +183,10 @@ def server_secret(secret_file: str | None) -> tuple[str, str | None]:
     return secret, None
 
 
-def redis_url(option: str | None) -> str:
-    """The Redis URL from --redis, else $REDIS_URL (validated). A password is refused
-    on the command line, where every user of the machine can read it (``ps``)."""
+def redis_url(option: str | None, name: str = "--redis", on_command_line: bool = True) -> str:
+    """The Redis URL from --redis (or the config file), else $REDIS_URL (validated).
+    A password is refused on the command line, where every user of the machine can
+    read it (``ps``); a config file or $REDIS_URL may hold one."""
     from urllib.parse import urlsplit
 
     url = option if option is not None else os.environ.get("REDIS_URL", "")
@@ -181,35 +196,49 @@ def redis_url(option: str | None) -> str:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises for a port that is not a number
     except ValueError as exc:
-        raise UsageError(f"--redis: bad URL ({exc})") from None
+        raise UsageError(f"{name}: bad URL ({exc})") from None
     if parts.scheme not in ("redis", "rediss", "unix"):
-        raise UsageError(f"--redis needs a redis://HOST:PORT/DB URL, got scheme {parts.scheme!r}")
-    if option is not None and parts.password:
-        raise UsageError("--redis: a password on the command line is visible to every user "
-                         "(ps); put the URL in $REDIS_URL instead")
+        raise UsageError(f"{name} needs a redis://HOST:PORT/DB URL, got scheme {parts.scheme!r}")
+    if option is not None and on_command_line and parts.password:
+        raise UsageError(f"{name}: a password on the command line is visible to every user "
+                         "(ps); put the URL in $REDIS_URL or a --config file instead")
     return url
+
+
+def parse_options(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, Merged]:
+    """The parser and the option values of ``argv`` (without the program name), with
+    the ``--config`` file applied under the command line (not yet validated)."""
+    parser = build_parser()
+    return parser, config_file.parse(parser, argv)
 
 
 def config_from_args(argv: Sequence[str]) -> Config:
     """Parse ``argv`` (without the program name) into a validated Config."""
-    args = build_parser().parse_args(list(argv))
+    return build_config(parse_options(argv)[1])
+
+
+def build_config(merged: Merged) -> Config:
+    """Validate the merged options into a Config. Errors about a value from the
+    config file name the file and its key; others name the flag."""
+    args = merged.values
+    name, where = merged.name, merged.where
     if args.workers < 1:
-        raise UsageError(f"-c needs at least 1 worker, got {args.workers}")
+        raise UsageError(f"{name('workers', '-c')} needs at least 1 worker, got {args.workers}")
     if not os.path.isfile(args.entry):
-        raise UsageError(f"entry script {args.entry} does not exist")
+        raise UsageError(f"{where('entry')}entry script {args.entry} does not exist")
     modules = tuple(m.strip() for m in args.modules.split(",") if m.strip())
     for module in modules:
         if not os.path.isfile(module):
-            raise UsageError(f"module {module} does not exist")
-    for flag, value in (("--graceful-timeout", args.graceful_timeout),
-                        ("--max-header-size", args.max_header_size),
-                        ("--max-body-size", args.max_body_size),
-                        ("--header-timeout", args.header_timeout),
-                        ("--keepalive-timeout", args.keepalive_timeout),
-                        ("--handler-timeout", args.handler_timeout),
-                        ("--max-headers", args.max_headers)):
-        if value < 0:
-            raise UsageError(f"{flag} must be >= 0")
+            raise UsageError(f"{where('modules')}module {module} does not exist")
+    for dest, flag in (("graceful_timeout", "--graceful-timeout"),
+                       ("max_header_size", "--max-header-size"),
+                       ("max_body_size", "--max-body-size"),
+                       ("header_timeout", "--header-timeout"),
+                       ("keepalive_timeout", "--keepalive-timeout"),
+                       ("handler_timeout", "--handler-timeout"),
+                       ("max_headers", "--max-headers")):
+        if getattr(args, dest) < 0:
+            raise UsageError(f"{name(dest, flag)} must be >= 0")
     if args.mysql_driver not in ("auto", "aiomysql", "asyncmy"):
         raise UsageError(f"$EIGHTYS_MYSQL_DRIVER must be auto, aiomysql or asyncmy, "
                          f"got {args.mysql_driver!r}")
@@ -217,20 +246,30 @@ def config_from_args(argv: Sequence[str]) -> Config:
         from eightys.mysql import available
 
         if not available("asyncmy"):
-            raise UsageError("--mysql-driver asyncmy: asyncmy is not installed "
-                             "(pip install 'eightys[fast]')")
+            raise UsageError(f"{name('mysql_driver', '--mysql-driver')} asyncmy: asyncmy is "
+                             "not installed (pip install 'eightys[fast]')")
+    if args.cli and args.reload:
+        raise UsageError(f"{name('reload', '--reload')}: a --cli script runs once; "
+                         "there is nothing to reload")
     node = args.node or os.environ.get("HOSTNAME") or "localhost"
-    secret, secret_warning = server_secret(args.secret_file)
+    secret, secret_warning = server_secret(args.secret_file,
+                                           name("secret_file", "--secret-file"))
     notes = []
     host = args.host
     if args.reload and host is None:
         # reload mode shows source code in error pages: not to the whole network by default
         host = "::1" if args.ipv6 else "127.0.0.1"
         notes.append(f"--reload without -h: listening on {host} only (-h 0.0.0.0 to open it)")
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"{where('port')}port {args.port} is out of range 0-65535")
+    try:
+        address = parse_address(host, args.port, args.ipv6)
+    except UsageError as exc:
+        raise UsageError(f"{where('host')}{exc}") from None
     return Config(
         entry=os.path.abspath(args.entry),
-        address=parse_address(host, args.port, args.ipv6),
-        workers=args.workers,
+        address=address,
+        workers=1 if args.cli else args.workers,
         node=node,
         modules=tuple(os.path.abspath(m) for m in modules),
         lua=args.lua,
@@ -247,8 +286,10 @@ def config_from_args(argv: Sequence[str]) -> Config:
         secret=secret,
         secret_random=secret_warning is not None,
         notes=tuple(notes),
-        redis=redis_url(args.redis),
+        redis=redis_url(args.redis, name("redis", "--redis"),
+                        on_command_line="redis" not in merged.from_file),
         mysql_driver=args.mysql_driver,
+        cli=args.cli,
     )
 
 
@@ -271,14 +312,23 @@ def _write_stubs(args: list[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point: parse, then run the master until it stops. Returns the exit code."""
+    """Console entry point: parse, then run the master until it stops (or, with
+    ``--cli``, the script until it ends). Returns the exit code."""
     from eightys import master
 
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["stubs"]:
         return _write_stubs(args[1:])
     try:
-        config = config_from_args(args)
+        parser, merged = parse_options(args)
+        config = build_config(merged)
+        if merged.values.print_config:
+            sys.stdout.write(config_file.dump(parser, merged))
+            return 0
+        if config.cli:
+            from eightys import script
+
+            return script.run(config)
         return master.run(config)
     except UsageError as exc:
         print(f"eightys: error: {exc}", file=sys.stderr)

@@ -66,6 +66,8 @@ class Config:
     redis: str = ""
     #: MySQL driver: "auto" (asyncmy when installed, else aiomysql), "aiomysql" or "asyncmy".
     mysql_driver: str = "auto"
+    #: Run the entry script once, without a listener or workers (--cli).
+    cli: bool = False
     extra: dict[str, str] = field(default_factory=dict)
     #: Warnings about the configuration, logged once by the master at start.
     notes: tuple[str, ...] = ()

@@ -532,6 +532,13 @@ class MySQLHost:
         resolve(True)
         return promise
 
+    def close_all(self) -> None:
+        """Close every client's pool (a --cli script ended)."""
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            if client.pool is not None:
+                client.pool.close()
+
     # -- the work ---------------------------------------------------------------------------
 
     async def _check(self, pool: Pool) -> tuple[Any, ...]:

@@ -536,6 +536,13 @@ class RedisHost:
 
         return self._promise(closing())
 
+    def idle_tasks(self) -> set["asyncio.Task[Any]"]:
+        """Tasks that wait for work rather than do any: the pub/sub supervisors of
+        clients with nothing subscribed (a --cli script does not wait for them)."""
+        return {client.subscriber.task for client in self._clients.values()
+                if client.subscriber is not None and not client.subscriber.channels
+                and not client.subscriber.patterns}
+
     async def close_all(self) -> None:
         """Close every client (the worker is stopping)."""
         clients, self._clients = list(self._clients.values()), {}

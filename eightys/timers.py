@@ -31,6 +31,10 @@ class Timers:
         del self._handles[timer_id]
         self._call(callback)
 
+    def pending(self) -> int:
+        """How many timers are armed (a --cli script runs while any is)."""
+        return len(self._handles)
+
     def cancel_all(self) -> None:
         """Cancel every pending timer (shutting down)."""
         for handle in self._handles.values():

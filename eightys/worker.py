@@ -75,8 +75,8 @@ class ChannelProtocol(asyncio.Protocol):
 class Worker:
     """The state of one worker process; implements ``net.*`` for Lua."""
 
-    def __init__(self, config: Config, worker_id: int, listen_sock: socket.socket,
-                 channel_sock: socket.socket) -> None:
+    def __init__(self, config: Config, worker_id: int, listen_sock: socket.socket | None,
+                 channel_sock: socket.socket | None) -> None:
         self.config = config
         self.worker_id = worker_id
         self.listen_sock = listen_sock
@@ -110,12 +110,7 @@ class Worker:
 
     async def run(self) -> int:
         """Load the code, serve until told to stop, drain, return the exit code."""
-        self.loop = asyncio.get_running_loop()
-        self.stopping = asyncio.Event()
-        self.host = ConnectionHost(self.loop, self.http_limits, self.log)
-        self.connections = self.host.connections
-        self.timers = Timers(self.loop, lambda callback: self.runtime.dispatch_call(callback))
-        self._sweep()
+        self._start_services()
         _, self.channel = await self.loop.connect_accepted_socket(
             lambda: ChannelProtocol(self._on_master_message, self.begin_shutdown),
             sock=self.channel_sock)
@@ -137,6 +132,16 @@ class Worker:
         for module in self.modules:
             module.unload(reload=False)
         return 0
+
+    def _start_services(self) -> None:
+        """What the Lua runtime needs of the running loop: the connection host, the
+        timers, the once-a-second sweep (also used by eightys.script, without a listener)."""
+        self.loop = asyncio.get_running_loop()
+        self.stopping = asyncio.Event()
+        self.host = ConnectionHost(self.loop, self.http_limits, self.log)
+        self.connections = self.host.connections
+        self.timers = Timers(self.loop, lambda callback: self.runtime.dispatch_call(callback))
+        self._sweep()
 
     def _load(self) -> None:
         config = self.config
@@ -185,7 +190,9 @@ class Worker:
             self.channel.send(*message)
 
     def listen_port(self) -> int:
-        """The TCP port the worker serves (0 for a Unix socket)."""
+        """The TCP port the worker serves (0 for a Unix socket or no listener)."""
+        if self.listen_sock is None:
+            return 0
         name = self.listen_sock.getsockname()
         return name[1] if isinstance(name, tuple) else 0
 

@@ -950,9 +950,14 @@ function aio:reload()
     return host.reload_all()
 end
 
---- Stop the whole server gracefully.
-function aio:quit()
-    return net.quit()
+--- Stop the whole server gracefully. In a script (`eightys --cli`), end it with
+--- exit status `code` (an integer 0-255, default 0) once the current callback returns.
+--- @param code? integer
+function aio:quit(code)
+    if code ~= nil and (type(code) ~= "number" or code % 1 ~= 0 or code < 0 or code > 255) then
+        error("aio:quit(code): code must be an integer 0-255, got " .. tostring(code), 2)
+    end
+    return net.quit(code)
 end
 
 -- 80s helpers

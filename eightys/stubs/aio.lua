@@ -306,8 +306,11 @@ function aio:post(worker, name, data) end
 ---@return boolean
 function aio:reload(full) end
 
----Stop the server.
-function aio:quit() end
+---Stop the server gracefully. In a script (`eightys --cli`), end it with exit
+---status `code` once the current callback returns.
+---@param code? integer 0-255, default 0 (used by --cli only)
+---@return boolean
+function aio:quit(code) end
 
 ---Register handler for method and path ("/users/:id" parameters allowed).
 ---@param method string

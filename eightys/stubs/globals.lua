@@ -144,7 +144,9 @@ function net.connect(elfd, host, port) end
 ---@return string|nil err
 function net.reload(ctx) end
 
----Stop the whole server gracefully.
+---Stop the whole server gracefully (a `--cli` script: end it, exit status `ctx`
+---when it is an integer 0-255, else 0).
+---@param ctx? any S80_RELOAD (80s), or an exit status for --cli
 function net.quit(ctx) end
 
 ---Deliver a string or plain table to worker `worker`'s on_message ("*": every worker).
