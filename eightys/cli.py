@@ -116,6 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
                    default=os.environ.get("EIGHTYS_MYSQL_DRIVER") or "auto",
                    help="MySQL driver: asyncmy when installed, else aiomysql (auto, the "
                         "default), or force one (default $EIGHTYS_MYSQL_DRIVER or auto)")
+    p.add_argument("--tls-cert", metavar="FILE", default=None,
+                   help="serve HTTPS/WSS (or raw TLS) with this PEM certificate chain; "
+                        "needs --tls-key; re-read on SIGHUP (also TLS=true TLS_PUBKEY=FILE)")
+    p.add_argument("--tls-key", metavar="FILE", default=None,
+                   help="the PEM private key of --tls-cert (also TLS_PRIVKEY=FILE)")
+    p.add_argument("--tls-key-password-file", metavar="FILE", default=None,
+                   help="file holding the passphrase of an encrypted --tls-key "
+                        "(or $TLS_KEY_PASSWORD; never on the command line)")
+    p.add_argument("--redirect-http", type=int, metavar="PORT", default=None,
+                   help="with TLS: also listen for plain HTTP on PORT and answer every "
+                        "request with 308 to the https:// URL")
     p.add_argument("--help", action="help", help="show this help and exit")
     p.add_argument("--version", action="version", version=f"eightys {__version__}")
     return p
@@ -190,6 +201,40 @@ def redis_url(option: str | None) -> str:
     return url
 
 
+def tls_options(args: argparse.Namespace) -> tuple[str, str, str]:
+    """(certificate, key, passphrase) from --tls-cert/--tls-key, else 80s's
+    ``TLS=true TLS_PUBKEY=cert.pem TLS_PRIVKEY=key.pem``; ``("", "", "")`` without TLS.
+    The files are loaded once here, so a bad one is a usage error, not a worker
+    that fails to start."""
+    from eightys.tls import TLSError, server_context
+
+    cert, key = args.tls_cert, args.tls_key
+    if cert is None and key is None and os.environ.get("TLS", "").lower() in ("1", "true", "yes"):
+        cert, key = os.environ.get("TLS_PUBKEY") or None, os.environ.get("TLS_PRIVKEY") or None
+        if cert is None or key is None:
+            raise UsageError("TLS=true needs TLS_PUBKEY (certificate file) and "
+                             "TLS_PRIVKEY (key file)")
+    if cert is None and key is None:
+        if args.tls_key_password_file:
+            raise UsageError("--tls-key-password-file needs --tls-cert and --tls-key")
+        return "", "", ""
+    if cert is None or key is None:
+        raise UsageError("--tls-cert and --tls-key go together")
+    password = os.environ.get("TLS_KEY_PASSWORD", "")
+    if args.tls_key_password_file:
+        try:
+            with open(args.tls_key_password_file, encoding="utf-8") as f:
+                password = f.read().rstrip("\r\n")
+        except OSError as exc:
+            raise UsageError(f"--tls-key-password-file {args.tls_key_password_file}: "
+                             f"{exc.strerror}") from None
+    try:
+        server_context(cert, key, password)
+    except TLSError as exc:
+        raise UsageError(str(exc)) from None
+    return os.path.abspath(cert), os.path.abspath(key), password
+
+
 def config_from_args(argv: Sequence[str]) -> Config:
     """Parse ``argv`` (without the program name) into a validated Config."""
     args = build_parser().parse_args(list(argv))
@@ -220,6 +265,12 @@ def config_from_args(argv: Sequence[str]) -> Config:
             raise UsageError("--mysql-driver asyncmy: asyncmy is not installed "
                              "(pip install 'eightys[fast]')")
     node = args.node or os.environ.get("HOSTNAME") or "localhost"
+    tls_cert, tls_key, tls_password = tls_options(args)
+    if args.redirect_http is not None:
+        if not tls_cert:
+            raise UsageError("--redirect-http needs TLS (--tls-cert and --tls-key)")
+        if not 0 <= args.redirect_http <= 65535:
+            raise UsageError(f"--redirect-http port {args.redirect_http} is out of range 0-65535")
     secret, secret_warning = server_secret(args.secret_file)
     notes = []
     host = args.host
@@ -249,6 +300,10 @@ def config_from_args(argv: Sequence[str]) -> Config:
         notes=tuple(notes),
         redis=redis_url(args.redis),
         mysql_driver=args.mysql_driver,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_key_password=tls_password,
+        redirect_http=args.redirect_http,
     )
 
 

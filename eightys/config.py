@@ -66,6 +66,14 @@ class Config:
     redis: str = ""
     #: MySQL driver: "auto" (asyncmy when installed, else aiomysql), "aiomysql" or "asyncmy".
     mysql_driver: str = "auto"
+    #: TLS on the listener (--tls-cert/--tls-key, or TLS=true TLS_PUBKEY=... TLS_PRIVKEY=...):
+    #: PEM certificate chain and key files, re-read on SIGHUP.
+    tls_cert: str = ""
+    tls_key: str = ""
+    #: The key's passphrase (from --tls-key-password-file or $TLS_KEY_PASSWORD, never argv).
+    tls_key_password: str = ""
+    #: A second, plain listener on this port that answers everything with 308 to https.
+    redirect_http: int | None = None
     extra: dict[str, str] = field(default_factory=dict)
     #: Warnings about the configuration, logged once by the master at start.
     notes: tuple[str, ...] = ()
