@@ -303,6 +303,36 @@ def test_outgoing_tls_verifies_by_default(start_server, certs, ca):
     assert _get(server, ca, "/client?verify=0") == (200, "https")
 
 
+def readme_tls_block() -> str:
+    """The ```lua block of the README's TLS section."""
+    import re
+
+    text = (REPO / "README.md").read_text()
+    start = text.index("### TLS (HTTPS and WSS)")
+    section = text[start:text.index("\n## ", start)]
+    blocks = re.findall(r"^```lua\n(.*?)^```$", section, re.S | re.M)
+    assert len(blocks) == 1
+    return blocks[0]
+
+
+def test_readme_tls_example(start_server, certs, ca, tmp_path):
+    from websockets.sync.client import connect
+
+    block = readme_tls_block()
+    assert 'local res = aio:await(http_client:GET("https://localhost:" .. PORT .. "/where",' in block
+    app = tmp_path / "readme_tls.lua"
+    app.write_text(block)
+    cert, key = certs
+    server = start_server(app, "--tls-cert", str(cert), "--tls-key", str(key), workers=1,
+                          env={"CA_FILE": str(ca.path)})
+    assert _get(server, ca, "/where") == (200, "you came over https")
+    assert _get(server, ca, "/self") == (200, "you came over https")
+    with connect(f"wss://localhost:{server.port}/hello", ssl=client_context(ca),
+                 open_timeout=5) as ws:
+        assert ws.recv(timeout=5) == "hello over wss"
+    assert " ERROR " not in server.stderr_text(), server.stderr_text()
+
+
 # -- usage errors ----------------------------------------------------------------------
 
 
