@@ -29,6 +29,11 @@ SERVER_CIPHERS = ":".join((
 ALPN = ["http/1.1"]
 #: How long a client gets to finish its TLS handshake.
 HANDSHAKE_TIMEOUT = 10.0
+#: After our close_notify, how long a connection waits for the peer's before it is
+#: cut. uvloop waits for it (30 s by default): a client that never answers would hold
+#: the connection, and a stopping worker, that long. RFC 8446 6.1 does not require
+#: waiting at all.
+SHUTDOWN_TIMEOUT = 1.0
 
 
 class TLSError(Exception):

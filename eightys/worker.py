@@ -146,7 +146,8 @@ class Worker:
         if self.tls is not None:
             self.server = await self.loop.create_server(
                 lambda: self.protocol_factory(), sock=self.listen_sock, backlog=BACKLOG,
-                ssl=self.tls.context, ssl_handshake_timeout=tls.HANDSHAKE_TIMEOUT)
+                ssl=self.tls.context, ssl_handshake_timeout=tls.HANDSHAKE_TIMEOUT,
+                ssl_shutdown_timeout=tls.SHUTDOWN_TIMEOUT)
         else:
             self.server = await self.loop.create_server(
                 lambda: self.protocol_factory(), sock=self.listen_sock, backlog=BACKLOG)
@@ -425,7 +426,8 @@ class Worker:
         tls_args: dict[str, Any] = {}
         if context is not None:
             tls_args = {"ssl": context, "server_hostname": server_name,
-                        "ssl_handshake_timeout": tls.HANDSHAKE_TIMEOUT}
+                        "ssl_handshake_timeout": tls.HANDSHAKE_TIMEOUT,
+                        "ssl_shutdown_timeout": tls.SHUTDOWN_TIMEOUT}
         try:
             if port is None:
                 coro = self.loop.create_unix_connection(lambda: protocol, host, **tls_args)

@@ -238,6 +238,22 @@ def test_sighup_swaps_the_certificate_keeping_open_connections(start_server, cer
     before.close()
 
 
+def test_stopping_does_not_wait_for_a_silent_client(start_server, certs, ca):
+    # the idle keep-alive client never answers our close_notify: the worker must not
+    # wait for it (uvloop's default is 30 s; here the whole grace period, 10 s)
+    import time
+
+    server = tls_server(start_server, certs, workers=1)
+    sock = tls_connect(server.port, client_context(ca))
+    assert HttpClient(sock).request("GET", "/scheme").body == b"https"
+    started = time.monotonic()
+    server.send_signal(signal.SIGTERM)
+    assert server.wait_exit(timeout=8) == 0
+    assert time.monotonic() - started < 5, server.stderr_text()
+    assert "still open after" not in server.stderr_text()
+    sock.close()
+
+
 def test_redirect_http_and_the_80s_environment(start_server, certs, ca):
     cert, key = certs
     redirect = free_port()
