@@ -129,6 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "command-line flags override it")
     p.add_argument("--print-config", action="store_true",
                    help="print the merged configuration as TOML (secrets redacted) and exit")
+    p.add_argument("--tls-cert", metavar="FILE", default=None,
+                   help="serve HTTPS/WSS (or raw TLS) with this PEM certificate chain; "
+                        "needs --tls-key; re-read on SIGHUP (also TLS=true TLS_PUBKEY=FILE)")
+    p.add_argument("--tls-key", metavar="FILE", default=None,
+                   help="the PEM private key of --tls-cert (also TLS_PRIVKEY=FILE)")
+    p.add_argument("--tls-key-password-file", metavar="FILE", default=None,
+                   help="file holding the passphrase of an encrypted --tls-key "
+                        "(or $TLS_KEY_PASSWORD; never on the command line)")
+    p.add_argument("--redirect-http", type=int, metavar="PORT", default=None,
+                   help="with TLS: also listen for plain HTTP on PORT and answer every "
+                        "request with 308 to the https:// URL")
     p.add_argument("--help", action="help", help="show this help and exit")
     p.add_argument("--version", action="version", version=f"eightys {__version__}")
     return p
@@ -210,6 +221,38 @@ def parse_options(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, Merged]
     the ``--config`` file applied under the command line (not yet validated)."""
     parser = build_parser()
     return parser, config_file.parse(parser, argv)
+def tls_options(args: argparse.Namespace) -> tuple[str, str, str]:
+    """(certificate, key, passphrase) from --tls-cert/--tls-key, else 80s's
+    ``TLS=true TLS_PUBKEY=cert.pem TLS_PRIVKEY=key.pem``; ``("", "", "")`` without TLS.
+    The files are loaded once here, so a bad one is a usage error, not a worker
+    that fails to start."""
+    from eightys.tls import TLSError, server_context
+
+    cert, key = args.tls_cert, args.tls_key
+    if cert is None and key is None and os.environ.get("TLS", "").lower() in ("1", "true", "yes"):
+        cert, key = os.environ.get("TLS_PUBKEY") or None, os.environ.get("TLS_PRIVKEY") or None
+        if cert is None or key is None:
+            raise UsageError("TLS=true needs TLS_PUBKEY (certificate file) and "
+                             "TLS_PRIVKEY (key file)")
+    if cert is None and key is None:
+        if args.tls_key_password_file:
+            raise UsageError("--tls-key-password-file needs --tls-cert and --tls-key")
+        return "", "", ""
+    if cert is None or key is None:
+        raise UsageError("--tls-cert and --tls-key go together")
+    password = os.environ.get("TLS_KEY_PASSWORD", "")
+    if args.tls_key_password_file:
+        try:
+            with open(args.tls_key_password_file, encoding="utf-8") as f:
+                password = f.read().rstrip("\r\n")
+        except OSError as exc:
+            raise UsageError(f"--tls-key-password-file {args.tls_key_password_file}: "
+                             f"{exc.strerror}") from None
+    try:
+        server_context(cert, key, password)
+    except TLSError as exc:
+        raise UsageError(str(exc)) from None
+    return os.path.abspath(cert), os.path.abspath(key), password
 
 
 def config_from_args(argv: Sequence[str]) -> Config:
@@ -252,6 +295,12 @@ def build_config(merged: Merged) -> Config:
         raise UsageError(f"{name('reload', '--reload')}: a --cli script runs once; "
                          "there is nothing to reload")
     node = args.node or os.environ.get("HOSTNAME") or "localhost"
+    tls_cert, tls_key, tls_password = tls_options(args)
+    if args.redirect_http is not None:
+        if not tls_cert:
+            raise UsageError("--redirect-http needs TLS (--tls-cert and --tls-key)")
+        if not 0 <= args.redirect_http <= 65535:
+            raise UsageError(f"--redirect-http port {args.redirect_http} is out of range 0-65535")
     secret, secret_warning = server_secret(args.secret_file,
                                            name("secret_file", "--secret-file"))
     notes = []
@@ -290,6 +339,10 @@ def build_config(merged: Merged) -> Config:
                         on_command_line="redis" not in merged.from_file),
         mysql_driver=args.mysql_driver,
         cli=args.cli,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_key_password=tls_password,
+        redirect_http=args.redirect_http,
     )
 
 

@@ -68,6 +68,14 @@ class Config:
     mysql_driver: str = "auto"
     #: Run the entry script once, without a listener or workers (--cli).
     cli: bool = False
+    #: TLS on the listener (--tls-cert/--tls-key, or TLS=true TLS_PUBKEY=... TLS_PRIVKEY=...):
+    #: PEM certificate chain and key files, re-read on SIGHUP.
+    tls_cert: str = ""
+    tls_key: str = ""
+    #: The key's passphrase (from --tls-key-password-file or $TLS_KEY_PASSWORD, never argv).
+    tls_key_password: str = ""
+    #: A second, plain listener on this port that answers everything with 308 to https.
+    redirect_http: int | None = None
     extra: dict[str, str] = field(default_factory=dict)
     #: Warnings about the configuration, logged once by the master at start.
     notes: tuple[str, ...] = ()

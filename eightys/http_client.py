@@ -10,7 +10,8 @@ value, never a Lua error, as in 80s.
   connection are read (httptools parses); at most ``MAX_RESPONSE_BODY`` bytes.
 * Redirects are not followed unless asked (``redirects = n``).
 * The whole exchange has a timeout (default ``DEFAULT_TIMEOUT`` seconds).
-* https checks the certificate (the system's CAs, or ``ca_file``) and the host name.
+* https checks the certificate (the system's CAs, or ``ca_file``) and the host name,
+  and sends SNI; ``verify = false`` turns the checks off (eightys.tls.client_context).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urljoin, urlsplit
 
 import httptools
+
+from eightys import tls
 
 if TYPE_CHECKING:
     from eightys.lua_runtime import LuaRuntime
@@ -40,7 +43,9 @@ MAX_RESPONSE_BODY = 64 * 1024 * 1024
 MAX_RESPONSE_HEAD = 64 * 1024
 _REDIRECTS = {301, 302, 303, 307, 308}
 
-Origin = tuple[str, str, int, str]  # scheme, host, port, CA file ("": the system's)
+#: scheme, host, port, CA file ("": the system's; "-": no verification)
+Origin = tuple[str, str, int, str]
+NO_VERIFY = "-"
 
 
 class HttpClientError(Exception):
@@ -121,21 +126,21 @@ class HttpClient:
     def __init__(self, worker: ClientOwner) -> None:
         self.worker = worker
         self.idle: dict[Origin, list[_Connection]] = {}
-        self._tls: dict[str, ssl.SSLContext] = {}  # CA file ("": the system's) -> context
 
     def functions(self) -> dict[bytes, Any]:
         """The entries this adds to the private host table."""
         return {b"http_request": self.request}
 
     def request(self, method: bytes, url: bytes, headers: Any, body: Any, timeout: Any,
-                redirects: Any, keepalive: Any, ca_file: Any = None) -> Any:
+                redirects: Any, keepalive: Any, ca_file: Any = None, verify: Any = True) -> Any:
         """Start a request; returns a Lua promise of the response table (or {error})."""
         runtime = self.worker.runtime
         header_list = [(bytes(k), v if type(v) is bytes else str(v).encode())
                        for k, v in runtime.to_python(headers).items()] if headers is not None else []
         coro = self._request(method.decode().upper(), url.decode("utf-8", "replace"), header_list,
                              body or b"", float(timeout or DEFAULT_TIMEOUT), int(redirects or 0),
-                             keepalive is not False, os.fsdecode(ca_file) if ca_file else "")
+                             keepalive is not False,
+                             NO_VERIFY if verify is False else os.fsdecode(ca_file) if ca_file else "")
         return runtime.promise_from(coro, lambda result: (runtime.to_lua(result),))
 
     async def _request(self, method: str, url: str, headers: list[tuple[bytes, bytes]],
@@ -146,7 +151,9 @@ class HttpClient:
                 self._follow(method, url, headers, body, redirects, keepalive, ca_file), timeout)
         except asyncio.TimeoutError:
             return {b"error": f"timed out after {timeout:g} s"}
-        except (HttpClientError, OSError, ssl.SSLError, ssl.CertificateError,
+        except ssl.SSLError as exc:
+            return {b"error": tls.describe_error(exc)}
+        except (HttpClientError, OSError, ssl.CertificateError,
                 httptools.HttpParserError) as exc:
             return {b"error": str(exc) or type(exc).__name__}
 
@@ -165,11 +172,9 @@ class HttpClient:
                 method, body = "GET", b""
 
     def _tls_context(self, ca_file: str) -> ssl.SSLContext:
-        context = self._tls.get(ca_file)
-        if context is None:
-            context = ssl.create_default_context(cafile=ca_file or None)
-            self._tls[ca_file] = context
-        return context
+        if ca_file == NO_VERIFY:
+            return tls.client_context("", verify=False)
+        return tls.client_context(ca_file)
 
     async def _connect(self, origin: Origin) -> _Connection:
         pool = self.idle.get(origin)

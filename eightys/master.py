@@ -56,6 +56,8 @@ class WorkerSlot:
 
     worker_id: int
     sock: socket.socket
+    #: The plain listener of --redirect-http (None without it).
+    redirect_sock: socket.socket | None = None
     process: subprocess.Popen[bytes] | None = None
     channel: "MasterChannel | None" = None
     started_at: float = 0.0
@@ -109,10 +111,13 @@ class MasterChannel(asyncio.Protocol):
 class Master:
     """Supervises the workers until stopped; ``serve()`` returns the exit code."""
 
-    def __init__(self, config: Config, sockets: list[socket.socket]) -> None:
+    def __init__(self, config: Config, sockets: list[socket.socket],
+                 redirect_sockets: list[socket.socket] | None = None) -> None:
         self.config = config
         self.sockets = sockets
-        self.slots = [WorkerSlot(i, sockets[i % len(sockets)]) for i in range(config.workers)]
+        self.redirect_sockets = redirect_sockets or []
+        self.slots = [WorkerSlot(i, sockets[i % len(sockets)], self._redirect_sock(i))
+                      for i in range(config.workers)]
         self.starting = True
         self.stopping = False
         self.retired: list[WorkerSlot] = []  # old workers draining after a rolling restart
@@ -129,6 +134,10 @@ class Master:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.done: asyncio.Future[int] = None  # type: ignore[assignment]
         self._config_json = config.to_json()
+
+    def _redirect_sock(self, worker_id: int) -> socket.socket | None:
+        redirect = self.redirect_sockets
+        return redirect[worker_id % len(redirect)] if redirect else None
 
     async def serve(self) -> int:
         """Start every worker, then supervise until stopped."""
@@ -160,11 +169,13 @@ class Master:
         ours, theirs = socket.socketpair()
         listen_fd = slot.sock.fileno()
         config_fd = config_file(self._config_json)
+        extra_fds = (slot.redirect_sock.fileno(),) if slot.redirect_sock is not None else ()
         try:
             process = subprocess.Popen(
                 [sys.executable, "-m", "eightys.worker", str(config_fd),
-                 str(slot.worker_id), str(listen_fd), str(theirs.fileno())],
-                pass_fds=(config_fd, listen_fd, theirs.fileno()),
+                 str(slot.worker_id), str(listen_fd), str(theirs.fileno()),
+                 *map(str, extra_fds)],
+                pass_fds=(config_fd, listen_fd, theirs.fileno(), *extra_fds),
                 # Its own process group: a signal for the terminal's group (Ctrl-C, hangup)
                 # reaches the master alone, which relays it once to every worker.
                 process_group=0,
@@ -230,9 +241,13 @@ class Master:
                 self.starting = False
                 for note in self.config.notes:
                     log.warning("%s", note)
-                log.info("serving %s on %s with %d worker(s)%s", self.config.entry,
+                log.info("serving %s on %s with %d worker(s)%s%s", self.config.entry,
                          self._describe_address(), len(self.slots),
-                         " (SO_REUSEPORT)" if len(self.sockets) > 1 else "")
+                         " (SO_REUSEPORT)" if len(self.sockets) > 1 else "",
+                         ", TLS" if self.config.tls_cert else "")
+                if self.redirect_sockets:
+                    log.info("redirecting plain HTTP on port %d to https",
+                             self.redirect_sockets[0].getsockname()[1])
         elif kind == channel.Kind.FATAL:
             slot.fatal = message[1]
         elif kind == channel.Kind.RELOAD:
@@ -358,7 +373,7 @@ class Master:
         self.restarting = True
         try:
             for index, old in enumerate(list(self.slots)):
-                successor = WorkerSlot(old.worker_id, old.sock)
+                successor = WorkerSlot(old.worker_id, old.sock, old.redirect_sock)
                 self.spawn(successor)
                 assert successor.started is not None
                 try:
@@ -428,7 +443,7 @@ class Master:
         if self.sockets_closed:
             return
         self.sockets_closed = True
-        for sock in self.sockets:
+        for sock in self.sockets + self.redirect_sockets:
             sock.close()
         if self.config.address.family == "unix":
             try:
@@ -476,10 +491,11 @@ def _exit_reason(code: int) -> str:
 
 # -- listening sockets ----------------------------------------------------------------
 
-def bind_listeners(config: Config) -> list[socket.socket]:
+def bind_listeners(config: Config, address: Address | None = None) -> list[socket.socket]:
     """Bind and listen: one socket per worker with SO_REUSEPORT, or one shared socket.
-    Raises UsageError (one clear line, exit 2) if the address cannot be used."""
-    address = config.address
+    Raises UsageError (one clear line, exit 2) if the address cannot be used.
+    ``address`` defaults to the configured one (the --redirect-http listener passes its own)."""
+    address = address or config.address
     if address.family == "unix":
         return [_bind_unix(address.path)]
     family = socket.AF_INET6 if address.family == "inet6" else socket.AF_INET
@@ -558,4 +574,16 @@ def run(config: Config) -> int:
 
     setup_logging()
     sockets = bind_listeners(config)
-    return uvloop.run(Master(config, sockets).serve())
+    redirect: list[socket.socket] = []
+    if config.redirect_http is not None:
+        address = config.address
+        if address.family == "unix":
+            raise UsageError("--redirect-http needs a TCP listener, not a Unix socket")
+        try:
+            redirect = bind_listeners(config, Address(address.family, address.host,
+                                                      config.redirect_http))
+        except UsageError:
+            for sock in sockets:
+                sock.close()
+            raise
+    return uvloop.run(Master(config, sockets, redirect).serve())

@@ -1,10 +1,11 @@
 """One worker process: one uvloop loop, one Lua state, the listening protocol.
 
 Started by the master as ``python -m eightys.worker CONFIG_FD WORKER_ID LISTEN_FD
-CHANNEL_FD``. It inherits its configuration as a file descriptor to read (never
+CHANNEL_FD [REDIRECT_FD]``. It inherits its configuration as a file descriptor to read (never
 on the command line: it holds the session secret, and ``ps`` shows every
 process's arguments to every user), the listening socket and one end of a
-socketpair to the master (the control channel: mail, reload, quit, readiness).
+socketpair to the master (the control channel: mail, reload, quit, readiness),
+and with ``--redirect-http`` the plain listener that redirects to https.
 Nothing is shared with other workers.
 
 The worker is the Lua runtime's :class:`~eightys.lua_runtime.Host`: its methods
@@ -18,11 +19,12 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import traceback
 from typing import Any, Callable
 
-from eightys import __version__, channel, wire
+from eightys import __version__, channel, tls, wire
 from eightys.compat80s import EightiesHost
 from eightys.config import Config
 from eightys.content import ContentHost
@@ -36,6 +38,7 @@ from eightys.protocols.host import ConnectionHost
 from eightys.protocols.http import HttpProtocol
 from eightys.protocols.http_core import HttpLimits
 from eightys.protocols.raw import RawProtocol
+from eightys.protocols.redirect import RedirectProtocol
 from eightys.redis_host import RedisHost
 from eightys.timers import Timers
 from eightys.ws_host import WebSockets
@@ -76,10 +79,17 @@ class Worker:
     """The state of one worker process; implements ``net.*`` for Lua."""
 
     def __init__(self, config: Config, worker_id: int, listen_sock: socket.socket | None,
-                 channel_sock: socket.socket | None) -> None:
+                 channel_sock: socket.socket | None,
+                 redirect_sock: socket.socket | None = None) -> None:
         self.config = config
         self.worker_id = worker_id
         self.listen_sock = listen_sock
+        self.redirect_sock = redirect_sock
+        #: The listener's TLS (--tls-cert), re-read on SIGHUP; None for plain TCP.
+        self.tls: tls.ServerTLS | None = None
+        #: Flags every HTTP request of this worker's listener carries (wire.FLAG_TLS).
+        self.conn_flags = 0
+        self.redirect_server: asyncio.AbstractServer | None = None
         self.channel_sock = channel_sock
         self.log = logging.getLogger(f"worker {worker_id}")
         #: What the connection protocols see of this worker (set up in run()).
@@ -115,6 +125,11 @@ class Worker:
             lambda: ChannelProtocol(self._on_master_message, self.begin_shutdown),
             sock=self.channel_sock)
         try:
+            config = self.config
+            if config.tls_cert:
+                self.tls = tls.ServerTLS(config.tls_cert, config.tls_key,
+                                         config.tls_key_password)
+                self.conn_flags = wire.FLAG_TLS
             self._load()
         except Exception as exc:  # noqa: BLE001 - any start-up failure is reported to the master
             text = str(exc) if isinstance(exc, LuaLoadError) else _describe(exc)
@@ -123,9 +138,20 @@ class Worker:
             return EXIT_LOAD_FAILED
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.begin_shutdown)
-        self.loop.add_signal_handler(signal.SIGHUP, self.reload_lua)
-        self.server = await self.loop.create_server(
-            lambda: self.protocol_factory(), sock=self.listen_sock, backlog=BACKLOG)
+        self.loop.add_signal_handler(signal.SIGHUP, self.reload)
+        if self.tls is not None:
+            self.server = await self.loop.create_server(
+                lambda: self.protocol_factory(), sock=self.listen_sock, backlog=BACKLOG,
+                ssl=self.tls.context, ssl_handshake_timeout=tls.HANDSHAKE_TIMEOUT,
+                ssl_shutdown_timeout=tls.SHUTDOWN_TIMEOUT)
+        else:
+            self.server = await self.loop.create_server(
+                lambda: self.protocol_factory(), sock=self.listen_sock, backlog=BACKLOG)
+        if self.redirect_sock is not None:
+            host, https_port = self.host, self.listen_port()
+            self.redirect_server = await self.loop.create_server(
+                lambda: RedirectProtocol(host, host.new_fd(), https_port),
+                sock=self.redirect_sock, backlog=BACKLOG)
         self.channel.send(channel.Kind.READY)
         await self.stopping.wait()
         await self._drain()
@@ -153,6 +179,7 @@ class Worker:
                    **self.compat.functions(), **self.redis.functions(),
                    **self.ws.functions(),
                    b"live_subscribe": self.live_subscribe,
+                   b"connect_tls": self.connect_tls,
                    b"handler_timeout": config.handler_timeout}
         self.runtime = LuaRuntime(
             self, engine=config.lua, entry=config.entry, worker_id=self.worker_id,
@@ -211,7 +238,7 @@ class Worker:
 
     def _http_factory(self) -> Any:
         host = self.host
-        return HttpProtocol(host, host.new_fd())
+        return HttpProtocol(host, host.new_fd(), self.conn_flags)
 
     def _raw_factory(self) -> Any:
         host = self.host
@@ -225,6 +252,8 @@ class Worker:
     async def _drain(self) -> None:
         if self.server is not None:
             self.server.close()
+        if self.redirect_server is not None:
+            self.redirect_server.close()
         if self.live is not None:
             self.live.close()  # before shutdown(), which waits for responses to end
         self.runtime.set_draining(True)  # responses from now on say Connection: close
@@ -266,6 +295,7 @@ class Worker:
                                           self.runtime.to_lua(payload))
         elif kind == channel.Kind.RELOAD:
             _, round_id, _kind = message
+            self.reload_tls()
             ok = self.reload_lua()
             assert self.channel is not None
             self.channel.send(channel.Kind.RELOADED, round_id,
@@ -278,6 +308,25 @@ class Worker:
         elif kind == channel.Kind.NOTIFY:
             if self.live is not None:
                 self.live.notify(*message[1:])
+
+    def reload(self) -> None:
+        """SIGHUP sent to this worker alone: re-read the certificate, reload the Lua code."""
+        self.reload_tls()
+        self.reload_lua()
+
+    def reload_tls(self) -> None:
+        """Serve the certificate and key files as they are now, from the next handshake
+        on (open connections keep theirs). A bad new pair is logged and the one loaded
+        before keeps serving."""
+        if self.tls is None:
+            return
+        before = self.tls.current
+        error = self.tls.reload()
+        if error:
+            self.log.error("TLS certificate reload failed, the previous one keeps serving: %s",
+                           error)
+        elif self.tls.current is not before:
+            self.log.info("TLS certificate reloaded from %s", self.tls.cert)
 
     def reload_lua(self) -> bool:
         """Re-run the entry script in the existing Lua state (globals survive).
@@ -338,6 +387,30 @@ class Worker:
         """``net.connect(elfd, host, port)`` -> fd, or nil, err. Name lookup and
         connect happen in the background; on_write fires when connected, on_close
         (with a reason) if it fails. ``v6:addr`` and ``unix:/path`` hosts work."""
+        return self._open(host, port, None, None)
+
+    def connect_tls(self, elfd: Any, host: Any, port: Any, server_name: Any = None,
+                    ca_file: Any = None, verify: Any = True) -> Any:
+        """``aio:connect(elfd, host, port, {tls = true, ...})``: as ``net.connect``, over
+        TLS. The certificate is checked against the system CAs (or ``ca_file``) and
+        ``server_name`` (default: the host), which also goes out as SNI; ``verify``
+        false turns every check off. A failed handshake is an on_close reason."""
+        if type(host) is not bytes:
+            raise TypeError("aio:connect: host must be a string")
+        name = (server_name if type(server_name) is bytes else host).decode()
+        if name.startswith(("unix:", "v6:")):
+            name = name.split(":", 1)[1]
+        if verify is not False and not name:
+            return None, b"TLS to a Unix socket needs server_name"
+        try:
+            context = tls.client_context(os.fsdecode(ca_file) if ca_file else "",
+                                         verify is not False)
+        except (OSError, ssl.SSLError) as exc:
+            return None, f"TLS: ca_file {os.fsdecode(ca_file)}: {tls.describe_error(exc)}".encode()
+        return self._open(host, port, context, name.strip("[]"))
+
+    def _open(self, host: Any, port: Any, context: ssl.SSLContext | None,
+              server_name: str | None) -> Any:
         if type(host) is not bytes:
             raise TypeError("net.connect: host must be a string")
         text = host.decode()
@@ -352,16 +425,25 @@ class Worker:
         fd = self.host.new_fd()
         protocol = RawProtocol(self.host, fd, outbound=True)
         self.host.register(fd, protocol)
-        self.host.spawn(self._connect(protocol, *target))
+        self.host.spawn(self._connect(protocol, *target, context, server_name))
         return fd
 
-    async def _connect(self, protocol: RawProtocol, host: str, port: int | None) -> None:
+    async def _connect(self, protocol: RawProtocol, host: str, port: int | None,
+                       context: ssl.SSLContext | None = None,
+                       server_name: str | None = None) -> None:
+        tls_args: dict[str, Any] = {}
+        if context is not None:
+            tls_args = {"ssl": context, "server_hostname": server_name,
+                        "ssl_handshake_timeout": tls.HANDSHAKE_TIMEOUT,
+                        "ssl_shutdown_timeout": tls.SHUTDOWN_TIMEOUT}
         try:
             if port is None:
-                coro = self.loop.create_unix_connection(lambda: protocol, host)
+                coro = self.loop.create_unix_connection(lambda: protocol, host, **tls_args)
             else:
-                coro = self.loop.create_connection(lambda: protocol, host, port)
+                coro = self.loop.create_connection(lambda: protocol, host, port, **tls_args)
             await asyncio.wait_for(coro, CONNECT_TIMEOUT)
+        except ssl.SSLError as exc:
+            protocol.connect_failed(ConnectionError(tls.describe_error(exc)))
         except (OSError, asyncio.TimeoutError) as exc:
             protocol.connect_failed(exc)
 
@@ -472,12 +554,13 @@ def main(argv: list[str]) -> int:
     """Worker process entry point (see module docstring for the arguments)."""
     import uvloop
 
-    config_fd, worker_id, listen_fd, channel_fd = argv
+    config_fd, worker_id, listen_fd, channel_fd, *redirect_fd = argv
     config = read_config(int(config_fd))
     setup_logging()
     listen_sock = socket.socket(fileno=int(listen_fd))
     channel_sock = socket.socket(fileno=int(channel_fd))
-    worker = Worker(config, int(worker_id), listen_sock, channel_sock)
+    redirect_sock = socket.socket(fileno=int(redirect_fd[0])) if redirect_fd else None
+    worker = Worker(config, int(worker_id), listen_sock, channel_sock, redirect_sock)
     return uvloop.run(worker.run())
 
 

@@ -7,6 +7,7 @@
     ./scripts/80.sh bench --listen        # -c 2: SO_REUSEPORT vs one shared socket
     ./scripts/80.sh bench --orm           # the ORM page with each MySQL driver only
     ./scripts/80.sh bench --redis         # pub/sub between two servers through Redis
+    ./scripts/80.sh bench --tls           # the HTTPS rows only
     ./scripts/80.sh bench --s80 DIR       # add 80s (DIR: its checkout, built: DIR/bin/80s)
 
 Each server answers ``GET /echo?name=Abcde`` with ``Hi, Abcde!`` using one worker:
@@ -21,6 +22,11 @@ Loads: wrk with keep-alive at 50 and 500 connections, wrk with 16 requests
 pipelined per write (a wrk Lua script), and ``ab -k -c 50``. Printed: req/s per
 server and load, the ratio to nginx and to uvicorn, and each server's RSS (idle,
 and for eightys also with 10,000 idle keep-alive connections).
+
+HTTPS: eightys with ``--tls-cert`` against nginx with ``ssl`` on the same echo route,
+with the same self-signed certificate (ECDSA P-256, made here with ``cryptography``),
+wrk over https with keep-alive, and with a new connection (a full handshake) per
+request.
 
 Ratios from the same run are the figures to compare; absolute numbers move with
 the machine.
@@ -172,12 +178,13 @@ class Server:
 
 
 def run_wrk(pin: list[str], port: int, connections: int, duration: int,
-            script: str | None = None, path: str = PATH) -> float:
+            script: str | None = None, path: str = PATH, scheme: str = "http",
+            connection: str = "keep-alive") -> float:
     cmd = pin + ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
-                 "-H", "Connection: keep-alive"]
+                 "-H", f"Connection: {connection}"]
     if script:
         cmd += ["-s", script]
-    cmd.append(f"http://127.0.0.1:{port}{path}")
+    cmd.append(f"{scheme}://127.0.0.1:{port}{path}")
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
@@ -290,11 +297,120 @@ def mysql_drivers() -> list[str]:
     return [d for d in sorted(DRIVERS) if available(d)]
 
 
-def eightys_server(port: int, workers: int = 1, shared: bool = False) -> Server:
+NGINX_TLS_CONF = '''
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx-tls.pid;
+error_log {tmp}/error-tls.log;
+events {{ worker_connections 20000; }}
+http {{
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 75s;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location /echo {{ default_type "text/plain; charset=utf-8"; return 200 "Hi, Abcde!"; }}
+    }}
+}}
+'''
+
+
+def make_certificate(tmp: Path) -> tuple[Path, Path]:
+    """A self-signed ECDSA P-256 certificate for 127.0.0.1 (both servers use it)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp / "bench-cert.pem", tmp / "bench-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o644)  # nginx's master reads it as root, but keep it simple
+    return cert_path, key_path
+
+
+def tls_rates(args: argparse.Namespace, client_pin: list[str], server_pin: list[str],
+              tmp: Path) -> None:
+    """HTTPS: eightys --tls-cert against nginx ssl, same certificate, alternating
+    rounds, medians; keep-alive and a handshake per request."""
+    cert, key = make_certificate(tmp)
+    servers = [eightys_server(free_port(), tls=(cert, key))]
+    if shutil.which("nginx"):
+        port = free_port()
+        conf = tmp / "nginx-tls.conf"
+        conf.write_text(NGINX_TLS_CONF.format(tmp=tmp, port=port, cert=cert, key=key))
+        servers.append(Server("nginx", ["nginx", "-c", str(conf), "-p", str(tmp)], port))
+    else:
+        print("nginx is not installed: the HTTPS row has no peer (apt-get install nginx-light)")
+    loads = [("keep-alive, c=50", "keep-alive"), ("new connection per request, c=50", "close")]
+    med: dict[tuple[str, str], float] = {}
+    try:
+        for server in servers:
+            server.start(server_pin)
+            run_wrk(client_pin, server.port, 50, 1, scheme="https")  # warm-up (and JIT)
+        for label, connection in loads:
+            samples: dict[str, list[float]] = {s.name: [] for s in servers}
+            for _ in range(args.rounds):
+                for server in servers:
+                    samples[server.name].append(run_wrk(client_pin, server.port, 50,
+                                                        args.duration, scheme="https",
+                                                        connection=connection))
+            for name, values in samples.items():
+                med[(name, label)] = sorted(values)[len(values) // 2]
+    finally:
+        for server in servers:
+            server.stop()
+    print()
+    print("| HTTPS (TLS 1.3, ECDSA P-256), wrk | eightys | nginx | eightys/nginx |")
+    print("|---|---|---|---|")
+    for label, _ in loads:
+        e, n = med[("eightys", label)], med.get(("nginx", label), 0.0)
+        print(f"| {label} | {e:,.0f} | {n:,.0f} | " + (f"{e / n:.2f} |" if n else "- |"))
+    print()
+
+
+def main_tls(args: argparse.Namespace) -> None:
+    """--tls: the HTTPS rows only."""
+    two_cpus = (os.cpu_count() or 1) >= 2 and shutil.which("taskset")
+    server_pin = ["taskset", "-c", "0"] if two_cpus else []
+    client_pin = ["taskset", "-c", "1"] if two_cpus else []
+    tmp = Path(tempfile.mkdtemp(prefix="eightys-bench-"))
+    tmp.chmod(0o755)
+    raise_fd_limit()
+    tls_rates(args, client_pin, server_pin, tmp)
+
+
+def eightys_server(port: int, workers: int = 1, shared: bool = False,
+                   tls: tuple[Path, Path] | None = None) -> Server:
     cmd = [sys.executable, "-m", "eightys", "server/simple_http.lua", "-p", str(port),
            "-h", "127.0.0.1", "-c", str(workers)]
     if shared:
         cmd.append("--shared-socket")
+    if tls:
+        cmd += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
     # 10,000 idle connections must outlive the measurement
     return Server("eightys", cmd, port, worker_pids=children,
                   env={"HTTP_KEEPALIVE_TIMEOUT": "300"})
@@ -380,6 +496,8 @@ def main_benchmark(args: argparse.Namespace) -> None:
                 f"{name} {results[name][label]:,.0f}" for name in results), flush=True)
         if "eightys" in results and not args.no_content:
             content_rates(args, client_pin, server_pin, servers, site, results)
+        if "eightys" in results and not args.no_tls:
+            tls_rates(args, client_pin, server_pin, tmp)
         for server in servers:
             if server.name == "eightys":
                 socks = hold_idle_connections(server.port, 10_000)
@@ -636,6 +754,9 @@ def main() -> None:
     parser.add_argument("--redis", action="store_true",
                         help="only the Redis pub/sub rate and latency between two servers "
                              "(REDIS_URL, default redis://127.0.0.1:6379/0)")
+    parser.add_argument("--tls", action="store_true",
+                        help="only the HTTPS rows: eightys --tls-cert vs nginx ssl")
+    parser.add_argument("--no-tls", action="store_true", help="skip the HTTPS rows")
     parser.add_argument("--listen", action="store_true",
                         help="compare SO_REUSEPORT with a shared socket (-c 2)")
     args = parser.parse_args()
@@ -645,6 +766,8 @@ def main() -> None:
         main_orm(args)
     elif args.redis:
         main_redis(args)
+    elif args.tls:
+        main_tls(args)
     else:
         main_benchmark(args)
 

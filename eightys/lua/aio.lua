@@ -882,10 +882,21 @@ end
 
 --- Open an outgoing TCP connection (host name lookup does not block). Writes
 --- before the connection is up are queued. Returns an aiosocket, or nil, err.
---- host may be "v6:addr" or "unix:/path".
+--- host may be "v6:addr" or "unix:/path". With `opts.tls` the connection is TLS:
+--- the certificate is checked against the system CAs (or `opts.ca_file`) and the
+--- host name (or `opts.server_name`, also sent as SNI); `opts.verify = false` turns
+--- the checks off. A failed handshake closes the socket: on_close gets the reason.
+--- @param opts? {tls: boolean|nil, ca_file: string|nil, server_name: string|nil, verify: boolean|nil}
 --- @return aiosocket|nil, string|nil
-function aio:connect(elfd, host_name, port)
-    local fd, err = net.connect(elfd, host_name, port)
+function aio:connect(elfd, host_name, port, opts)
+    local fd, err
+    if type(opts) == "table" and opts.tls then
+        if type(host_name) ~= "string" then error("aio:connect: host must be a string", 2) end
+        fd, err = host.connect_tls(elfd, host_name, port, opts.server_name, opts.ca_file,
+                                   opts.verify ~= false)
+    else
+        fd, err = net.connect(elfd, host_name, port)
+    end
     if not fd then return nil, err end
     return aiosocket:new(elfd, fd, false)
 end

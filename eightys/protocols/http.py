@@ -47,10 +47,11 @@ class HttpProtocol:
 
     # Attributes are declared (with their C types) in http.pxd.
 
-    def __init__(self, host: ConnectionHost, fd: int) -> None:
+    def __init__(self, host: ConnectionHost, fd: int, flags: int = 0) -> None:
         self.host = host
         self.fd = fd
-        self.core = HttpConnection(host.limits, host)
+        # flags: what every request on the connection carries (wire.FLAG_TLS)
+        self.core = HttpConnection(host.limits, host, flags)
         self.dispatch = host.dispatch_http
         self.transport = None
         self.flow = None  # type: ignore[assignment]  # set by connection_made

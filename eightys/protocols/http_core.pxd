@@ -4,6 +4,7 @@
 cdef class HttpConnection:
     cdef public object limits
     cdef public object clock
+    cdef int base_flags
     cdef object parser
     cdef object streams
     cdef public int state

@@ -173,9 +173,10 @@ class HttpConnection:
 
     # Attributes are declared (with their C types) in http_core.pxd.
 
-    def __init__(self, limits: HttpLimits, clock: Any) -> None:
+    def __init__(self, limits: HttpLimits, clock: Any, flags: int = 0) -> None:
         self.limits = limits
         self.clock = clock
+        self.base_flags = flags  # connection properties every request carries (FLAG_TLS)
         self.parser = httptools.HttpRequestParser(self)
         self.streams = limits.stream_routes
         self.state = IDLE
@@ -371,7 +372,8 @@ class HttpConnection:
             http10 = not keep_alive  # without the header, 1.1 keeps alive and 1.0 closes
         if self.draining:
             keep_alive = False
-        flags = (FLAG_KEEP_ALIVE if keep_alive else 0) | (FLAG_HTTP10 if http10 else 0)
+        flags = (FLAG_KEEP_ALIVE if keep_alive else 0) | (FLAG_HTTP10 if http10 else 0) \
+            | self.base_flags
         body = self.body
         if body:
             body_bytes = body[0] if len(body) == 1 else b"".join(body)
@@ -403,7 +405,8 @@ class HttpConnection:
         self.seq_in = seq + 1
         method = self.parser.get_method()
         url = self.url
-        self.events.append((seq, method, url, None, FLAG_KEEP_ALIVE, b"\0".join(self.headers)))
+        self.events.append((seq, method, url, None, FLAG_KEEP_ALIVE | self.base_flags,
+                            b"\0".join(self.headers)))
         self.trailing = _after_head(data, method, url)
         self.upgrade_seq = seq
         self._end_after(seq, CLOSE)

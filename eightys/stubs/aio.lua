@@ -88,6 +88,8 @@ function aiosocket:on_write(elfd, fd) end
 ---@field fd fd the connection handle
 ---@field method string
 ---@field path string
+---@field scheme "https"|"http" "https" on a TLS listener
+---@field flags integer connection flags (1 keep-alive, 2 HTTP/1.0, 4 TLS)
 ---@field headers table<string, string> lower-case names
 ---@field params table<string, string> path parameters (/users/:id)
 local httprequest = {}
@@ -258,18 +260,32 @@ function aio:clear_interval(timer) end
 ---@return aiopromise
 function aio:sleep(seconds) end
 
----Outgoing TCP connection as an aiosocket.
+---Options of an outgoing TLS connection: the certificate is checked against the
+---system CAs (or ca_file) and the host name (or server_name, also the SNI);
+---verify = false turns the checks off.
+---@alias tlsoptions {tls: boolean, ca_file?: string, server_name?: string, verify?: boolean}
+
+---Outgoing TCP connection as an aiosocket; TLS with `opts.tls` (a failed
+---handshake closes it: on_close gets the reason).
 ---@param elfd any
 ---@param host string
 ---@param port integer
+---@param opts? tlsoptions
 ---@return aiosocket|nil
 ---@return string|nil err
-function aio:connect(elfd, host, port) end
+function aio:connect(elfd, host, port, opts) end
 
----Promise of a connected aiosocket, or {error = ...} (80s).
----@param params {host: string, port: integer, elfd?: any}
+---Promise of a connected aiosocket, or {error = ...} (80s); `tls = true` or
+---`ssl = aio:get_ssl_context{...}` for TLS.
+---@param params {host: string, port: integer, elfd?: any, tls?: boolean|table, ssl?: table, server_name?: string}
 ---@return aiopromise
 function aio:connect2(params) end
+
+---A client TLS context for aio:connect2{ssl = ctx} (80s); cached per parameters.
+---@param params? {ca_file?: string, verify?: boolean}
+---@return table|nil ctx
+---@return string|nil err
+function aio:get_ssl_context(params) end
 
 ---Take over an accepted raw connection.
 ---@param fd fd

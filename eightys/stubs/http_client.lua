@@ -2,13 +2,13 @@
 -- Outgoing HTTP/1.1 (require("aio.lib.http_client")).
 
 ---@alias httpresponse {status: integer, status_line: string, headers: table<string, string>, body: string, error: string|nil}
----@alias httpoptions {headers?: table<string, string>, query?: table, timeout?: number, redirects?: integer, keepalive?: boolean, ca_file?: string}
+---@alias httpoptions {headers?: table<string, string>, query?: table, timeout?: number, redirects?: integer, keepalive?: boolean, ca_file?: string, verify?: boolean}
 
 ---@class http_client
 local http_client = {}
 
 ---Perform a request; promise of an httpresponse or {error = ...}.
----@param params {method?: string, url: string, query?: table, headers?: table, body?: string, timeout?: number, redirects?: integer, keepalive?: boolean, ca_file?: string}
+---@param params {method?: string, url: string, query?: table, headers?: table, body?: string, timeout?: number, redirects?: integer, keepalive?: boolean, ca_file?: string, verify?: boolean}
 ---@return aiopromise
 function http_client:request(params) end
 

@@ -6,6 +6,7 @@
 ---@field protocol string|nil the negotiated subprotocol
 ---@field params table<string, string> path parameters of the route
 ---@field path string the request path
+---@field scheme "wss"|"ws" "wss" over TLS
 ---@field closed boolean true once the close handler has run (or is about to)
 local websocket = {}
 

@@ -129,6 +129,10 @@ def test_connection_flags(core: ModuleType) -> None:
         conn, _ = new(core)
         (request,) = conn.receive_data(data)
         assert request[4] == flags, data
+        # a TLS connection's flags carry its bit on every request
+        tls = core.HttpConnection(core.HttpLimits(), FakeClock(), 4)
+        (request,) = tls.receive_data(data)
+        assert request[4] == flags | 4, data
 
 
 def test_requests_after_a_closing_one_are_not_read(core: ModuleType) -> None:

@@ -359,12 +359,43 @@ function aio:parse_http(data, response)
     return a, b, headers
 end
 
---- Open an outgoing connection and resolve once it is up: params {host, port}.
+--- A client TLS context for aio:connect2{ssl = ctx} (80s): params ca_file (PEM CAs
+--- instead of the system's), verify (false: no checks). Cached per parameter set.
+--- Server contexts are not made here: the listener's TLS is --tls-cert/--tls-key.
+--- @return table|nil, string|nil
+function aio:get_ssl_context(params)
+    params = params or {}
+    if params.server then
+        return nil, "server TLS is configured with --tls-cert/--tls-key (or TLS=true)"
+    end
+    local key = tostring(params.ca_file) .. "\0" .. tostring(params.verify ~= false)
+    local cache = aio.ssl_contexts
+    if not cache then
+        cache = {}
+        aio.ssl_contexts = cache
+    end
+    local ctx = cache[key]
+    if ctx == nil then
+        ctx = { ca_file = params.ca_file, verify = params.verify ~= false }
+        cache[key] = ctx
+    end
+    return ctx
+end
+
+--- Open an outgoing connection and resolve once it is up: params {host, port,
+--- tls = true or a context from aio:get_ssl_context (80s: ssl = ctx),
+--- server_name}. TLS checks the certificate and host name (see aio:connect).
 --- Resolves with the aiosocket, or {error = "..."}.
 --- @return aiopromise
 function aio:connect2(params)
     local resolve, promise = aio:prepare_promise()
-    local sock, err = aio:connect(params.elfd or ELFD, params.host, params.port)
+    local ctx = params.tls or params.ssl
+    local opts
+    if ctx then
+        opts = { tls = true, server_name = params.server_name }
+        if type(ctx) == "table" then opts.ca_file, opts.verify = ctx.ca_file, ctx.verify end
+    end
+    local sock, err = aio:connect(params.elfd or ELFD, params.host, params.port, opts)
     if not sock then
         resolve(make_error(err))
         return promise

@@ -76,6 +76,7 @@ end
 -- _M.attach from eightys/wire.py's flag bits (keep-alive, HTTP/1.0, TLS, ...).
 local SERVER -- set by _M.attach
 local CONNECTION = {}
+local SCHEME = {} -- flags -> "https" or "http" (fd.scheme)
 local FLAG_HTTP10 = 2
 local draining = false -- the worker is stopping: every response closes its connection
 
@@ -161,6 +162,7 @@ end
 --- @class httprequest
 --- @field method string
 --- @field path string
+--- @field scheme string "https" over TLS, else "http"
 --- @field params table path parameters (`/users/:id` -> params.id)
 local Request = {}
 Request.__index = Request
@@ -627,7 +629,8 @@ function _M.dispatch(fd, seq, method, url, body, flags, raw_headers)
     -- every field the request will get is set here: adding keys later would
     -- grow (rehash) the table, which costs more than the rest of a small request
     local req = setmetatable({ fd = fd, seq = seq, method = method, path = path,
-                               flags = flags, headers = headers, params = EMPTY,
+                               flags = flags, scheme = SCHEME[flags],
+                               headers = headers, params = EMPTY,
                                sync = true, out = false, started = false,
                                finished = false, closing = false, handler = false,
                                co = false, gone = false }, Request)
@@ -724,12 +727,13 @@ function _M.attach(private)
     SERVER = wire.server_line
     _M.set_date(private.date_line())
     FLAG_HTTP10 = wire.flag_http10
-    local keep_alive = wire.flag_keep_alive
+    local keep_alive, tls = wire.flag_keep_alive, wire.flag_tls
     for flags = 0, wire.flag_limit - 1 do
         local keeps = flags % (2 * keep_alive) >= keep_alive
         local http10 = flags % (2 * FLAG_HTTP10) >= FLAG_HTTP10
         CONNECTION[flags] = not keeps and "Connection: close\r\n"
             or (http10 and "Connection: keep-alive\r\n" or "")
+        SCHEME[flags] = flags % (2 * tls) >= tls and "https" or "http"
     end
 end
 

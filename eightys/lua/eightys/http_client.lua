@@ -26,9 +26,11 @@ local http_client = {}
 --- to the URL), headers (table), body (string), timeout (seconds, default 30),
 --- redirects (how many to follow, default 0: redirects are returned as is),
 --- keepalive (default true: the connection goes back to the pool), ca_file (PEM
---- CA certificates that https servers are checked against instead of the system's).
---- Resolves with the response table, or {error = "..."}.
---- @param params {method: string|nil, url: string, query: table|nil, headers: table|nil, body: string|nil, timeout: number|nil, redirects: integer|nil, keepalive: boolean|nil, ca_file: string|nil}
+--- CA certificates that https servers are checked against instead of the system's),
+--- verify (false: https without any certificate check; only for tests and
+--- servers you reach over a trusted network). Resolves with the response table,
+--- or {error = "..."}.
+--- @param params {method: string|nil, url: string, query: table|nil, headers: table|nil, body: string|nil, timeout: number|nil, redirects: integer|nil, keepalive: boolean|nil, ca_file: string|nil, verify: boolean|nil}
 --- @return aiopromise
 function http_client:request(params)
     if type(params) ~= "table" or type(params.url) ~= "string" then
@@ -50,7 +52,8 @@ function http_client:request(params)
     local body = params.body
     if body ~= nil and type(body) ~= "string" then body = tostring(body) end
     return host.http_request((params.method or "GET"):upper(), url, headers, body,
-        tonumber(params.timeout), tonumber(params.redirects), params.keepalive, params.ca_file)
+        tonumber(params.timeout), tonumber(params.redirects), params.keepalive, params.ca_file,
+        params.verify ~= false)
 end
 
 --- GET url; options as in http_client:request (headers, timeout, redirects, ...).

@@ -102,6 +102,7 @@ end
 --- @field protocol string|nil the negotiated subprotocol
 --- @field params table path parameters of the route (`/rooms/:room` -> params.room)
 --- @field path string the request path
+--- @field scheme string "wss" over TLS, else "ws"
 --- @field closed boolean true once the close handler has run (or is about to)
 local WebSocket = {}
 WebSocket.__index = WebSocket
@@ -292,6 +293,7 @@ local function upgrade(fd, route)
     local id = fd.fd
     if fd.started then error("fd:websocket: a response was already sent for this request", 3) end
     local ws = setmetatable({ id = id, params = fd.params, path = fd.path, route = route,
+                              scheme = fd.scheme == "https" and "wss" or "ws",
                               closed = false }, WebSocket)
     pending[id] = { ws = ws, headers = fd.headers }
     local protocol, err = ws_accept(id, fd.seq, route.options)
