@@ -13,6 +13,7 @@ import sys
 from typing import NoReturn, Sequence
 
 from eightys import __version__
+from eightys.acl import parse_networks
 from eightys.config import Address, Config, UsageError
 
 DEFAULT_ENTRY = "server/simple_http.lua"
@@ -99,6 +100,20 @@ def build_parser() -> argparse.ArgumentParser:
                    default=_env_int("HTTP_MAX_HEADERS", 100),
                    help="most header fields in one request; more gets 431 "
                         "(default $HTTP_MAX_HEADERS or 100)")
+    p.add_argument("--allow", action="append", default=[], metavar="CIDR,...",
+                   help="server-wide ACL: only clients in these networks (IPv4/IPv6 CIDRs or "
+                        "addresses) may connect; repeatable. --deny wins over --allow "
+                        "(README, 'Network ACLs')")
+    p.add_argument("--deny", action="append", default=[], metavar="CIDR,...",
+                   help="server-wide ACL: clients in these networks are disconnected right "
+                        "after accept, before any Lua runs; repeatable")
+    p.add_argument("--proxy-from", action="append", default=[], metavar="CIDR,...",
+                   help="trust X-Forwarded-For from these proxies: its rightmost untrusted "
+                        "hop is the client address ACLs check and Lua sees; repeatable")
+    p.add_argument("--body-buffer-size", type=int, metavar="BYTES",
+                   default=_env_int("HTTP_BODY_BUFFER_SIZE", 1024 * 1024),
+                   help="request bodies larger than this are written to a temporary file "
+                        "instead of memory (default $HTTP_BODY_BUFFER_SIZE or 1 MiB)")
     p.add_argument("--dev", action="store_true",
                    help="development mode: error pages show the file, line and source")
     p.add_argument("--reload", action="store_true",
@@ -207,7 +222,8 @@ def config_from_args(argv: Sequence[str]) -> Config:
                         ("--header-timeout", args.header_timeout),
                         ("--keepalive-timeout", args.keepalive_timeout),
                         ("--handler-timeout", args.handler_timeout),
-                        ("--max-headers", args.max_headers)):
+                        ("--max-headers", args.max_headers),
+                        ("--body-buffer-size", args.body_buffer_size)):
         if value < 0:
             raise UsageError(f"{flag} must be >= 0")
     if args.mysql_driver not in ("auto", "aiomysql", "asyncmy"):
@@ -219,6 +235,13 @@ def config_from_args(argv: Sequence[str]) -> Config:
         if not available("asyncmy"):
             raise UsageError("--mysql-driver asyncmy: asyncmy is not installed "
                              "(pip install 'eightys[fast]')")
+    acl_lists = {}
+    for flag, values in (("allow", args.allow), ("deny", args.deny),
+                         ("proxy_from", args.proxy_from)):
+        try:
+            acl_lists[flag] = tuple(str(n) for n in parse_networks(values, f"--{flag.replace('_', '-')} entry"))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     node = args.node or os.environ.get("HOSTNAME") or "localhost"
     secret, secret_warning = server_secret(args.secret_file)
     notes = []
@@ -242,6 +265,10 @@ def config_from_args(argv: Sequence[str]) -> Config:
         keepalive_timeout=args.keepalive_timeout,
         handler_timeout=args.handler_timeout,
         max_headers=args.max_headers,
+        allow=acl_lists["allow"],
+        deny=acl_lists["deny"],
+        proxy_from=acl_lists["proxy_from"],
+        body_buffer_size=args.body_buffer_size,
         dev=args.dev or args.reload,
         reload=args.reload,
         secret=secret,

@@ -25,6 +25,7 @@ from collections import deque
 from typing import Any
 
 
+from eightys.acl import ADMIT, DENY
 from eightys.protocols.flow import PAUSE_BACKLOG, PAUSE_UPGRADE, FlowControl
 from eightys.protocols.host import ConnectionHost
 from eightys.protocols.http_core import (
@@ -61,11 +62,23 @@ class HttpProtocol:
         self.upgrade = None  # the request that asked to upgrade
         self._progress = []  # futures woken when output moves on
         self._run_scheduled = False
+        #: ``screen(conn, request) -> bool`` for a connection from a trusted proxy
+        #: under server-wide ACLs (eightys.acl.Gate.screen): True if it answered 403.
+        self.screen = None
 
     # -- asyncio callbacks --------------------------------------------------------------
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        gate = self.host.gate
+        if gate is not None:  # server-wide ACL: refused before anything else runs
+            verdict = gate.admit(transport)
+            if verdict != ADMIT:
+                if verdict == DENY:
+                    self.closed = True
+                    transport.close()
+                    return
+                self.screen = gate.screen
         self.flow = FlowControl(transport)
         self.host.register(self.fd, self)
 
@@ -92,6 +105,7 @@ class HttpProtocol:
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         core = self.core
+        core.release_bodies()  # body files of requests it still held
         if core.state != SWITCHED:
             self.host.forget(self.fd)
             if core.pending_since:
@@ -118,6 +132,7 @@ class HttpProtocol:
         static = host.static
         inject = host.inject
         dispatch = self.dispatch
+        screen = self.screen
         fd = self.fd
         for i in range(start, len(events)):
             request = events[i]
@@ -131,6 +146,8 @@ class HttpProtocol:
             if core.state == SWITCHING and seq == core.upgrade_seq:
                 self.upgrade = request
                 self.flow.pause(PAUSE_UPGRADE)  # what follows waits for the handler's decision
+            if screen is not None and screen(self, request):
+                continue  # a proxied client the server-wide ACL refuses: 403
             method = request[1]
             if static is not None and (method == b"GET" or method == b"HEAD") \
                     and static(self, request):
