@@ -520,9 +520,8 @@ local function compile_acls(self)
             end
             local ok, id = pcall(acl.compile, opts, 1)
             if not ok then error("httpd.acl[" .. prefix .. "]: " .. tostring(id), 0) end
-            if id ~= nil then
-                list[#list + 1] = { str_gsub(prefix, "/+$", ""), id }
-            end
+            -- a prefix without lists (false) lifts a shorter prefix's ACL
+            list[#list + 1] = { (str_gsub(prefix, "/+$", "")), id or false }
         end
     end
     table.sort(list, function(a, b) return #a[1] > #b[1] end)
@@ -534,7 +533,7 @@ local function acl_of(path)
     for i = 1, #acl_prefixes do
         local prefix = acl_prefixes[i][1]
         if prefix == "" or path == prefix or str_sub(path, 1, #prefix + 1) == prefix .. "/" then
-            return acl_prefixes[i][2]
+            return acl_prefixes[i][2] or nil
         end
     end
     return nil
