@@ -408,7 +408,13 @@ local function http_error_page(status, err, fd)
             err = "waiting on: " .. waiting
         end
     end
-    return error_page(status, err, nil, fd)
+    local mime, body = error_page(status, err, nil, fd)
+    if (status == 404 or status == 403) and fd then
+        -- the router and the ACL guard take a header table: the security headers too
+        -- (the 500 and 504 paths want a content type string)
+        return httpd.headers_for(fd, mime), body
+    end
+    return mime, body
 end
 
 ---------------------------------------------------------------------------
