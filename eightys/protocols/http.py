@@ -36,8 +36,9 @@ from eightys.wire import error_response
 #: Stop dispatching (and reading) once this many requests on one connection await
 #: their responses.
 MAX_IN_FLIGHT = 64
-#: When the worker stops, how long a connection that has sent nothing yet gets for
-#: its first request (clients keep connecting through a rolling restart).
+#: When the worker stops, how long an idle connection (nothing sent yet, or between
+#: two keep-alive requests) gets for its next request (clients keep connecting
+#: through a rolling restart, and sending on their open connections).
 FIRST_REQUEST_WAIT = 0.25
 
 
@@ -329,8 +330,13 @@ class HttpProtocol:
         """The worker is stopping: finish what is in progress (with ``Connection:
         close``), then close."""
         core = self.core
-        if core.seq_in == 0 and not core.has_partial_request:
-            # accepted just before the listener closed: its first request may be on the way
+        if core.seq_in == core.seq_out and not core.has_partial_request:
+            # Idle: accepted just before the listener closed, or a keep-alive client
+            # between two requests. Its next request may be on the way already (a
+            # client under load sends it the moment it has read the last response):
+            # closing now would lose it, so it gets a moment, and is answered with
+            # Connection: close.
+            core.draining = True
             self.host.loop.call_later(FIRST_REQUEST_WAIT, self._drain_now)
             return
         self._drain_now()
