@@ -13,6 +13,7 @@ dual-stack (``-h ::``) listener.
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
@@ -221,3 +222,35 @@ def test_content_server_acl_by_path_prefix(start_server, tmp_path: Path) -> None
     assert get(server, "6", "/admin/open/") == (200, "open to all")
     assert get(server, "6", "/static/app.css") == (200, "body{}")
     assert get(server, "6", "/")[1] == "home"
+
+
+# -- the README's examples ---------------------------------------------------------------
+
+README_MARKER = "-- ACLs: only the office and this machine reach /admin; one office network is shut out"
+
+
+def readme_block(marker: str) -> str:
+    """The ```lua block of README.md that contains ``marker``."""
+    blocks = re.findall(r"^```lua\n(.*?)^```$", (REPO / "README.md").read_text(), re.S | re.M)
+    (block,) = [b for b in blocks if marker in b]
+    return block
+
+
+def test_readme_acl_example(start_server, tmp_path: Path) -> None:
+    entry = tmp_path / "app.lua"
+    entry.write_text(readme_block(README_MARKER))
+    server = start_server(entry, "--proxy-from", "127.0.0.1", host="::", workers=1)
+    assert get(server, "4", "/admin") == (200, "hello admin at 127.0.0.1")
+    assert get(server, "6", "/admin") == (200, "hello admin at ::1")
+    office = [("X-Forwarded-For", "10.1.2.3")]
+    assert get(server, "4", "/admin", headers=office) == (200, "hello admin at 10.1.2.3")
+    assert get(server, "4", "/admin", headers=[("X-Forwarded-For", "10.1.66.9")])[0] == 403
+    assert get(server, "4", "/admin", headers=[("X-Forwarded-For", "8.8.8.8")])[0] == 403
+    with ws_connect(f"ws://[::1]:{server.port}/admin/feed") as ws:
+        ws.send("ping")
+        assert ws.recv(timeout=5) == "ping"
+    with pytest.raises(InvalidStatus):
+        with ws_connect(f"ws://127.0.0.1:{server.port}/admin/feed",
+                        additional_headers={"X-Forwarded-For": "8.8.8.8"}):
+            pass
+    assert " ERROR " not in server.stderr_text()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import re
 import socket
 import tempfile
 import threading
@@ -123,3 +124,18 @@ def test_the_worker_removes_its_directory_when_it_exits(start_server) -> None:
     assert len(body_dirs(worker)) == 1
     server.stop()
     assert body_dirs(worker) == []
+
+
+README_MARKER = "-- uploads of any size: a large body arrives in a temporary file, read in pieces"
+
+
+def test_readme_body_example(start_server, tmp_path: Path) -> None:
+    """The README's example (README.md, "Request bodies")."""
+    blocks = re.findall(r"^```lua\n(.*?)^```$", (REPO / "README.md").read_text(), re.S | re.M)
+    (block,) = [b for b in blocks if README_MARKER in b]
+    entry = tmp_path / "app.lua"
+    entry.write_text(block)
+    server = start_server(entry, "--body-buffer-size", "1000", workers=1)
+    assert upload(server, "/upload", b"x" * 10) == "10 bytes in memory"
+    assert upload(server, "/upload", os.urandom(5000)) == "5000 bytes from a file"
+    assert " ERROR " not in server.stderr_text()

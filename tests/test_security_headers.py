@@ -4,12 +4,14 @@ and turned off from main.lua. Strict-Transport-Security only on TLS requests."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from eightys.content import ContentHost
 from eightys.wire import CONNECTION_HEADERS, FLAG_KEEP_ALIVE, FLAG_LIMIT, FLAG_TLS
+from conftest import REPO
 from http_helpers import HttpClient
 
 DEFAULTS = {
@@ -87,3 +89,27 @@ def test_static_files_get_hsts_on_tls_requests_only(flags: int) -> None:
     assert b"A: 1\r\n" in lines
     content.static_headers(b"", b"")
     assert content.static_lines[flags | FLAG_KEEP_ALIVE] == CONNECTION_HEADERS[flags | FLAG_KEEP_ALIVE]
+
+
+README_MARKER = "-- main.lua: the content server's ACLs by path prefix, and its security headers"
+
+
+def test_readme_security_and_acl_example(start_server, tmp_path: Path) -> None:
+    """The README's main.lua (README.md, "Security headers and ACLs")."""
+    blocks = re.findall(r"^```lua\n(.*?)^```$", (REPO / "README.md").read_text(), re.S | re.M)
+    (block,) = [b for b in blocks if README_MARKER in b]
+    base = site(tmp_path, block)
+    (base / "public_html" / "admin").mkdir()
+    (base / "public_html" / "admin" / "index.dyn.html").write_text("admin")
+    server = start_server("server/http.lua", "--proxy-from", "127.0.0.1", workers=1,
+                          env={"PUBLIC_HTML": str(base)})
+    with HttpClient.connect(server) as c:
+        page = c.request("GET", "/admin/")
+        assert (page.status, page.text) == (200, "admin")
+        assert page.header("X-Frame-Options") == "DENY"
+        assert page.header("Content-Security-Policy") == "frame-ancestors 'none'"
+        assert page.header("X-Content-Type-Options") == "nosniff"
+        assert page.header("Strict-Transport-Security") is None  # plain HTTP
+        assert c.request("GET", "/admin/", [("X-Forwarded-For", "8.8.8.8")]).status == 403
+        assert c.request("GET", "/", [("X-Forwarded-For", "8.8.8.8")]).text == "home"
+    assert " ERROR " not in server.stderr_text()
