@@ -235,11 +235,11 @@ def config_from_args(argv: Sequence[str]) -> Config:
         if not available("asyncmy"):
             raise UsageError("--mysql-driver asyncmy: asyncmy is not installed "
                              "(pip install 'eightys[fast]')")
-    acl_lists = {}
-    for flag, values in (("allow", args.allow), ("deny", args.deny),
-                         ("proxy_from", args.proxy_from)):
+    acl_lists = {}  # validated here: a bad network is a usage error, not a worker crash
+    for name, flag, values in (("allow", "--allow", args.allow), ("deny", "--deny", args.deny),
+                               ("proxy_from", "--proxy-from", args.proxy_from)):
         try:
-            acl_lists[flag] = tuple(str(n) for n in parse_networks(values, f"--{flag.replace('_', '-')} entry"))
+            acl_lists[name] = tuple(str(n) for n in parse_networks(values, f"{flag} entry"))
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     node = args.node or os.environ.get("HOSTNAME") or "localhost"

@@ -49,3 +49,4 @@ cdef class HttpConnection:
     cdef void _refuse(self, int status, str reason)
     cdef void _stream_request(self, bytes data)
     cdef void _release_body(self, Py_ssize_t seq)
+    cpdef void release_bodies(self)
