@@ -228,7 +228,10 @@ class Gate:
         client = self.proxies.client(peer, forwarded_for(request[5]))
         if self.acl.permits(client):
             return False
-        conn.send(request[0], error_response(403, close=not request[4] & FLAG_KEEP_ALIVE), True)
+        response = error_response(403, close=not request[4] & FLAG_KEEP_ALIVE)
+        if request[1] == b"HEAD":  # the same head, no body
+            response = response[:response.index(b"\r\n\r\n") + 4]
+        conn.send(request[0], response, True)
         return True
 
 

@@ -169,6 +169,8 @@ def test_forwarded_for_is_believed_from_trusted_proxies_only(start_server) -> No
     # the server-wide deny applies to the forwarded client: 403, the connection stays
     with client(server, "4") as c:
         assert c.request("GET", "/open", [("X-Forwarded-For", "10.1.2.3")]).status == 403
+        head = c.request("HEAD", "/open", [("X-Forwarded-For", "10.1.2.3")])  # h11 checks framing
+        assert (head.status, head.body) == (403, b"")
         assert c.request("GET", "/open", [("X-Forwarded-For", "9.9.9.9")]).status == 200
     # route ACLs check the forwarded client too (/local4 allows 127.0.0.0/8 only)
     assert get(server, "4", "/local4", headers=xff)[0] == 403
