@@ -15,6 +15,7 @@ import sys
 from typing import NoReturn, Sequence
 
 from eightys import __version__, config_file
+from eightys.acl import parse_networks
 from eightys.config import Address, Config, UsageError
 from eightys.config_file import Merged
 
@@ -102,6 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
                    default=_env_int("HTTP_MAX_HEADERS", 100),
                    help="most header fields in one request; more gets 431 "
                         "(default $HTTP_MAX_HEADERS or 100)")
+    p.add_argument("--allow", action="append", default=[], metavar="CIDR,...",
+                   help="server-wide ACL: only clients in these networks (IPv4/IPv6 CIDRs or "
+                        "addresses) may connect; repeatable. --deny wins over --allow "
+                        "(README, 'Network ACLs')")
+    p.add_argument("--deny", action="append", default=[], metavar="CIDR,...",
+                   help="server-wide ACL: clients in these networks are disconnected right "
+                        "after accept, before any Lua runs; repeatable")
+    p.add_argument("--proxy-from", action="append", default=[], metavar="CIDR,...",
+                   help="trust X-Forwarded-For from these proxies: its rightmost untrusted "
+                        "hop is the client address ACLs check and Lua sees; repeatable")
+    p.add_argument("--body-buffer-size", type=int, metavar="BYTES",
+                   default=_env_int("HTTP_BODY_BUFFER_SIZE", 1024 * 1024),
+                   help="request bodies larger than this are written to a temporary file "
+                        "instead of memory (default $HTTP_BODY_BUFFER_SIZE or 1 MiB)")
     p.add_argument("--dev", action="store_true",
                    help="development mode: error pages show the file, line and source")
     p.add_argument("--reload", action="store_true",
@@ -279,7 +294,8 @@ def build_config(merged: Merged) -> Config:
                        ("header_timeout", "--header-timeout"),
                        ("keepalive_timeout", "--keepalive-timeout"),
                        ("handler_timeout", "--handler-timeout"),
-                       ("max_headers", "--max-headers")):
+                       ("max_headers", "--max-headers"),
+                       ("body_buffer_size", "--body-buffer-size")):
         if getattr(args, dest) < 0:
             raise UsageError(f"{name(dest, flag)} must be >= 0")
     if args.mysql_driver not in ("auto", "aiomysql", "asyncmy"):
@@ -294,6 +310,14 @@ def build_config(merged: Merged) -> Config:
     if args.cli and args.reload:
         raise UsageError(f"{name('reload', '--reload')}: a --cli script runs once; "
                          "there is nothing to reload")
+    acl_lists = {}  # validated here: a bad network is a usage error, not a worker crash
+    for key, flag, values in (("allow", "--allow", args.allow), ("deny", "--deny", args.deny),
+                               ("proxy_from", "--proxy-from", args.proxy_from)):
+        try:
+            acl_lists[key] = tuple(str(n) for n in parse_networks(values,
+                                                                  f"{name(key, flag)} entry"))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     node = args.node or os.environ.get("HOSTNAME") or "localhost"
     tls_cert, tls_key, tls_password = tls_options(args)
     if args.redirect_http is not None:
@@ -330,6 +354,10 @@ def build_config(merged: Merged) -> Config:
         keepalive_timeout=args.keepalive_timeout,
         handler_timeout=args.handler_timeout,
         max_headers=args.max_headers,
+        allow=acl_lists["allow"],
+        deny=acl_lists["deny"],
+        proxy_from=acl_lists["proxy_from"],
+        body_buffer_size=args.body_buffer_size,
         dev=args.dev or args.reload,
         reload=args.reload,
         secret=secret,

@@ -54,6 +54,12 @@ class Config:
     keepalive_timeout: float = 15.0
     handler_timeout: float = 30.0
     max_headers: int = 100
+    #: Server-wide network ACL and trusted proxies (CIDR strings; eightys.acl).
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    proxy_from: tuple[str, ...] = ()
+    #: Request bodies larger than this go to a temporary file (--body-buffer-size).
+    body_buffer_size: int = 1024 * 1024
     dev: bool = False
     #: Watch the code and the site, reload on change, live-reload browsers (--reload).
     reload: bool = False
@@ -91,4 +97,6 @@ class Config:
         data["address"] = Address(**data["address"])
         data["modules"] = tuple(data["modules"])
         data["notes"] = tuple(data.get("notes", ()))
+        for name in ("allow", "deny", "proxy_from"):
+            data[name] = tuple(data.get(name, ()))
         return cls(**data)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote_to_bytes
 
-from eightys.wire import CONNECTION_HEADERS
+from eightys.wire import CONNECTION_HEADERS, FLAG_LIMIT, FLAG_TLS
 
 if TYPE_CHECKING:
     from eightys.config import Config
@@ -64,6 +64,10 @@ class ContentOwner(Protocol):
         """The worker's logger."""
 
     @property
+    def acl(self) -> Any:
+        """The network ACL functions (eightys.acl.AclHost): the client address."""
+
+    @property
     def runtime(self) -> "LuaRuntime":
         """The Lua runtime (value conversion, globals)."""
 
@@ -75,6 +79,12 @@ class ContentHost:
         self.worker = worker
         #: decoded URL path -> StaticFile, consulted by HttpProtocol before Lua
         self.static_routes: dict[bytes, StaticFile] = {}
+        #: files behind an httpd.acl prefix: served only through their Lua route,
+        #: which checks the client first (never on the fast path)
+        self.guarded_static: dict[bytes, StaticFile] = {}
+        #: per request flags: the Connection line plus the security headers
+        #: (httpd.security_headers; Strict-Transport-Security on TLS only)
+        self.static_lines: tuple[bytes, ...] = CONNECTION_HEADERS
         self._jinja: "JinjaPages | None" = None
         self._jinja_root: str | None = None
         self._error_pages: dict[tuple[int, bool], bytes] = {}
@@ -90,6 +100,7 @@ class ContentHost:
         return {
             b"static_mount": self.static_mount, b"static_clear": self.static_clear,
             b"static_serve": self.static_serve, b"form_parse": self.form_parse,
+            b"static_headers": self.static_headers, b"form_parse_file": self.form_parse_file,
             b"jinja_render": self.jinja_render, b"jinja_error_page": self.jinja_error_page,
             b"mtime": mtime, b"realpath": realpath, b"is_within": is_within,
             b"mime_type": mime_type, b"site_root": self.site_root,
@@ -128,9 +139,10 @@ class ContentHost:
         real = realpath(path)
         return real is not None and is_within(real, root)
 
-    def is_local(self, fd: int) -> bool:
+    def is_local(self, fd: int, forwarded: bytes | None = None) -> bool:
         """Whether connection ``fd`` comes from this machine (a loopback address or
-        a Unix socket): --dev error details are shown to those clients only."""
+        a Unix socket): --dev error details are shown to those clients only. Behind
+        a trusted proxy (--proxy-from) the forwarded client is asked about."""
         conn = self.worker.host.connections.get(fd)
         transport = getattr(conn, "transport", None)
         if transport is None:
@@ -138,8 +150,12 @@ class ContentHost:
         peer = transport.get_extra_info("peername")
         if not isinstance(peer, tuple):
             return True  # a Unix socket: only this machine can connect
+        host = peer[0]
+        if forwarded and self.worker.acl is not None:
+            client = self.worker.acl.client_address(fd, forwarded)
+            host = client.decode() if client else host
         try:
-            address = ipaddress.ip_address(peer[0].split("%", 1)[0])
+            address = ipaddress.ip_address(host.split("%", 1)[0])
         except ValueError:
             return False
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
@@ -148,8 +164,16 @@ class ContentHost:
 
     # -- static files -------------------------------------------------------------
 
-    def static_mount(self, url_path: bytes, file_path: bytes, cache_control: bytes | None) -> Any:
-        """Serve ``file_path`` at ``url_path``. Returns true, or nil, err."""
+    def static_headers(self, plain: bytes, tls: bytes) -> None:
+        """The security header lines static files carry (``tls``: on TLS requests)."""
+        self.static_lines = tuple(
+            CONNECTION_HEADERS[flags] + (tls if flags & FLAG_TLS else plain)
+            for flags in range(FLAG_LIMIT))
+
+    def static_mount(self, url_path: bytes, file_path: bytes, cache_control: bytes | None,
+                     guarded: Any = False) -> Any:
+        """Serve ``file_path`` at ``url_path`` (``guarded``: through its Lua route
+        only, behind an ACL). Returns true, or nil, err."""
         from eightys.static import StaticFile
 
         path = os.fsdecode(file_path)  # names are bytes, not always UTF-8
@@ -165,22 +189,25 @@ class ContentHost:
                                      cache_control=cache_control.decode() if cache_control else None)
         except OSError as exc:
             return None, str(exc).encode()
-        self.static_routes[url_path] = static
+        (self.guarded_static if guarded else self.static_routes)[url_path] = static
         self._jinja_root = None  # the site may have changed
         return True
 
-    def fresh(self, url_path: bytes, static: "StaticFile") -> "StaticFile | None":
+    def fresh(self, url_path: bytes, static: "StaticFile",
+              routes: "dict[bytes, StaticFile] | None" = None) -> "StaticFile | None":
         """``static``, or a reloaded copy if its file changed on disk, or None if
         it left the site root (a symlink out of it now; the route is dropped). Looked at
         most once per second per file (the worker's coarse clock), so serving
         from memory stays cheap and an edited file is served within a second."""
+        if routes is None:
+            routes = self.static_routes
         now = self.worker.host.now
         if self._checked.get(url_path) == now:
             return static
         self._checked[url_path] = now
         if not self.inside_root(os.fsencode(static.path)):
             # replaced by a link out of the site (or gone): no longer served
-            self.static_routes.pop(url_path, None)
+            routes.pop(url_path, None)
             return None
         if not static.is_stale():
             return static
@@ -191,12 +218,13 @@ class ContentHost:
             static = StaticFile.load(static.path, cache_control=cache_control)
         except (OSError, ValueError):
             return static  # gone or unreadable: keep the last good copy until a rescan
-        self.static_routes[url_path] = static
+        routes[url_path] = static
         return static
 
     def static_clear(self) -> None:
         """Forget every mounted file (before a rescan)."""
         self.static_routes.clear()  # in place: HttpProtocol holds a reference
+        self.guarded_static.clear()
         self._error_pages = {}  # a rescan may bring new error pages
         self._checked.clear()
 
@@ -205,16 +233,19 @@ class ContentHost:
         """Answer request ``seq`` on connection ``fd`` with a mounted file (the Lua
         route of a static file; the HTTP protocol usually serves them itself)."""
         conn = self.worker.host.connections.get(fd)
-        static = self.static_routes.get(url_path)
+        routes = self.static_routes
+        static = routes.get(url_path)
+        if static is None:
+            routes = self.guarded_static
+            static = routes.get(url_path)
         if static is not None:
-            static = self.fresh(url_path, static)
+            static = self.fresh(url_path, static, routes)
         if conn is None or static is None:
             return False
         flat: list[bytes] = []
         for name, value in self.worker.runtime.to_python(headers).items():
             flat += (name, value)
-        self.send_static(conn, seq, static, method, flat,
-                         CONNECTION_HEADERS[flags])
+        self.send_static(conn, seq, static, method, flat, self.static_lines[int(flags) % FLAG_LIMIT])
         return True
 
     def static_hook(self, conn: Any, request: tuple) -> bool:
@@ -235,7 +266,7 @@ class ContentHost:
             return False
         headers = request[5].split(b"\0") if request[5] else []
         self.send_static(conn, request[0], static, request[1], headers,
-                         CONNECTION_HEADERS[request[4]])
+                         self.static_lines[request[4]])
         return True
 
     def send_static(self, conn: Any, seq: int, static: "StaticFile", method: bytes,
@@ -265,6 +296,16 @@ class ContentHost:
         fields = dict(data[b"fields"])
         fields.update(data[b"files"])
         return self.worker.runtime.to_lua(fields)
+
+    def form_parse_file(self, content_type: bytes, path: bytes) -> Any:
+        """:meth:`form_parse` for a body written to a temporary file (larger than
+        --body-buffer-size): read for the parse, released after."""
+        try:
+            with open(path, "rb") as f:
+                body = f.read()
+        except OSError as exc:
+            return None, 500, str(exc).encode()
+        return self.form_parse(content_type, body)
 
     # -- Jinja2 -------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from typing import Any
 from eightys import channel
 from eightys.config import Address, Config, UsageError
 from eightys.log import setup_logging, user_traceback
+from eightys.protocols import spool
 
 log = logging.getLogger("master")
 
@@ -281,6 +282,7 @@ class Master:
                 chan.transport.close()
         if slot.process is process:
             slot.process = None
+        spool.remove_dirs_of(process.pid)  # request bodies it left, if it died
         if slot.retired or slot not in self.slots:
             # replaced in a rolling restart, or a successor that never took over
             if slot in self.retired:

@@ -19,8 +19,10 @@ from typing import Any
 FLAG_KEEP_ALIVE = 1  # the connection stays open after this response
 FLAG_HTTP10 = 2  # the request was HTTP/1.0 (keep-alive must be announced)
 FLAG_TLS = 4  # the connection is encrypted (https / wss)
+#: the body was larger than --body-buffer-size: what Lua gets is its file's path
+FLAG_BODY_FILE = 8
 #: Every flag combination that can occur, for tables indexed by flags.
-FLAG_LIMIT = 8
+FLAG_LIMIT = 16
 
 SERVER_NAME = b"eightys"
 SERVER_LINE = b"Server: " + SERVER_NAME + b"\r\n"
@@ -103,6 +105,7 @@ def lua_table() -> dict[bytes, Any]:
         b"flag_keep_alive": FLAG_KEEP_ALIVE,
         b"flag_http10": FLAG_HTTP10,
         b"flag_tls": FLAG_TLS,
+        b"flag_body_file": FLAG_BODY_FILE,
         b"flag_limit": FLAG_LIMIT,
         b"server_line": SERVER_LINE,
     }

@@ -25,6 +25,7 @@ import traceback
 from typing import Any, Callable
 
 from eightys import __version__, channel, tls, wire
+from eightys.acl import AclHost, ProxyTrust, build_gate
 from eightys.compat80s import EightiesHost
 from eightys.config import Config
 from eightys.content import ContentHost
@@ -37,6 +38,7 @@ from eightys.mysql import MySQLHost
 from eightys.protocols.host import ConnectionHost
 from eightys.protocols.http import HttpProtocol
 from eightys.protocols.http_core import HttpLimits
+from eightys.protocols import spool
 from eightys.protocols.raw import RawProtocol
 from eightys.protocols.redirect import RedirectProtocol
 from eightys.redis_host import RedisHost
@@ -110,7 +112,11 @@ class Worker:
         self.protocol_factory: Callable[[], asyncio.Protocol] = self._raw_factory
         self.http_limits = HttpLimits(config.max_header_size, config.max_body_size,
                                       config.header_timeout, config.keepalive_timeout,
-                                      config.handler_timeout, config.max_headers)
+                                      config.handler_timeout, config.max_headers,
+                                      config.body_buffer_size)
+        self.proxies = ProxyTrust(config.proxy_from)
+        self.gate = build_gate(config.allow, config.deny, self.proxies)
+        self.acl: AclHost = None  # type: ignore[assignment]  # needs the connections: run()
         self._last_reload_error = ""
         #: Browser live reload (--reload only).
         self.live: LiveReload | None = LiveReload() if config.reload else None
@@ -139,22 +145,27 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.begin_shutdown)
         self.loop.add_signal_handler(signal.SIGHUP, self.reload)
-        if self.tls is not None:
-            self.server = await self.loop.create_server(
-                lambda: self.protocol_factory(), sock=self.listen_sock, backlog=BACKLOG,
-                ssl=self.tls.context, ssl_handshake_timeout=tls.HANDSHAKE_TIMEOUT,
-                ssl_shutdown_timeout=tls.SHUTDOWN_TIMEOUT)
-        else:
-            self.server = await self.loop.create_server(
-                lambda: self.protocol_factory(), sock=self.listen_sock, backlog=BACKLOG)
-        if self.redirect_sock is not None:
-            host, https_port = self.host, self.listen_port()
-            self.redirect_server = await self.loop.create_server(
-                lambda: RedirectProtocol(host, host.new_fd(), https_port),
-                sock=self.redirect_sock, backlog=BACKLOG)
-        self.channel.send(channel.Kind.READY)
-        await self.stopping.wait()
-        await self._drain()
+        self.http_limits.spool_dir = spool.make_dir()
+        self.http_limits.spill_at = self.config.body_buffer_size
+        try:
+            if self.tls is not None:
+                self.server = await self.loop.create_server(
+                    lambda: self.protocol_factory(), sock=self.listen_sock, backlog=BACKLOG,
+                    ssl=self.tls.context, ssl_handshake_timeout=tls.HANDSHAKE_TIMEOUT,
+                    ssl_shutdown_timeout=tls.SHUTDOWN_TIMEOUT)
+            else:
+                self.server = await self.loop.create_server(
+                    lambda: self.protocol_factory(), sock=self.listen_sock, backlog=BACKLOG)
+            if self.redirect_sock is not None:
+                host, https_port = self.host, self.listen_port()
+                self.redirect_server = await self.loop.create_server(
+                    lambda: RedirectProtocol(host, host.new_fd(), https_port),
+                    sock=self.redirect_sock, backlog=BACKLOG)
+            self.channel.send(channel.Kind.READY)
+            await self.stopping.wait()
+            await self._drain()
+        finally:
+            spool.remove_dir(self.http_limits.spool_dir)
         for module in self.modules:
             module.unload(reload=False)
         return 0
@@ -165,7 +176,9 @@ class Worker:
         self.loop = asyncio.get_running_loop()
         self.stopping = asyncio.Event()
         self.host = ConnectionHost(self.loop, self.http_limits, self.log)
+        self.host.gate = self.gate
         self.connections = self.host.connections
+        self.acl = AclHost(self.connections, self.gate, self.proxies)
         self.timers = Timers(self.loop, lambda callback: self.runtime.dispatch_call(callback))
         self._sweep()
 
@@ -177,7 +190,7 @@ class Worker:
         self.redis = RedisHost(self, config.redis)
         private = {**self.content.functions(), **self.mysql.functions(),
                    **self.compat.functions(), **self.redis.functions(),
-                   **self.ws.functions(),
+                   **self.ws.functions(), **self.acl.functions(),
                    b"live_subscribe": self.live_subscribe,
                    b"connect_tls": self.connect_tls,
                    b"handler_timeout": config.handler_timeout}

@@ -58,6 +58,7 @@ package.preload["aio.lib.nodes"] = function() return require("eightys.nodes") en
 
 local http = require("eightys.http")
 http.attach(host)
+require("eightys.acl") -- route ACLs, fd:client_ip()
 
 -- the rest of 80s's surface; then apps see Lua functions in net/codec/crypto
 require("eightys.compat80s").wrap_globals()

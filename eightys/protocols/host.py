@@ -52,6 +52,9 @@ class ConnectionHost:
         self.raw_close: Callable[[int, Any], Any] = _not_ready
         self.static: StaticHook | None = None
         self.inject: InjectHook | None = None
+        #: The server-wide network ACL (eightys.acl.Gate), None when there is none:
+        #: ``gate.admit(transport)`` in connection_made, before any Lua runs.
+        self.gate: Any = None
 
     def new_fd(self) -> int:
         """A fresh connection handle (never reused, unlike OS file descriptors)."""

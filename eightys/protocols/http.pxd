@@ -17,6 +17,7 @@ cdef class HttpProtocol:
     cdef public object upgrade
     cdef list _progress
     cdef bint _run_scheduled
+    cdef object screen
 
     cdef void _dispatch_events(self, list events, Py_ssize_t start)
     cdef void _schedule_parked(self)

@@ -25,6 +25,7 @@ from collections import deque
 from typing import Any
 
 
+from eightys.acl import ADMIT, DENY
 from eightys.protocols.flow import PAUSE_BACKLOG, PAUSE_UPGRADE, FlowControl
 from eightys.protocols.host import ConnectionHost
 from eightys.protocols.http_core import (
@@ -35,8 +36,9 @@ from eightys.wire import error_response
 #: Stop dispatching (and reading) once this many requests on one connection await
 #: their responses.
 MAX_IN_FLIGHT = 64
-#: When the worker stops, how long a connection that has sent nothing yet gets for
-#: its first request (clients keep connecting through a rolling restart).
+#: When the worker stops, how long an idle connection (nothing sent yet, or between
+#: two keep-alive requests) gets for its next request (clients keep connecting
+#: through a rolling restart, and sending on their open connections).
 FIRST_REQUEST_WAIT = 0.25
 
 
@@ -62,11 +64,23 @@ class HttpProtocol:
         self.upgrade = None  # the request that asked to upgrade
         self._progress = []  # futures woken when output moves on
         self._run_scheduled = False
+        #: ``screen(conn, request) -> bool`` for a connection from a trusted proxy
+        #: under server-wide ACLs (eightys.acl.Gate.screen): True if it answered 403.
+        self.screen = None
 
     # -- asyncio callbacks --------------------------------------------------------------
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        gate = self.host.gate
+        if gate is not None:  # server-wide ACL: refused before anything else runs
+            verdict = gate.admit(transport)
+            if verdict != ADMIT:
+                if verdict == DENY:
+                    self.closed = True
+                    transport.close()
+                    return
+                self.screen = gate.screen
         self.flow = FlowControl(transport)
         self.host.register(self.fd, self)
 
@@ -93,6 +107,7 @@ class HttpProtocol:
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         core = self.core
+        core.release_bodies()  # body files of requests it still held
         if core.state != SWITCHED:
             self.host.forget(self.fd)
             if core.pending_since:
@@ -119,6 +134,7 @@ class HttpProtocol:
         static = host.static
         inject = host.inject
         dispatch = self.dispatch
+        screen = self.screen
         fd = self.fd
         for i in range(start, len(events)):
             request = events[i]
@@ -132,6 +148,8 @@ class HttpProtocol:
             if core.state == SWITCHING and seq == core.upgrade_seq:
                 self.upgrade = request
                 self.flow.pause(PAUSE_UPGRADE)  # what follows waits for the handler's decision
+            if screen is not None and screen(self, request):
+                continue  # a proxied client the server-wide ACL refuses: 403
             method = request[1]
             if static is not None and (method == b"GET" or method == b"HEAD") \
                     and static(self, request):
@@ -313,8 +331,13 @@ class HttpProtocol:
         """The worker is stopping: finish what is in progress (with ``Connection:
         close``), then close."""
         core = self.core
-        if core.seq_in == 0 and not core.has_partial_request:
-            # accepted just before the listener closed: its first request may be on the way
+        if core.seq_in == core.seq_out and not core.has_partial_request:
+            # Idle: accepted just before the listener closed, or a keep-alive client
+            # between two requests. Its next request may be on the way already (a
+            # client under load sends it the moment it has read the last response):
+            # closing now would lose it, so it gets a moment, and is answered with
+            # Connection: close.
+            core.draining = True
             self.host.loop.call_later(FIRST_REQUEST_WAIT, self._drain_now)
             return
         self._drain_now()

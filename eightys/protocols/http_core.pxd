@@ -34,6 +34,9 @@ cdef class HttpConnection:
     cdef public Py_ssize_t timed_out_seq
     cdef list events
     cdef public list out
+    cdef Py_ssize_t spill_at
+    cdef object spool
+    cdef public object spools
 
     cpdef list receive_data(self, bytes data)
     cpdef bint send(self, Py_ssize_t seq, bytes data, bint final, bint close=*)
@@ -46,3 +49,5 @@ cdef class HttpConnection:
     cpdef int check_timeout(self, double now)
     cdef void _refuse(self, int status, str reason)
     cdef void _stream_request(self, bytes data)
+    cdef void _release_body(self, Py_ssize_t seq)
+    cpdef void release_bodies(self)

@@ -44,12 +44,14 @@ the adapter stops reading while too many requests wait for their responses.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Protocol
 
 import httptools
 
 
-from eightys.wire import FLAG_HTTP10, FLAG_KEEP_ALIVE, error_response
+from eightys.protocols.spool import SpoolFile
+from eightys.wire import FLAG_BODY_FILE, FLAG_HTTP10, FLAG_KEEP_ALIVE, error_response
 
 # -- states -------------------------------------------------------------------------
 IDLE = 0
@@ -97,11 +99,13 @@ class HttpLimits:
     """Per-server HTTP limits (from the CLI/environment)."""
 
     __slots__ = ("max_header", "max_headers", "max_body", "header_timeout",
-                 "keepalive_timeout", "handler_timeout", "stream_routes")
+                 "keepalive_timeout", "handler_timeout", "stream_routes", "spool_dir",
+                 "spill_at")
 
     def __init__(self, max_header: int = 32 * 1024, max_body: int = 16 * 1024 * 1024,
                  header_timeout: float = 10.0, keepalive_timeout: float = 15.0,
-                 handler_timeout: float = 30.0, max_headers: int = 100) -> None:
+                 handler_timeout: float = 30.0, max_headers: int = 100,
+                 body_buffer_size: int = 1024 * 1024, spool_dir: str | None = None) -> None:
         self.max_header = max_header
         self.max_headers = max_headers
         self.max_body = max_body
@@ -111,6 +115,10 @@ class HttpLimits:
         #: path -> methods of the stream routes (80s's aio:stream_http_*): such a
         #: request is a pending upgrade once its head is in (eightys.compat80s).
         self.stream_routes: dict[bytes, set[bytes]] = {}
+        #: Where bodies larger than ``spill_at`` bytes are written (eightys.protocols.spool);
+        #: None keeps every body in memory.
+        self.spool_dir = spool_dir
+        self.spill_at = body_buffer_size if spool_dir is not None else 1 << 62
 
 
 class RemoteError:
@@ -208,6 +216,10 @@ class HttpConnection:
         self.timed_out_seq = -1
         self.events = []
         self.out = []
+        # bodies off the heap (eightys.protocols.spool)
+        self.spill_at = 0  # set per body from limits.spill_at
+        self.spool = None  # the SpoolFile of the body being received
+        self.spools = None  # seq -> SpoolFile of requests not answered yet
 
     # -- input ------------------------------------------------------------------------
 
@@ -347,6 +359,7 @@ class HttpConnection:
                 raise _Reject(501, "upgrade request with a body")
             self.state = BODY
             self.since = self.clock.now
+            self.spill_at = self.limits.spill_at
             # only when nothing is pending, or the 100 would jump the queue; never to
             # HTTP/1.0 clients (RFC 9110 10.1.1: they must be ignored)
             if self.expect_continue and self.seq_in == self.seq_out \
@@ -357,8 +370,25 @@ class HttpConnection:
         self.body_size += len(body)
         if self.body_size > self.limits.max_body:
             raise _Reject(413, "request body too large")
-        self.body.append(body)
+        if self.body_size > self.spill_at:
+            self._spill(body)
+        else:
+            self.body.append(body)
         self.since = self.clock.now
+
+    def _spill(self, body: bytes) -> None:
+        # Past --body-buffer-size: what was kept and the rest go to a file.
+        try:
+            spool = self.spool
+            if spool is None:
+                spool = SpoolFile(self.limits.spool_dir)
+                self.spool = spool
+                for piece in self.body:
+                    spool.write(piece)
+                self.body = []
+            spool.write(body)
+        except OSError:
+            raise _Reject(500, "cannot store the request body") from None
 
     def on_message_complete(self) -> None:
         seq = self.seq_in
@@ -379,6 +409,16 @@ class HttpConnection:
             body_bytes = body[0] if len(body) == 1 else b"".join(body)
             self.body = []
             self.body_size = 0
+        elif self.spool is not None:  # the body is in a file: Lua gets its path
+            spool = self.spool
+            self.spool = None
+            self.body_size = 0
+            spool.finish()
+            if self.spools is None:
+                self.spools = {}
+            self.spools[seq] = spool
+            body_bytes = os.fsencode(spool.path)
+            flags |= FLAG_BODY_FILE
         else:
             body_bytes = None
         self.events.append((seq, parser.get_method(), self.url, body_bytes, flags,
@@ -455,6 +495,8 @@ class HttpConnection:
             seq = self.seq_out
             self.seq_out = seq + 1
             self.head_started = False
+            if self.spools is not None:
+                self._release_body(seq)
             if seq == self.last:
                 held.clear()
                 self.state = SWITCHED if self.after_last == SWITCH else CLOSED
@@ -505,6 +547,26 @@ class HttpConnection:
         self.state = CLOSED
         self.held.clear()
         self.out = []
+
+    def _release_body(self, seq: int) -> None:
+        # response `seq` is out: its body file goes
+        spool = self.spools.pop(seq, None)
+        if spool is not None:
+            spool.discard()
+        if not self.spools:
+            self.spools = None
+
+    def release_bodies(self) -> None:
+        """The connection ended: remove every body file it still holds."""
+        spool = self.spool
+        self.spool = None
+        if spool is not None:
+            spool.discard()
+        spools = self.spools
+        self.spools = None
+        if spools:
+            for spool in spools.values():
+                spool.discard()
 
     # -- timeouts and shutdown ----------------------------------------------------------
 
@@ -573,6 +635,9 @@ class HttpConnection:
         it) and close."""
         seq = self.seq_in
         self.seq_in = seq + 1
+        if self.spool is not None:  # a body cut off (413, 408...): its file goes now
+            self.spool.discard()
+            self.spool = None
         self.events.append(RemoteError(status, reason))
         self.state = WAITING
         self.head_size = self.body_size = self.unparsed_head = 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from eightys.acl import DENY
 from eightys.protocols.flow import FlowControl
 from eightys.protocols.host import ConnectionHost
 
@@ -39,8 +40,13 @@ class RawProtocol:
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        self.flow = FlowControl(transport)
         host = self.host
+        if not self.outbound and host.gate is not None \
+                and host.gate.admit(transport, http=False) == DENY:
+            self.closing = True
+            transport.close()  # server-wide ACL: on_accept never runs
+            return
+        self.flow = FlowControl(transport)
         host.register(self.fd, self)
         if self.outbound:
             if self._pending:
@@ -76,6 +82,8 @@ class RawProtocol:
             self.host.raw_write(self.fd)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.flow is None:
+            return  # refused by the server-wide ACL: Lua never knew of it
         self.host.forget(self.fd)
         if self.flow is not None:
             self.flow.wake(False)

@@ -92,7 +92,22 @@ function aiosocket:on_write(elfd, fd) end
 ---@field flags integer connection flags (1 keep-alive, 2 HTTP/1.0, 4 TLS)
 ---@field headers table<string, string> lower-case names
 ---@field params table<string, string> path parameters (/users/:id)
+---@field flags integer connection flag bits (eightys/wire.py)
+---@field body string|nil the body in memory ("" if none); nil when it is in a file (larger than --body-buffer-size)
+---@field body_file string|nil path of the temporary file holding a body larger than --body-buffer-size (removed once the response is sent)
 local httprequest = {}
+
+---The request body in pieces of at most 64 KiB (fn may aio:await), whether it is
+---in memory or in a file; without fn, the whole body as one string.
+---@param fn? fun(piece: string)
+---@return string|boolean|nil result true (with fn), the body (without), or nil on error
+---@return string|nil err
+function httprequest:read_body(fn) end
+
+---The client's address the ACLs check: the peer, or behind --proxy-from the
+---rightmost X-Forwarded-For hop that is not a trusted proxy; nil for a Unix socket.
+---@return string|nil
+function httprequest:client_ip() end
 
 ---Send a complete response.
 ---@param status integer|string 200, or 80s style "200 OK"
@@ -131,7 +146,10 @@ function httpstream:finish() end
 ---@return aiopromise
 function httpstream:drain() end
 
----@alias aiohttphandler fun(fd: httprequest, query: string, headers: table<string, string>, body: string)
+---@alias aiohttphandler fun(fd: httprequest, query: string, headers: table<string, string>, body: string|nil)
+---Route options: a network ACL (CIDR strings, IPv4/IPv6). Deny wins; with allow,
+---only those pass (an empty list: nobody). A refused client gets 403.
+---@alias aiorouteoptions {allow?: string|string[], deny?: string|string[]}
 ---@alias aiostreamhandler fun(sock: aiosocket, query: string, headers: table<string, string>, body: string): thread|nil
 
 ---@class aio
@@ -332,32 +350,38 @@ function aio:quit(code) end
 ---@param method string
 ---@param path string
 ---@param handler aiohttphandler
-function aio:http_any(method, path, handler) end
+---@param options? aiorouteoptions
+function aio:http_any(method, path, handler, options) end
 
 ---GET handler (also answers HEAD).
 ---@param path string
 ---@param handler aiohttphandler
-function aio:http_get(path, handler) end
+---@param options? aiorouteoptions
+function aio:http_get(path, handler, options) end
 
 ---POST handler.
 ---@param path string
 ---@param handler aiohttphandler
-function aio:http_post(path, handler) end
+---@param options? aiorouteoptions
+function aio:http_post(path, handler, options) end
 
 ---PUT handler.
 ---@param path string
 ---@param handler aiohttphandler
-function aio:http_put(path, handler) end
+---@param options? aiorouteoptions
+function aio:http_put(path, handler, options) end
 
 ---DELETE handler.
 ---@param path string
 ---@param handler aiohttphandler
-function aio:http_delete(path, handler) end
+---@param options? aiorouteoptions
+function aio:http_delete(path, handler, options) end
 
 ---PATCH handler.
 ---@param path string
 ---@param handler aiohttphandler
-function aio:http_patch(path, handler) end
+---@param options? aiorouteoptions
+function aio:http_patch(path, handler, options) end
 
 ---Drop every route.
 function aio:http_clear() end

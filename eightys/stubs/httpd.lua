@@ -6,6 +6,9 @@
 ---@field root string the site root being served
 ---@field master_key string|nil
 ---@field session_store {get: fun(self, id: string): table|nil, set: fun(self, id: string, data: table), delete: fun(self, id: string)}
+---@field acl table<string, {allow?: string|string[], deny?: string|string[]}>|nil route ACLs by path prefix ("/admin" covers /admin/...); the longest prefix decides
+---@field security_headers table<string, string|false>|false|nil merged over SECURITY_DEFAULTS (false drops one); false: none. Strict-Transport-Security goes out on TLS requests only
+---@field SECURITY_DEFAULTS table<string, string> X-Content-Type-Options, Referrer-Policy, X-Frame-Options, Content-Security-Policy (frame-ancestors)
 httpd = {}
 
 ---Serve the site: opts.root, opts.master_key (16+ bytes, "b64:..."), opts.no_static, opts.dev.
@@ -52,7 +55,7 @@ function httpd:expose(name, value) end
 ---@field session table persists across requests of one client
 ---@field locals table shared by the blocks of one page
 ---@field headers table<string, string>
----@field body string
+---@field body string|nil nil when the body is in a file (fd.body_file)
 ---@field method string
 ---@field endpoint string
 local templatecontext = {}

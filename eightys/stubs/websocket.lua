@@ -62,7 +62,7 @@ function handlers.message(ws, data, binary) end
 ---@param reason string
 function handlers.close(ws, code, reason) end
 
----@alias websocketoptions {protocols?: string[], max_message?: integer, compress?: boolean, idle_timeout?: number, origins?: string[], send_buffer?: integer}
+---@alias websocketoptions {protocols?: string[], max_message?: integer, compress?: boolean, idle_timeout?: number, origins?: string[], send_buffer?: integer, allow?: string|string[], deny?: string|string[]}
 
 ---A WebSocket route ("/rooms/:room" parameters allowed); other requests on the path get 426.
 ---@param path string

@@ -365,3 +365,36 @@ def test_switch_is_only_for_a_pending_upgrade(core: ModuleType) -> None:
     conn.receive_data(get())
     assert not conn.is_upgrade(0)
     assert not conn.switch_protocol(0, b"HTTP/1.1 101 x\r\n\r\n")
+
+
+# -- bodies off the heap (--body-buffer-size) ---------------------------------------------
+
+
+def test_a_body_over_the_buffer_goes_to_a_file_until_its_response(core: ModuleType, tmp_path: Path) -> None:
+    from eightys.wire import FLAG_BODY_FILE
+
+    conn, _ = new(core, body_buffer_size=10, spool_dir=str(tmp_path))
+    head = b"POST /u HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+    assert conn.receive_data(head + b"a" * 40) == []
+    (event,) = conn.receive_data(b"b" * 60 + b"POST /s HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nsmall")[:1]
+    seq, method, _url, body, flags, _headers = event
+    assert flags & FLAG_BODY_FILE
+    path = Path(body.decode())
+    assert path.parent == tmp_path and path.read_bytes() == b"a" * 40 + b"b" * 60
+    conn.send(seq, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", True)
+    assert not path.exists()  # the response is out: the file went with it
+    assert list(tmp_path.iterdir()) == []  # the small body stayed in memory
+
+
+def test_a_cut_off_spilled_body_leaves_no_file(core: ModuleType, tmp_path: Path) -> None:
+    conn, _ = new(core, body_buffer_size=10, spool_dir=str(tmp_path), max_body=50)
+    conn.receive_data(b"POST /u HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      b"14\r\n" + b"c" * 20 + b"\r\n")
+    assert len(list(tmp_path.iterdir())) == 1
+    (error,) = conn.receive_data(b"28\r\n" + b"d" * 40 + b"\r\n")  # past max_body: 413
+    assert error.status == 413
+    assert list(tmp_path.iterdir()) == []
+    conn2, _ = new(core, body_buffer_size=10, spool_dir=str(tmp_path))
+    conn2.receive_data(b"POST /u HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"e" * 50)
+    conn2.release_bodies()  # the connection ended
+    assert list(tmp_path.iterdir()) == []

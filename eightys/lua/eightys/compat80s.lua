@@ -336,8 +336,15 @@ function aio:read_file_sync(path, mode)
 end
 
 --- The client's address: headers["x-real-ip"] if given, else the peer's ip, port.
+--- With --proxy-from, the client the ACLs check instead (fd:client_ip()): the
+--- X-Forwarded-For hop, believed from trusted proxies only; X-Real-IP is ignored.
 function aio:get_ip(sock, headers)
-    local ip, port = net.sockname(type(sock) == "table" and sock.fd or sock)
+    local handle = type(sock) == "table" and sock.fd or sock
+    local ip, port = net.sockname(handle)
+    if host.proxy_trust then
+        local client = host.client_address(handle, headers and headers["x-forwarded-for"])
+        return client or ip, port
+    end
     if headers and headers["x-real-ip"] then ip = headers["x-real-ip"] end
     return ip, port
 end

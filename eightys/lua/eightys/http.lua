@@ -78,6 +78,7 @@ local SERVER -- set by _M.attach
 local CONNECTION = {}
 local SCHEME = {} -- flags -> "https" or "http" (fd.scheme)
 local FLAG_HTTP10 = 2
+local FLAG_BODY_FILE = 8 -- the highest flag bit (wire.py): flags >= it means it is set
 local draining = false -- the worker is stopping: every response closes its connection
 
 -- "Server: ...\r\nDate: ...\r\n", rebuilt once a second
@@ -291,6 +292,51 @@ function Stream:drain()
     return promise
 end
 
+local BODY_CHUNK = 65536
+local io_open = io and io.open
+local pcall = pcall
+
+-- Feed `fn` the pieces of `data` (at most BODY_CHUNK bytes each).
+local function feed(data, fn)
+    for i = 1, #data, BODY_CHUNK do fn(str_sub(data, i, i + BODY_CHUNK - 1)) end
+end
+
+--- The request body, whatever its size. With `fn`, it is called with each piece
+--- in order (at most 64 KiB each; fn may aio:await) and read_body returns true;
+--- without, the whole body is returned as one string (for a body written to a
+--- file, that reads it into memory). A body larger than --body-buffer-size is
+--- in a temporary file (fd.body_file, removed once the response is sent): fd.body
+--- and the handler's `body` argument are then nil. Returns nil, err if the file
+--- cannot be read.
+--- @param fn? fun(chunk: string)
+--- @return string|boolean|nil, string?
+function Request:read_body(fn)
+    local path = self.body_file
+    if path == nil then
+        local body = self.body or ""
+        if fn == nil then return body end
+        feed(body, fn)
+        return true
+    end
+    local file, err = io_open(path, "rb")
+    if not file then return nil, err end
+    if fn == nil then
+        local data = file:read("*a")
+        file:close()
+        return data
+    end
+    local ok, failure = pcall(function()
+        while true do
+            local chunk = file:read(BODY_CHUNK)
+            if chunk == nil then return end
+            fn(chunk)
+        end
+    end)
+    file:close()
+    if not ok then error(failure, 0) end
+    return true
+end
+
 --- Ask for the connection to close after this response.
 function Request:close()
     self.closing = true
@@ -339,9 +385,16 @@ end
 --- Register handler h(fd, query, headers, body) for `method` and `path`.
 --- Paths may hold parameters: "/users/:id" matches "/users/42" with fd.params.id == "42".
 --- Registering the same method and path again replaces the handler (reloads do this).
-function aio:http_any(method, path, handler)
+--- Options (a table): allow/deny network lists (README, "Network ACLs"); a
+--- client they refuse gets 403 and the handler does not run.
+function aio:http_any(method, path, handler, options)
     if type(method) ~= "string" or type(path) ~= "string" or type(handler) ~= "function" then
         error("aio:http_any(method, path, handler) expects two strings and a function", 2)
+    end
+    if options ~= nil then
+        local acl = require("eightys.acl")
+        local id = acl.compile(options, 2)
+        if id ~= nil then handler = acl.guard(handler, id) end
     end
     method = method:upper()
     if str_find(path, "/:[%a_]") then
@@ -366,16 +419,16 @@ function aio:http_any(method, path, handler)
     end
 end
 
---- GET handler (also answers HEAD, without the body).
-function aio:http_get(path, handler) return self:http_any("GET", path, handler) end
+--- GET handler (also answers HEAD, without the body). `options`: see http_any.
+function aio:http_get(path, handler, options) return self:http_any("GET", path, handler, options) end
 --- POST handler.
-function aio:http_post(path, handler) return self:http_any("POST", path, handler) end
+function aio:http_post(path, handler, options) return self:http_any("POST", path, handler, options) end
 --- PUT handler.
-function aio:http_put(path, handler) return self:http_any("PUT", path, handler) end
+function aio:http_put(path, handler, options) return self:http_any("PUT", path, handler, options) end
 --- DELETE handler.
-function aio:http_delete(path, handler) return self:http_any("DELETE", path, handler) end
+function aio:http_delete(path, handler, options) return self:http_any("DELETE", path, handler, options) end
 --- PATCH handler.
-function aio:http_patch(path, handler) return self:http_any("PATCH", path, handler) end
+function aio:http_patch(path, handler, options) return self:http_any("PATCH", path, handler, options) end
 
 --- Remove every registered route (e.g. before re-registering on reload).
 function aio:http_clear()
@@ -626,6 +679,12 @@ function _M.dispatch(fd, seq, method, url, body, flags, raw_headers)
         path, query = str_sub(url, 1, q - 1), str_sub(url, q + 1)
     end
     local headers = parse_headers(raw_headers)
+    local body_file
+    if body == nil then
+        body = ""
+    elseif flags >= FLAG_BODY_FILE then -- over --body-buffer-size: `body` is its file
+        body_file, body = body, nil
+    end
     -- every field the request will get is set here: adding keys later would
     -- grow (rehash) the table, which costs more than the rest of a small request
     local req = setmetatable({ fd = fd, seq = seq, method = method, path = path,
@@ -633,8 +692,9 @@ function _M.dispatch(fd, seq, method, url, body, flags, raw_headers)
                                headers = headers, params = EMPTY,
                                sync = true, out = false, started = false,
                                finished = false, closing = false, handler = false,
-                               co = false, gone = false }, Request)
-    local co = start_request(req, method, path, query, headers, body or "")
+                               co = false, gone = false, body = body }, Request)
+    if body_file then req.body_file = body_file end
+    local co = start_request(req, method, path, query, headers, body)
     req.sync = false
     local out = req.out
     if out then
@@ -727,6 +787,10 @@ function _M.attach(private)
     SERVER = wire.server_line
     _M.set_date(private.date_line())
     FLAG_HTTP10 = wire.flag_http10
+    FLAG_BODY_FILE = wire.flag_body_file
+    if wire.flag_limit ~= 2 * FLAG_BODY_FILE then
+        error("eightys/wire.py: flag_body_file must stay the highest flag bit (http.dispatch)")
+    end
     local keep_alive, tls = wire.flag_keep_alive, wire.flag_tls
     for flags = 0, wire.flag_limit - 1 do
         local keeps = flags % (2 * keep_alive) >= keep_alive

@@ -368,7 +368,8 @@ end
 -- message, source_lines) only in --dev and only for a client on this machine;
 -- anyone else gets the production page (the error is in the log either way).
 local function error_page(status, err, details, fd)
-    local dev = httpd.dev and (fd == nil or host.is_local(fd.fd))
+    local dev = httpd.dev and (fd == nil
+        or host.is_local(fd.fd, fd.headers and fd.headers["x-forwarded-for"]))
     if err ~= nil and dev then
         details = details or templates.error_context(tostring(err), { read = read_source })
             or { message = tostring(err) }
@@ -407,7 +408,141 @@ local function http_error_page(status, err, fd)
             err = "waiting on: " .. waiting
         end
     end
-    return error_page(status, err, nil, fd)
+    local mime, body = error_page(status, err, nil, fd)
+    if (status == 404 or status == 403) and fd then
+        -- the router and the ACL guard take a header table: the security headers too
+        -- (the 500 and 504 paths want a content type string)
+        return httpd.headers_for(fd, mime), body
+    end
+    return mime, body
+end
+
+---------------------------------------------------------------------------
+-- Security headers (httpd.security_headers) and path ACLs (httpd.acl)
+---------------------------------------------------------------------------
+
+--- The headers every content-server response carries unless main.lua says
+--- otherwise: httpd.security_headers = false sends none; a table is merged over
+--- these (a name set to false drops that header). Strict-Transport-Security is
+--- never a default, and when given it goes out on TLS requests only.
+httpd.SECURITY_DEFAULTS = {
+    ["X-Content-Type-Options"] = "nosniff",
+    ["Referrer-Policy"] = "strict-origin-when-cross-origin",
+    ["X-Frame-Options"] = "SAMEORIGIN",
+    ["Content-Security-Policy"] = "frame-ancestors 'self'",
+}
+local HSTS = "strict-transport-security"
+local FLAG_TLS = host.wire.flag_tls
+
+-- [tls][mime] -> header table with Content-Type; nil when there are no security headers
+local security_sets -- { [false] = {name = value}, [true] = {...} }, built by apply_security
+local security_by_mime = { [false] = {}, [true] = {} }
+
+local function is_tls(fd)
+    local flags = fd.flags or 0
+    return flags % (2 * FLAG_TLS) >= FLAG_TLS
+end
+
+local function header_lines(set)
+    local out = {}
+    for name, value in pairs(set) do out[#out + 1] = name .. ": " .. value .. "\r\n" end
+    table.sort(out)
+    return concat(out)
+end
+
+-- Merge httpd.security_headers over the defaults; tell Python (static files).
+local function apply_security(self)
+    local config = self.security_headers
+    security_by_mime = { [false] = {}, [true] = {} }
+    if config == false then
+        security_sets = nil
+        host.static_headers("", "")
+        return
+    end
+    if config ~= nil and type(config) ~= "table" then
+        error("httpd.security_headers must be a table or false", 0)
+    end
+    local merged = {} -- lower-case name -> { name, value }
+    for name, value in pairs(self.SECURITY_DEFAULTS) do merged[str_lower(name)] = { name, value } end
+    for name, value in pairs(config or {}) do
+        if type(name) ~= "string" or (value ~= false and type(value) ~= "string")
+                or str_find(name, "[^%w!#$%%&'*+.^_`|~-]")
+                or (value and str_find(value, "[^\t%C]")) then
+            error("httpd.security_headers: " .. tostring(name) .. " must name a header and map to "
+                .. "a value without control characters (or false to drop it)", 0)
+        end
+        merged[str_lower(name)] = value and { name, value } or nil
+    end
+    local plain, tls = {}, {}
+    for lower, pair in pairs(merged) do
+        tls[pair[1]] = pair[2]
+        if lower ~= HSTS then plain[pair[1]] = pair[2] end
+    end
+    security_sets = next(tls) and { [false] = plain, [true] = tls } or nil
+    host.static_headers(header_lines(plain), header_lines(tls))
+end
+
+-- The header table for a response of type `mime` to `fd` (security headers and
+-- Content-Type), or just `mime` when there are none.
+local function headers_for(fd, mime)
+    if security_sets == nil then return mime end
+    local tls = is_tls(fd)
+    local by_mime = security_by_mime[tls]
+    local set = by_mime[mime]
+    if set == nil then
+        set = { ["Content-Type"] = mime }
+        for name, value in pairs(security_sets[tls]) do set[name] = value end
+        by_mime[mime] = set -- bounded: types come from the site's files
+    end
+    return set
+end
+httpd.headers_for = headers_for
+
+-- Add the security headers a page did not set itself to its header table.
+local function add_security(fd, out_headers)
+    if security_sets == nil then return end
+    for name, value in pairs(security_sets[is_tls(fd)]) do
+        if out_headers[name] == nil and out_headers[str_lower(name)] == nil then
+            out_headers[name] = value
+        end
+    end
+end
+
+--- httpd.acl = { ["/admin"] = { allow = { "10.0.0.0/8" } }, ... }: ACLs by path
+--- prefix ("/admin" covers /admin and /admin/..., "/" the whole site); the
+--- longest prefix that covers a route decides. Applied to every route the scan
+--- makes (pages, static files, redirects); read again on every scan.
+local acl_prefixes = {} -- { {prefix, id}, ... }, longest first
+
+local function compile_acls(self)
+    local list = {}
+    local config = self.acl
+    if config ~= nil then
+        if type(config) ~= "table" then error("httpd.acl must be a table: prefix -> {allow, deny}", 0) end
+        local acl = require("eightys.acl")
+        for prefix, opts in pairs(config) do
+            if type(prefix) ~= "string" or str_sub(prefix, 1, 1) ~= "/" then
+                error("httpd.acl: keys must be path prefixes starting with /, got " .. tostring(prefix), 0)
+            end
+            local ok, id = pcall(acl.compile, opts, 1)
+            if not ok then error("httpd.acl[" .. prefix .. "]: " .. tostring(id), 0) end
+            -- a prefix without lists (false) lifts a shorter prefix's ACL
+            list[#list + 1] = { (str_gsub(prefix, "/+$", "")), id or false }
+        end
+    end
+    table.sort(list, function(a, b) return #a[1] > #b[1] end)
+    acl_prefixes = list
+end
+
+-- The ACL id for a route path, or nil.
+local function acl_of(path)
+    for i = 1, #acl_prefixes do
+        local prefix = acl_prefixes[i][1]
+        if prefix == "" or path == prefix or str_sub(path, 1, #prefix + 1) == prefix .. "/" then
+            return acl_prefixes[i][2] or nil
+        end
+    end
+    return nil
 end
 
 ---------------------------------------------------------------------------
@@ -429,7 +564,12 @@ local function context(fd, entry, qs, headers, body)
     local ctype = headers["content-type"]
     if ctype and body ~= "" and (str_find(ctype, "^application/x%-www%-form%-urlencoded")
             or str_find(ctype, "^multipart/form%-data")) then
-        local parsed, status, reason = host.form_parse(ctype, body)
+        local parsed, status, reason
+        if body == nil then -- larger than --body-buffer-size: in a temporary file
+            parsed, status, reason = host.form_parse_file(ctype, fd.body_file)
+        else
+            parsed, status, reason = host.form_parse(ctype, body)
+        end
         if not parsed then return nil, status, reason end
         form = parsed
     end
@@ -458,8 +598,9 @@ local function finish(fd, ctx, mime, page)
     end
     local out_headers = ctx.response_headers
     if cookie == nil and next(out_headers) == nil then
-        return fd:http_response(status, mime, page) -- no header table: the cheap path
+        return fd:http_response(status, headers_for(fd, mime), page) -- no per-page table
     end
+    add_security(fd, out_headers)
     if cookie then -- beside the page's own Set-Cookie, if any (a table: one line each)
         local own = out_headers["Set-Cookie"]
         if own == nil then
@@ -481,7 +622,7 @@ local function fail_page(fd, status, err, details)
         host.log_error("page " .. fd.method .. " " .. fd.path .. ": " .. tostring(err))
     end
     local mime, body = error_page(status, err, details, fd)
-    fd:http_response(status, mime, body)
+    fd:http_response(status, headers_for(fd, mime), body)
 end
 
 local function run_hook(name, ctx)
@@ -605,8 +746,10 @@ end
 
 local function redirect_handler(target)
     return function(fd, qs)
-        fd:http_response(301, { ["Location"] = qs ~= "" and (target .. "?" .. qs) or target,
-                                ["Content-Type"] = "text/plain; charset=utf-8" }, "")
+        local headers = { ["Location"] = qs ~= "" and (target .. "?" .. qs) or target,
+                          ["Content-Type"] = "text/plain; charset=utf-8" }
+        add_security(fd, headers)
+        fd:http_response(301, headers, "")
     end
 end
 
@@ -684,8 +827,11 @@ end
 function httpd:scan()
     local found, err = walk(self.root, "", false, {}, { [self.real_root] = true })
     if not found then return nil, err end
+    compile_acls(self)
+    apply_security(self)
     host.static_clear()
     local old = self.file_routes
+    local guard = require("eightys.acl").guard
     local now = {}
     local dirs = {}
     for _, entry in ipairs(found) do
@@ -704,8 +850,9 @@ function httpd:scan()
             entry.mime = HTML
             handler = page_handler(entry, render_jinja)
         else
+            -- a file behind an ACL is not on Python's fast path: its Lua route checks first
             local ok, mount_err = host.static_mount(entry.path, entry.file,
-                cache_control_of(self, entry.name))
+                cache_control_of(self, entry.name), acl_of(entry.path) ~= nil)
             if ok then
                 handler = static_handler(entry)
             else
@@ -715,6 +862,8 @@ function httpd:scan()
             end
         end
         if handler then
+            local acl_id = acl_of(entry.path)
+            if acl_id then handler = guard(handler, acl_id) end
             aio:http_any(entry.method, entry.path, handler)
             local dir = str_match(entry.path, "^(.+)/$")
             if dir then dirs[dir] = entry.path end
@@ -724,7 +873,9 @@ function httpd:scan()
         local key = "GET " .. dir
         if not now[key] then
             now[key] = { method = "GET", path = dir, kind = "redirect" }
-            aio:http_any("GET", dir, redirect_handler(target))
+            local handler, acl_id = redirect_handler(target), acl_of(dir)
+            if acl_id then handler = guard(handler, acl_id) end
+            aio:http_any("GET", dir, handler)
         end
     end
     for key in pairs(old) do

@@ -46,7 +46,7 @@ local pending = {} -- id -> { ws = ws, headers = headers }: accepted, open handl
 local DEFAULTS = { max_message = 1048576, compress = false, idle_timeout = 0,
                    send_buffer = 1048576 }
 local KNOWN = { protocols = true, max_message = true, compress = true, idle_timeout = true,
-                origins = true, send_buffer = true }
+                origins = true, send_buffer = true, allow = true, deny = true }
 
 local options_ids = setmetatable({}, { __mode = "k" }) -- options table -> id in Python
 local default_id
@@ -347,8 +347,11 @@ function aio:websocket(path, handlers, options)
         end
         upgrade(fd, route)
     end
+    -- allow/deny: the route's ACL, checked on the upgrade request (403, no upgrade)
+    local acl = options and (options.allow ~= nil or options.deny ~= nil)
+        and { allow = options.allow, deny = options.deny } or nil
     for i = 1, #METHODS do
-        self:http_any(METHODS[i], path, serve)
+        self:http_any(METHODS[i], path, serve, acl)
     end
 end
 
