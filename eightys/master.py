@@ -17,9 +17,11 @@ sockets", has the measurements behind the default.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
 import os
+import secrets
 import signal
 import socket
 import stat
@@ -110,6 +112,8 @@ class Master:
     """Supervises the workers until stopped; ``serve()`` returns the exit code."""
 
     def __init__(self, config: Config, sockets: list[socket.socket]) -> None:
+        if not config.server_id:  # one per run: its workers' messages on Redis carry it
+            config = dataclasses.replace(config, server_id=secrets.token_hex(8))
         self.config = config
         self.sockets = sockets
         self.slots = [WorkerSlot(i, sockets[i % len(sockets)]) for i in range(config.workers)]
