@@ -193,12 +193,12 @@ class WebSockets:
         conn = self._conn(fd)
         return conn is not None and self.pubsub.unsubscribe(conn, name)
 
-    def publish(self, name: Any, data: Any, binary: Any = None) -> Any:
+    def publish(self, name: Any, data: Any, binary: Any = None, server_only: Any = None) -> Any:
         """``aio:publish``: the number of local subscribers it was queued for; with
         ``--redis``, plus the reason when it could not go to the other servers."""
         sent = self.pubsub.publish(name, data, bool(binary))
         bus = self.bus
-        if bus is not None:
+        if bus is not None and not server_only:
             err = bus.publish(b"ws:" + name, BINARY if binary else TEXT, data)
             if err is not None:
                 return sent, err.encode()

@@ -299,3 +299,69 @@ def test_cookie_session_moves_between_servers(start_server: Any, tmp_path: Path)
                                     headers=[("Cookie", cookie)] if cookie else [])
         assert response.body == f"n={visit}".encode(), response
         cookie = (response.header("Set-Cookie") or "").split(";", 1)[0] or cookie
+
+
+def readme_block(marker: str) -> str:
+    """The README's ```lua block (Deployment: several servers) holding ``marker``."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text[text.index("### Deployment: several servers"):]
+    at = section.index(marker)
+    start = section.rindex("```lua\n", 0, at) + len("```lua\n")
+    return section[start:section.index("```\n", at)]
+
+
+def test_readme_rooms_across_servers(start_server: Any, tmp_path: Path,
+                                     private_redis: PrivateRedis) -> None:
+    entry = tmp_path / "rooms.lua"
+    entry.write_text(readme_block("-- every server runs this with --redis (or REDIS_URL)"))
+    env = {"REDIS_URL": private_redis.url}
+    a = start_server(entry, workers=2, env=env)
+    b = start_server(entry, workers=2, env=env)
+    with room_clients([a, b, a, b], "lobby") as clients:
+        until_everyone_hears([clients[1], clients[0]], clients, "the README rooms")
+        clients[1].send("hello")  # from server B
+        for client in clients:
+            assert received(client) == ["hello"]  # exactly once, on both servers
+        # another program publishing in the documented format
+        private_redis.client().publish("eightys:0:ws:lobby", b"0000000000000000tfrom outside")
+        for client in clients:
+            assert received(client) == ["from outside"]
+        private_redis.stop()
+        sent = [f"down{i}" for i in range(10)]
+        for message in sent:  # the first ones may still fail after being queued
+            clients[0].send(message)
+            time.sleep(0.1)
+        got = received(clients[0], 1.0)
+        notes = [m for m in got if m.startswith("(not sent to the other servers: redis: ")]
+        assert notes, got  # the reason, once the connection attempt failed
+        assert [m for m in got if m not in notes] == sent  # the server's own subscribers
+        assert received(clients[2]) == sent
+        assert received(clients[1]) == [] and received(clients[3]) == []
+
+
+def test_readme_custom_relay(start_server: Any, tmp_path: Path,
+                             private_redis: PrivateRedis) -> None:
+    """The README's relay of its own: with scope = "server", a message relayed by
+    worker 0 of each server reaches each subscriber once (not once per server)."""
+    entry = tmp_path / "relay.lua"
+    entry.write_text(readme_block('FEED = FEED or assert(redis:new())'))
+    env = {"REDIS_URL": private_redis.url}
+    a = start_server(entry, workers=2, env=env)
+    b = start_server(entry, workers=2, env=env)
+    admin = private_redis.client()
+    # no WebSocket subscriber yet: the relays' are the only pub/sub connections
+    wait_until(lambda: len(admin.client_list(_type="pubsub")) == 2, 10.0,
+               message="worker 0 of each server to psubscribe")
+    with contextlib.ExitStack() as stack:
+        clients = [stack.enter_context(
+            ws_connect(f"ws://127.0.0.1:{server.port}/feeds/prices", open_timeout=5))
+            for server in (a, b, a, b)]
+        for attempt in range(100):  # until each worker's subscription reached its master
+            admin.publish("feed:prices", f"probe{attempt}")
+            if all(received(client, 0.1) for client in clients):
+                break
+        for client in clients:
+            received(client)
+        admin.publish("feed:prices", "42")
+        for client in clients:
+            assert received(client) == ["42"]
