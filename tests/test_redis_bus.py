@@ -344,7 +344,8 @@ def test_readme_custom_relay(start_server: Any, tmp_path: Path,
     """The README's relay of its own: with scope = "server", a message relayed by
     worker 0 of each server reaches each subscriber once (not once per server)."""
     entry = tmp_path / "relay.lua"
-    entry.write_text(readme_block('FEED = FEED or assert(redis:new())'))
+    entry.write_text(readme_block(
+        'aio:websocket("/feeds/:feed", { open = function(ws) ws:subscribe(ws.params.feed) end })'))
     env = {"REDIS_URL": private_redis.url}
     a = start_server(entry, workers=2, env=env)
     b = start_server(entry, workers=2, env=env)
