@@ -366,3 +366,95 @@ def test_readme_custom_relay(start_server: Any, tmp_path: Path,
         admin.publish("feed:prices", "42")
         for client in clients:
             assert received(client) == ["42"]
+
+
+def readme_nginx_config(upstreams: list[int], port: int, tmp: Path) -> str:
+    """The README's nginx configuration (Deployment: several servers) with the
+    servers and the listening address of this test, in a configuration nginx can
+    run as this user."""
+    import re
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text[text.index("### Deployment: several servers"):]
+    block = re.search(r"```nginx\n(.*?)```", section, re.S).group(1)  # type: ignore[union-attr]
+    block = block.replace("10.0.0.11:8080", f"127.0.0.1:{upstreams[0]}")
+    block = block.replace("10.0.0.12:8080", f"127.0.0.1:{upstreams[1]}")
+    assert "listen 80;" in block
+    block = block.replace("listen 80;", f"listen 127.0.0.1:{port};")
+    temp = "".join(f"{kind}_temp_path {tmp}/{kind};\n"
+                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return (f"daemon off;\nworker_processes 1;\npid {tmp}/nginx.pid;\n"
+            f"error_log {tmp}/error.log;\nevents {{}}\n"
+            f"http {{\naccess_log off;\n{temp}{block}}}\n")
+
+
+SESSION_PAGE = '<?lu session.n = (session.n or 0) + 1 write("n=%d on %s", session.n, NODE) ?>'
+
+
+@pytest.mark.parametrize("store", ["cookie", "redis"])
+def test_readme_nginx_deployment_keeps_sessions(start_server: Any, tmp_path: Path,
+                                                private_redis: PrivateRedis, store: str) -> None:
+    """Two eightys behind the README's nginx configuration: requests alternate
+    between the servers and the session goes along (encrypted cookie, or the Redis
+    store); with one server stopped, nginx moves the client to the other, session
+    and all."""
+    import shutil
+    import subprocess
+
+    from conftest import free_port
+
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
+                                      else None)
+    if nginx is None:
+        pytest.skip("nginx is not installed (scripts/80.sh installs nginx-light)")
+    root = tmp_path / "public_html"
+    root.mkdir()
+    (root / "counter.dyn.html").write_text(SESSION_PAGE)
+    if store == "redis":
+        (tmp_path / "main.lua").write_text(
+            'httpd.session_store = require("eightys.redis_sessions"):new({ ttl = 60 })\n')
+    env = {"PUBLIC_HTML": str(root), "REDIS_URL": private_redis.url,
+           "SECRET_KEY": "the-same-secret-on-both-0123456789"}
+    servers = [start_server("server/http.lua", "-n", name, workers=1, env=env)
+               for name in ("one", "two")]
+    port = free_port()
+    (tmp_path / "nginx.conf").write_text(
+        readme_nginx_config([s.port for s in servers], port, tmp_path))
+    proc = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        def up() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return True
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read()  # type: ignore[union-attr]
+                return False
+
+        wait_until(up, 10.0, message="nginx to listen")
+        cookie: str | None = None
+        seen = []
+
+        def visit() -> str:
+            nonlocal cookie
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            with HttpClient(sock) as http:
+                response = http.request("GET", "/counter",
+                                        headers=[("Cookie", cookie)] if cookie else [])
+            assert response.status == 200, response
+            cookie = (response.header("Set-Cookie") or "").split(";", 1)[0] or cookie
+            return response.body.decode()
+
+        for n in range(1, 7):
+            body = visit()
+            assert body.startswith(f"n={n} on "), body
+            seen.append(body.rsplit(" ", 1)[1])
+        assert set(seen) == {"one", "two"}, seen  # the client moved, and its session too
+        stored = private_redis.client().keys("eightys:session:*")
+        assert len(stored) == (1 if store == "redis" else 0), stored
+        servers[0].stop()
+        for n in range(7, 10):  # the first may be the one nginx finds down
+            assert visit() == f"n={n} on two"
+    finally:
+        proc.terminate()
+        proc.wait(10)
