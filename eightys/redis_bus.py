@@ -155,8 +155,8 @@ class Bus:
         self.prefix = channel_prefix(url)
         self._deliver = deliver
         loop = asyncio.get_event_loop()
-        self.publisher = Publisher(connect(url, 1, connect_timeout, backoff := Backoff(loop)),
-                                   backoff)
+        backoff = Backoff(loop)  # the publishing connection's, apart from the subscriber's
+        self.publisher = Publisher(connect(url, 1, connect_timeout, backoff), backoff)
         self.subscriber = Subscriber(connect(url, 1, connect_timeout, Backoff(loop)),
                                      self._received, connect_timeout)
         self._pending: set[asyncio.Future[Any]] = set()
