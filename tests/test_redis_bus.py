@@ -388,6 +388,40 @@ def readme_nginx_config(upstreams: list[int], port: int, tmp: Path) -> str:
             f"http {{\naccess_log off;\n{temp}{block}}}\n")
 
 
+def nginx_binary() -> str:
+    """nginx's path, or skip."""
+    import shutil
+
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
+                                      else None)
+    if nginx is None:
+        pytest.skip("nginx is not installed (scripts/80.sh installs nginx-light)")
+    return nginx
+
+
+def start_nginx(nginx: str, servers: list[Server], tmp: Path) -> tuple[int, Any]:
+    """nginx with the README's configuration in front of ``servers``: its port and process."""
+    import subprocess
+
+    from conftest import free_port
+
+    port = free_port()
+    (tmp / "nginx.conf").write_text(readme_nginx_config([s.port for s in servers], port, tmp))
+    proc = subprocess.Popen([nginx, "-p", str(tmp), "-c", str(tmp / "nginx.conf")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def up() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return True
+        except OSError:
+            assert proc.poll() is None, proc.stderr.read()  # type: ignore[union-attr]
+            return False
+
+    wait_until(up, 10.0, message="nginx to listen")
+    return port, proc
+
+
 SESSION_PAGE = '<?lu session.n = (session.n or 0) + 1 write("n=%d on %s", session.n, NODE) ?>'
 
 
@@ -403,10 +437,7 @@ def test_readme_nginx_deployment_keeps_sessions(start_server: Any, tmp_path: Pat
 
     from conftest import free_port
 
-    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
-                                      else None)
-    if nginx is None:
-        pytest.skip("nginx is not installed (scripts/80.sh installs nginx-light)")
+    nginx = nginx_binary()
     root = tmp_path / "public_html"
     root.mkdir()
     (root / "counter.dyn.html").write_text(SESSION_PAGE)
@@ -417,21 +448,8 @@ def test_readme_nginx_deployment_keeps_sessions(start_server: Any, tmp_path: Pat
            "SECRET_KEY": "the-same-secret-on-both-0123456789"}
     servers = [start_server("server/http.lua", "-n", name, workers=1, env=env)
                for name in ("one", "two")]
-    port = free_port()
-    (tmp_path / "nginx.conf").write_text(
-        readme_nginx_config([s.port for s in servers], port, tmp_path))
-    proc = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    port, proc = start_nginx(nginx, servers, tmp_path)
     try:
-        def up() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return True
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read()  # type: ignore[union-attr]
-                return False
-
-        wait_until(up, 10.0, message="nginx to listen")
         cookie: str | None = None
         seen = []
 
@@ -455,6 +473,40 @@ def test_readme_nginx_deployment_keeps_sessions(start_server: Any, tmp_path: Pat
         servers[0].stop()
         for n in range(7, 10):  # the first may be the one nginx finds down
             assert visit() == f"n={n} on two"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_readme_nginx_deployment_rooms_span_the_servers(start_server: Any, tmp_path: Path,
+                                                        private_redis: PrivateRedis) -> None:
+    """WebSocket clients through the README's nginx land on both servers (round
+    robin) and hear each other once."""
+    nginx = nginx_binary()
+    entry = tmp_path / "rooms.lua"
+    entry.write_text(ROOMS_APP + """
+aio:websocket("/hall", {  -- says which server the client reached
+    open = function(ws) ws:subscribe("hall"); ws:send(tostring(PORT)) end,
+    message = function(ws, data) aio:publish("hall", data) end,
+})
+""")
+    env = {"REDIS_URL": private_redis.url}
+    servers = [start_server(entry, workers=1, env=env) for _ in range(2)]
+    port, proc = start_nginx(nginx, servers, tmp_path)
+    try:
+        ports = set()
+        with contextlib.ExitStack() as stack:
+            clients = []
+            for _ in range(4):
+                client = stack.enter_context(
+                    ws_connect(f"ws://127.0.0.1:{port}/hall", open_timeout=5))
+                clients.append(client)
+                ports.add(client.recv(timeout=5))
+            assert ports == {str(s.port) for s in servers}  # nginx used both
+            until_everyone_hears(clients[:2], clients, "behind nginx")
+            clients[0].send("through nginx")
+            for client in clients:
+                assert received(client) == ["through nginx"]
     finally:
         proc.terminate()
         proc.wait(10)
