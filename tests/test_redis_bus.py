@@ -32,7 +32,7 @@ aio:websocket("/rooms/:room", {
 aio:http_get("/publish", function(fd, query)
     local q = aio:parse_query(query)
     local started = net.clock()
-    local n, err = aio:publish(q.room, q.m)
+    local n, err = aio:publish(q.room, q.m, q.binary and { binary = true } or nil)
     fd:http_response(200, "application/json",
         { n = n, err = err or false, took = net.clock() - started })
 end)
@@ -119,6 +119,9 @@ def test_websocket_publish_reaches_every_server_exactly_once(
         assert publish(b, room, "from-http")["err"] is False
         for client in clients:
             assert received(client) == ["from-http"]
+        assert get(b, f"/publish?room={room}&m=bytes&binary=1").status == 200
+        for client in clients:  # binary on both servers
+            assert received(client) == [b"bytes"]
     # the last subscribers gone: no worker listens on the room any more
     wait_until(lambda: numsub(admin, channel) == 0, 5.0, message="the room unsubscribed")
     other = f"eightys:0:ws:{room}-other"
