@@ -70,6 +70,9 @@ class Config:
     #: Redis for apps (``require("redis")``'s default) and shared caches/sessions:
     #: ``redis://[user:password@]host:port/db`` (--redis, or REDIS_URL for one with a password).
     redis: str = ""
+    #: This server run among the servers sharing a Redis (random, set by the master;
+    #: the same in all its workers): messages on the Redis bus carry it.
+    server_id: str = ""
     #: MySQL driver: "auto" (asyncmy when installed, else aiomysql), "aiomysql" or "asyncmy".
     mysql_driver: str = "auto"
     #: Run the entry script once, without a listener or workers (--cli).

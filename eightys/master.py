@@ -17,9 +17,11 @@ sockets", has the measurements behind the default.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
 import os
+import secrets
 import signal
 import socket
 import stat
@@ -114,6 +116,8 @@ class Master:
 
     def __init__(self, config: Config, sockets: list[socket.socket],
                  redirect_sockets: list[socket.socket] | None = None) -> None:
+        if not config.server_id:  # one per run: its workers' messages on Redis carry it
+            config = dataclasses.replace(config, server_id=secrets.token_hex(8))
         self.config = config
         self.sockets = sockets
         self.redirect_sockets = redirect_sockets or []

@@ -41,6 +41,7 @@ from eightys.protocols.http_core import HttpLimits
 from eightys.protocols import spool
 from eightys.protocols.raw import RawProtocol
 from eightys.protocols.redirect import RedirectProtocol
+from eightys.redis_bus import BusHost
 from eightys.redis_host import RedisHost
 from eightys.timers import Timers
 from eightys.ws_host import WebSockets
@@ -105,6 +106,8 @@ class Worker:
         self.mysql: MySQLHost = None  # type: ignore[assignment]  # set by _load
         self.compat: EightiesHost = None  # type: ignore[assignment]  # set by _load
         self.redis: RedisHost = None  # type: ignore[assignment]  # set by _load
+        #: aio:publish and nodes across servers (--redis); set by _load
+        self.bus: BusHost | None = None
         self.server: asyncio.AbstractServer | None = None
         self.channel: ChannelProtocol | None = None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -188,8 +191,11 @@ class Worker:
         self.mysql = MySQLHost(self, driver=config.mysql_driver)
         self.compat = EightiesHost(self)
         self.redis = RedisHost(self, config.redis)
+        self.bus = BusHost(self, config.redis, config.server_id, self.ws.delivered)
+        self.ws.bus = self.bus.bus
         private = {**self.content.functions(), **self.mysql.functions(),
                    **self.compat.functions(), **self.redis.functions(),
+                   **self.bus.functions(),
                    **self.ws.functions(), **self.acl.functions(),
                    b"live_subscribe": self.live_subscribe,
                    b"connect_tls": self.connect_tls,
@@ -286,6 +292,12 @@ class Worker:
                 await asyncio.wait_for(self.redis.close_all(), 1.0)
             except asyncio.TimeoutError:
                 self.log.warning("Redis connections still closing after 1 s; leaving them")
+        if self.bus is not None:
+            self.ws.bus = None
+            try:
+                await asyncio.wait_for(self.bus.close(), 1.0)
+            except asyncio.TimeoutError:
+                self.log.warning("the Redis bus still closing after 1 s; leaving it")
 
     def _sweep(self) -> None:
         # Once a second: advance the coarse clock and let each connection apply

@@ -14,10 +14,12 @@ from eightys import channel
 from eightys.protocols.websocket import (GOING_AWAY, INTERNAL_ERROR, SERVICE_RESTART,
                                          WebSocketProtocol, WsOptions, handshake)
 from eightys.pubsub import PubSub
+from eightys.redis_bus import BINARY, TEXT
 
 if TYPE_CHECKING:
     from eightys.lua_runtime import LuaRuntime
     from eightys.protocols.host import ConnectionHost
+    from eightys.redis_bus import Bus
 
 _NOT_UPGRADE = b"upgrade required"
 
@@ -51,6 +53,8 @@ class WebSockets:
         #: accepted, waiting for the responses before theirs to go out: fd -> (http, ws)
         self._switching: dict[int, tuple[Any, WebSocketProtocol]] = {}
         self.pubsub = PubSub(self._forward, self._interest)
+        #: the other servers, through Redis (--redis), or None
+        self.bus: "Bus | None" = None
         self.on_open: Callable[..., Any] = _unattached
         self.on_message: Callable[..., Any] = _unattached
         self._on_close: Callable[..., Any] = _unattached
@@ -189,9 +193,16 @@ class WebSockets:
         conn = self._conn(fd)
         return conn is not None and self.pubsub.unsubscribe(conn, name)
 
-    def publish(self, name: Any, data: Any, binary: Any = None) -> int:
-        """``aio:publish``: the number of local subscribers it was queued for."""
-        return self.pubsub.publish(name, data, bool(binary))
+    def publish(self, name: Any, data: Any, binary: Any = None, server_only: Any = None) -> Any:
+        """``aio:publish``: the number of local subscribers it was queued for; with
+        ``--redis``, plus the reason when it could not go to the other servers."""
+        sent = self.pubsub.publish(name, data, bool(binary))
+        bus = self.bus
+        if bus is not None and not server_only:
+            err = bus.publish(b"ws:" + name, BINARY if binary else TEXT, data)
+            if err is not None:
+                return sent, err.encode()
+        return sent
 
     # -- between workers --------------------------------------------------------------
 
@@ -202,9 +213,11 @@ class WebSockets:
     def _interest(self, name: bytes, subscribed: bool) -> None:
         if self.worker.workers > 1:
             self.worker.send_to_master(channel.Kind.INTEREST, name, subscribed)
+        if self.bus is not None:
+            self.bus.listen(b"ws:" + name, subscribed)
 
     def delivered(self, name: bytes, data: bytes, binary: bool) -> None:
-        """A message published in another worker."""
+        """A message published in another worker (or, through Redis, another server)."""
         self.pubsub.deliver(name, data, binary)
 
 

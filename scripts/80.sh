@@ -82,6 +82,8 @@ case "${1:-}" in
         # the dev-mode test reaches the server from a network namespace (root only)
         ensure_debian curl curl || true
         ensure_debian ip iproute2 || true
+        # the README's two-servers-behind-nginx deployment is run by a test
+        ensure_debian nginx nginx-light || true
         cd "$ROOT"
         exec "$VENV/bin/python" -m pytest "$@"
         ;;

@@ -6,7 +6,7 @@
     ./scripts/80.sh bench --only eightys  # one server
     ./scripts/80.sh bench --listen        # -c 2: SO_REUSEPORT vs one shared socket
     ./scripts/80.sh bench --orm           # the ORM page with each MySQL driver only
-    ./scripts/80.sh bench --redis         # pub/sub between two servers through Redis
+    ./scripts/80.sh bench --redis         # pub/sub between two servers through Redis only
     ./scripts/80.sh bench --tls           # the HTTPS rows only
     ./scripts/80.sh bench --s80 DIR       # add 80s (DIR: its checkout, built: DIR/bin/80s)
 
@@ -27,6 +27,12 @@ HTTPS: eightys with ``--tls-cert`` against nginx with ``ssl`` on the same echo r
 with the same self-signed certificate (ECDSA P-256, made here with ``cryptography``),
 wrk over https with keep-alive, and with a new connection (a full handshake) per
 request.
+
+Then (unless --no-content) the content server: a .dyn. page, a static file, the ORM
+page (one primary-key SELECT) with each installed MySQL driver (aiomysql, asyncmy) as
+ratios to the echo route; and with a Redis, WebSocket pub/sub across two servers
+(subscribers on A, a publisher on B: messages/s, latency p50/p99) and the Lua
+client's PUBLISH between two servers.
 
 Ratios from the same run are the figures to compare; absolute numbers move with
 the machine.
@@ -613,9 +619,109 @@ end)
 """
 
 
+async def cross_server_rates(sub_port: int, pub_port: int, subscribers: int, burst: int,
+                             duration: float) -> tuple[float, float, float, float, int]:
+    """``subscribers`` WebSockets on ``/sub/bench`` of server A, one publisher on
+    ``/pub/bench`` of server B sending bursts of ``burst`` messages (each its send
+    time), waiting until every subscriber has the burst: messages published per
+    second, delivered per second, p50 and p99 latency from B's client to A's
+    clients (one clock: this process), messages lost (0 expected)."""
+    import asyncio
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import ws_bench
+
+    class Timed(ws_bench.Client):
+        """Records the latency of every message (its payload is its send time)."""
+
+        def __init__(self, path: str) -> None:
+            super().__init__(path)
+            self.latencies: list[float] = []
+
+        def data_received(self, data: bytes) -> None:
+            now = time.perf_counter()
+            if not self.upgraded:
+                super().data_received(data)  # the handshake (and any first frames)
+                return
+            buf = self.buf
+            buf += data
+            pos, size = 0, len(buf)
+            while size - pos >= 2:
+                n, at = buf[pos + 1] & 0x7F, 2
+                if n == 126:
+                    if size - pos < 4:
+                        break
+                    n, at = (buf[pos + 2] << 8) | buf[pos + 3], 4
+                if size - pos < at + n:
+                    break
+                payload = bytes(buf[pos + at:pos + at + n])
+                pos += at + n
+                self.count += 1
+                if payload[:1] == b"t":
+                    self.latencies.append(now - float(payload[1:]))
+            del buf[:pos]
+
+    loop = asyncio.get_running_loop()
+    subs = []
+    for _ in range(subscribers):
+        _, client = await loop.create_connection(lambda: Timed("/sub/bench"), "127.0.0.1", sub_port)
+        await asyncio.wait_for(client.open, 10)
+        subs.append(client)
+    publisher = (await ws_bench.open_clients(pub_port, 1, "/pub/bench"))[0]
+
+    async def delivered(target: int, within: float) -> bool:
+        deadline = time.monotonic() + within
+        while sum(len(c.latencies) for c in subs) < target:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.001)
+        return True
+
+    try:
+        # until A's subscription is on Redis: a probe that arrives
+        for _ in range(200):
+            publisher.transport.write(ws_bench.client_frame(b"t%.9f" % time.perf_counter()))
+            if await delivered(subscribers, 0.05):
+                break
+        else:
+            raise RuntimeError("server A never received what B published")
+        await asyncio.sleep(0.2)
+        for c in subs:
+            c.latencies.clear()
+        sent, lost, t0 = 0, 0, time.monotonic()
+        while time.monotonic() - t0 < duration:
+            stamp = time.perf_counter()
+            publisher.transport.write(b"".join(
+                ws_bench.client_frame(b"t%.9f" % (stamp + i * 1e-9)) for i in range(burst)))
+            sent += burst
+            if not await delivered(sent * subscribers, 10.0):
+                lost = sent * subscribers - sum(len(c.latencies) for c in subs)
+                break
+        elapsed = time.monotonic() - t0
+        latencies = sorted(x for c in subs for x in c.latencies)
+        at = lambda q: latencies[min(len(latencies) - 1, int(len(latencies) * q))] if latencies else 0.0  # noqa: E731
+        return sent / elapsed, len(latencies) / elapsed, at(0.5), at(0.99), lost
+    finally:
+        ws_bench.close_clients(subs + [publisher])
+
+
+def redis_reachable() -> bool:
+    """Whether the Redis of REDIS_URL (default 127.0.0.1:6379) answers a PING."""
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+                                         socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
 def main_redis(args: argparse.Namespace) -> None:
-    """--redis: publish rate and latency between two servers through the Lua Redis
-    client (server A publishes under wrk; server B's subscriber measures)."""
+    """--redis: WebSocket pub/sub between two servers through Redis (the built-in
+    ``aio:publish`` path: subscribers on A, a publisher on B), then the Lua Redis
+    client's PUBLISH between two servers (A publishes under wrk; B's subscriber
+    measures)."""
+    import asyncio
     import urllib.request
 
     url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -623,6 +729,34 @@ def main_redis(args: argparse.Namespace) -> None:
     server_pin = ["taskset", "-c", "0"] if two_cpus else []
     client_pin = ["taskset", "-c", "1"] if two_cpus else []
     tmp = Path(tempfile.mkdtemp(prefix="eightys-bench-"))
+    ws_servers = []
+    for name in ("A", "B"):
+        port = free_port()
+        ws_servers.append(Server(f"eightys {name}", [
+            sys.executable, "-m", "eightys", "server/ws_echo.lua", "-p", str(port),
+            "-h", "127.0.0.1", "-c", "1"], port, worker_pids=children, env={"REDIS_URL": url}))
+    for server in ws_servers:
+        server.start(server_pin)
+    try:
+        import uvloop
+
+        figures = uvloop.run(cross_server_rates(ws_servers[0].port, ws_servers[1].port,
+                                                args.subscribers, args.burst, args.duration))
+    finally:
+        for server in ws_servers:
+            server.stop()
+    published, delivered, p50, p99, lost = figures
+    print()
+    print(f"| WebSocket pub/sub across two servers through Redis (aio:publish, -c 1 each): "
+          f"{args.subscribers} subscribers on A, 1 publisher on B, bursts of {args.burst} | value |")
+    print("|---|---|")
+    print(f"| messages published on B per second | {published:,.0f} |")
+    print(f"| messages delivered on A per second | {delivered:,.0f} |")
+    print(f"| latency B client -> A client, p50 | {p50 * 1000:.2f} ms |")
+    print(f"| latency B client -> A client, p99 | {p99 * 1000:.2f} ms |")
+    if lost:
+        print(f"| messages not delivered within 10 s | {lost:,} |")
+
     entry = tmp / "pubsub.lua"
     entry.write_text(REDIS_PUBSUB_APP)
     servers = []
@@ -752,11 +886,16 @@ def main() -> None:
     parser.add_argument("--orm", action="store_true",
                         help="only the echo route and the ORM page with each MySQL driver")
     parser.add_argument("--redis", action="store_true",
-                        help="only the Redis pub/sub rate and latency between two servers "
+                        help="only the Redis pub/sub rate and latency between two servers: "
+                             "WebSocket aio:publish, then the Lua client "
                              "(REDIS_URL, default redis://127.0.0.1:6379/0)")
     parser.add_argument("--tls", action="store_true",
                         help="only the HTTPS rows: eightys --tls-cert vs nginx ssl")
     parser.add_argument("--no-tls", action="store_true", help="skip the HTTPS rows")
+    parser.add_argument("--subscribers", type=int, default=100,
+                        help="--redis: WebSocket subscribers on server A")
+    parser.add_argument("--burst", type=int, default=20,
+                        help="--redis: messages the publisher on B sends before waiting")
     parser.add_argument("--listen", action="store_true",
                         help="compare SO_REUSEPORT with a shared socket (-c 2)")
     args = parser.parse_args()
@@ -770,6 +909,11 @@ def main() -> None:
         main_tls(args)
     else:
         main_benchmark(args)
+        if not args.no_content and (args.only is None or "eightys" in args.only):
+            if redis_reachable():
+                main_redis(args)
+            else:
+                print("\nNo Redis at REDIS_URL (default 127.0.0.1:6379): cross-server rows skipped")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,7 @@ process with ``--redis``.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from pathlib import Path
 import uuid
 from typing import Any, Iterator
 
@@ -743,53 +741,3 @@ def test_servers_survive_a_redis_restart(start_server: Any, tmp_path: Any,
 
     wait_until(lambda: received(a).endswith(b"back") and received(b).endswith(b"back"), 5.0,
                message="the message on both servers")
-
-
-def readme_cross_server_rooms() -> str:
-    """The README's example of WebSocket rooms across servers (Deployment section)."""
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = text[text.index("### Deployment: several servers"):]
-    start = section.index("```lua\nlocal redis = require(\"redis\")\nBUS")
-    return section[start + len("```lua\n"):section.index("```\n", start + 7)]
-
-
-def test_readme_websocket_rooms_across_servers(start_server: Any, tmp_path: Any,
-                                               private_redis: PrivateRedis) -> None:
-    from websockets.sync.client import connect as ws_connect
-
-    entry = tmp_path / "rooms.lua"
-    entry.write_text(readme_cross_server_rooms())
-    a = start_server(entry, workers=2, env={"REDIS_URL": private_redis.url})
-    b = start_server(entry, workers=2, env={"REDIS_URL": private_redis.url})
-    direct = private_redis.client()
-    wait_until(lambda: len(direct.client_list(_type="pubsub")) == 2, 10.0,
-               message="both servers' worker 0 to subscribe (and no other worker)")
-    room = f"r{uuid.uuid4().hex}"
-    with contextlib.ExitStack() as stack:
-        clients = [stack.enter_context(
-            ws_connect(f"ws://127.0.0.1:{server.port}/rooms/{room}", open_timeout=5))
-            for server in (a, b, a, b)]
-        # until every worker's subscription reached its master: probes, then quiet
-        for _ in range(50):
-            clients[0].send("probe")
-            if all(_received(client, "probe") for client in clients):
-                break
-        else:
-            pytest.fail("the probes never reached every client")
-        for client in clients:
-            while _received(client, None, 0.3):
-                pass
-        clients[1].send("hello")  # from server B
-        for client in clients:
-            assert client.recv(timeout=5) == "hello"
-        for client in clients:  # exactly once
-            assert not _received(client, None, 0.3)
-
-
-def _received(client: Any, expected: str | None, timeout: float = 0.2) -> bool:
-    """Whether ``client`` got a message (``expected``, if given) within ``timeout``."""
-    try:
-        message = client.recv(timeout=timeout)
-    except TimeoutError:
-        return False
-    return expected is None or message == expected

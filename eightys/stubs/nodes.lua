@@ -35,11 +35,14 @@ function nodes:unregister(fd) end
 ---@return aiosocket[]
 function nodes:get_named_fds(selector) end
 
----Write message to every socket under selector except the one named except.
+---Write message to every socket under selector except the one named except. With
+-----redis, sockets of other servers are reached through Redis: true, or nil, err.
 ---@param selector table
 ---@param except table|string|nil
 ---@param message string
 ---@param close? boolean
+---@return boolean|nil ok
+---@return string|nil err
 function nodes:broadcast(selector, except, message, close) end
 
 ---Send one /nodes request (80s protocol) to selector[1]'s server.

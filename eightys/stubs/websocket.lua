@@ -28,7 +28,8 @@ function websocket:close(code, reason) end
 ---@return boolean
 function websocket:ping(data) end
 
----Receive what aio:publish sends to `channel`, from any worker of this server.
+---Receive what aio:publish sends to `channel`, from any worker of this server (and
+---of every server sharing its --redis).
 ---@param channel string
 ---@return boolean
 function websocket:subscribe(channel) end
@@ -70,12 +71,15 @@ function handlers.close(ws, code, reason) end
 ---@param options? websocketoptions
 function aio:websocket(path, handlers, options) end
 
----Send to every subscriber of `channel` in every worker of this server.
+---Send to every subscriber of `channel` in every worker of this server and, with
+-----redis, of every server sharing that Redis. `options`: true (binary) or
+---{binary = true, scope = "server"} ("server": this server only).
 ---@param channel string
 ---@param data string|table
----@param binary? boolean
+---@param options? boolean|{binary?: boolean, scope?: "all"|"server"}
 ---@return integer queued_here
-function aio:publish(channel, data, binary) end
+---@return string|nil err why it could not go to the other servers (--redis)
+function aio:publish(channel, data, options) end
 
 ---Inside an HTTP handler: switch this request to a WebSocket; ws, or nil, err.
 ---@param handlers websockethandlers|"hooks"

@@ -11,13 +11,22 @@
 --                                  worker channel; other servers by HTTP
 --   {nodes.global, "chat"}         every worker of this server, plus (with a
 --                                  master) every server registered there
--- Between servers the 80s protocol is spoken: HTTP GET/POST/PUT/DELETE /nodes
+-- Between servers, with --redis: through the worker's Redis bus (redis_bus.py),
+-- the path aio:publish takes. Each worker listens, while it has named sockets, on
+-- "all", on "g:GROUP" for each GROUP (the first part of a name after the node)
+-- its sockets are named in, and on "n:HOST:PORT:WORKER", its own node: a global
+-- broadcast goes to the group's channel (the other servers' workers deliver it to
+-- their sockets under the selector; this server's get it by the worker channel),
+-- a broadcast to another server's node to that node's channel.
+-- Without Redis the 80s protocol is spoken: HTTP GET/POST/PUT/DELETE /nodes
 -- with Message/From/To/Except/Authorization headers, so eightys and 80s nodes
 -- can talk to each other. nodes:start{authorization = secret, master = {h, p, w}}
--- serves /nodes and names the master that keeps the global registry.
+-- serves /nodes and names the master that keeps the global registry (with
+-- --redis, the master is not used for broadcasts).
 
 require("aio.aio")
 local http_client = require("eightys.http_client")
+local host = require("eightys.host")
 
 local type = type
 local pairs = pairs
@@ -32,6 +41,9 @@ local json_encode = codec.json_encode
 local json_decode = codec.json_decode
 
 local MAIL_MARKER = "\0nodes" -- receiver_fd of the worker-channel mail this module sends
+local BUS = host.bus_enabled -- --redis: the other servers through Redis
+local bus_listen = host.bus_listen
+local bus_publish = host.bus_publish
 
 SELF_NODE = SELF_NODE or { NODE, PORT, WORKERID }
 local SELF_NODE = SELF_NODE
@@ -46,6 +58,8 @@ nodes = nodes or {
     message_id = 1,
 }
 local nodes = nodes
+-- bus channel -> how many of this worker's sockets make it listen there
+nodes.listening = nodes.listening or {}
 
 local function is_socket(v)
     return type(v) == "table" and getmetatable(v) == aiosocket
@@ -75,7 +89,35 @@ end
 
 local function master_is_remote()
     local master = nodes.master
-    return master ~= nil and not on_this_server(master)
+    return not BUS and master ~= nil and not on_this_server(master)
+end
+
+-- The bus channel of a node (a worker of some server).
+local function node_channel(node)
+    return str_format("n:%s:%d:%d", tostring(node[1]), tonumber(node[2]) or 0,
+        tonumber(node[3]) or 0)
+end
+local SELF_CHANNEL = node_channel(SELF_NODE)
+
+local function listen(channel, delta)
+    local counts = nodes.listening
+    local before = counts[channel] or 0
+    local after = before + delta
+    counts[channel] = after > 0 and after or nil
+    if before == 0 and after > 0 then
+        bus_listen(channel, true)
+    elseif before > 0 and after <= 0 then
+        bus_listen(channel, false)
+    end
+end
+
+-- A socket of this worker got (delta 1) or lost (-1) its name: the bus channels
+-- that reach it.
+local function track(name, delta)
+    if not BUS or name[1] ~= SELF_NODE then return end
+    listen("all", delta)
+    listen(SELF_CHANNEL, delta)
+    if name[2] ~= nil then listen("g:" .. tostring(name[2]), delta) end
 end
 
 --- Name sock: {this_node, unpack(name)} (or {node, unpack(name, 2)} with node).
@@ -106,6 +148,7 @@ function nodes:register(fd, name, node)
     end
     root[full[#full]] = fd
     fd.name = full
+    if not fd.delegate then track(full, 1) end
     if not node and master_is_remote() then
         self:announce(full, { self.master }, nil, "POST", "/nodes", "")
     end
@@ -117,6 +160,7 @@ function nodes:unregister(fd)
     local name = fd.name
     if not name then return end
     fd.name = nil
+    if not fd.delegate then track(name, -1) end
     local root = self.names
     for i = 1, #name do
         local part = name[i]
@@ -224,6 +268,24 @@ local function mail_workers(target, rest, except_text, message, close)
                            message = message, close = close or false } })
 end
 
+-- To the other servers: their workers listening on channel deliver to their
+-- sockets under rest. True, or nil, err (Redis down: at once).
+local function bus_send(channel, rest, except_text, message, close)
+    local head = json_encode({ rest = codec.array(rest), except = except_text or false,
+                               close = close or false })
+    return bus_publish(channel, head .. "\n" .. message)
+end
+
+if BUS then
+    host.bus_setup(function(channel, data)
+        local cut = data:find("\n", 1, true)
+        local head = cut and json_decode(data:sub(1, cut - 1))
+        if type(head) ~= "table" or type(head.rest) ~= "table" then return end
+        deliver_local(nodes, { SELF_NODE, unpack(head.rest) }, head.except or nil,
+            data:sub(cut + 1), head.close or nil)
+    end)
+end
+
 -- Every worker of this server (this one included) delivers to its sockets under rest.
 local function deliver_server(self, rest, except_text, message, close)
     for w = 0, WORKERS - 1 do
@@ -234,6 +296,8 @@ end
 
 --- Write message to every socket whose name starts with selector (see the top
 --- of this file), except the socket named except (a name table, or its JSON).
+--- With --redis, a broadcast that goes to other servers returns true, or nil, err
+--- at once when Redis is down (this server's sockets get the message anyway).
 --- @param selector table
 --- @param except table|string|nil
 --- @param message string
@@ -250,6 +314,10 @@ function nodes:broadcast(selector, except, message, close)
         -- here (when this is their master: each worker keeps a copy of the registry)
         deliver_server(self, rest, except_text, message, close)
         deliver_local(self, selector, except_text, message, close)
+        if BUS then
+            return bus_send(rest[1] ~= nil and "g:" .. tostring(rest[1]) or "all", rest,
+                except_text, message, close)
+        end
         if master_is_remote() then
             -- the master's own sockets ...
             self:announce(SELF_NODE, { self.global, unpack(rest) }, except_text, "PUT", "/nodes",
@@ -280,6 +348,7 @@ function nodes:broadcast(selector, except, message, close)
         end
         return mail_workers(node[3], rest, except_text, message, close)
     end
+    if BUS then return bus_send(node_channel(node), rest, except_text, message, close) end
     self:announce(SELF_NODE, selector, except_text, "PUT", "/nodes", message)
 end
 

@@ -174,14 +174,29 @@ function WebSocket:unsubscribe(channel)
 end
 
 --- Send a message to every subscriber of `channel` in every worker of this server
---- (a table is sent as JSON text). Returns how many subscribers of this worker it
---- was queued for; a subscriber too slow to take it is closed with 1013.
+--- and, with --redis, of every server sharing that Redis (a table is sent as JSON
+--- text). Returns how many subscribers of this worker it was queued for, and with
+--- --redis the reason when it could not go to the other servers (at once: it
+--- never waits for Redis). A subscriber too slow to take it is closed with 1013.
+--- `options`: true (binary) or { binary = true, scope = "server" }: "server"
+--- keeps the message on this server (a relay of your own from Redis uses it).
 --- @param channel string
 --- @param data string|table
---- @param binary? boolean
+--- @param options? boolean|{binary?: boolean, scope?: "all"|"server"}
 --- @return integer
-function aio:publish(channel, data, binary)
+--- @return string|nil
+function aio:publish(channel, data, options)
     if type(channel) ~= "string" then error("aio:publish(channel, data): channel must be a string", 2) end
+    local binary, server_only = options == true, false
+    if type(options) == "table" then
+        binary = options.binary == true
+        local scope = options.scope
+        if scope == "server" then
+            server_only = true
+        elseif scope ~= nil and scope ~= "all" then
+            error('aio:publish: options.scope must be "all" or "server"', 2)
+        end
+    end
     local kind = type(data)
     if kind ~= "string" then
         if kind == "table" then
@@ -194,7 +209,7 @@ function aio:publish(channel, data, binary)
             data = tostring(data)
         end
     end
-    return ws_publish(channel, data, binary == true)
+    return ws_publish(channel, data, binary, server_only)
 end
 
 ---------------------------------------------------------------------------
