@@ -401,3 +401,30 @@ def test_encrypted_key_needs_its_passphrase_from_a_file_or_the_environment(
     assert config.tls_key_password == "s3cret pass"
     monkeypatch.setenv("TLS_KEY_PASSWORD", "s3cret pass")
     assert config_from_args(base).tls_cert == str(cert)
+
+
+def test_content_server_sends_hsts_over_tls_only(start_server, certs, ca, tmp_path):
+    """httpd.security_headers' Strict-Transport-Security goes out on HTTPS responses
+    (pages and static files), never over plain HTTP."""
+    base = tmp_path / "site"
+    root = base / "public_html"
+    root.mkdir(parents=True)
+    (base / "main.lua").write_text(
+        'httpd.security_headers = { ["Strict-Transport-Security"] = "max-age=600" }\n')
+    (root / "index.dyn.html").write_text("home")
+    (root / "notes.txt").write_text("notes")
+    env = {"PUBLIC_HTML": str(root)}
+    server = tls_server(start_server, certs, entry=Path("server/http.lua"), workers=1, env=env)
+    with tls_connect(server.port, client_context(ca)) as sock:
+        client = HttpClient(sock)
+        for target in ("/", "/notes.txt"):
+            response = client.request("GET", target)
+            assert response.status == 200, (target, response.body)
+            assert response.header("Strict-Transport-Security") == "max-age=600", target
+            assert response.header("X-Content-Type-Options") == "nosniff", target
+    plain = start_server("server/http.lua", workers=1, env=env)
+    with HttpClient.connect(plain) as client:
+        for target in ("/", "/notes.txt"):
+            response = client.request("GET", target)
+            assert response.status == 200, target
+            assert response.header("Strict-Transport-Security") is None, target
