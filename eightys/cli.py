@@ -116,6 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
                    default=os.environ.get("EIGHTYS_MYSQL_DRIVER") or "auto",
                    help="MySQL driver: asyncmy when installed, else aiomysql (auto, the "
                         "default), or force one (default $EIGHTYS_MYSQL_DRIVER or auto)")
+    p.add_argument("--access-log", metavar="-|FILE", default="",
+                   help="write an access log line per response to FILE (or - for stdout); "
+                        "off by default; SIGUSR1 reopens the file (logrotate)")
+    p.add_argument("--access-log-format", choices=("combined", "json"), default="combined",
+                   help="access log format: combined (Apache/nginx, then the request time "
+                        "in microseconds and the worker id; the default) or json")
+    p.add_argument("--metrics", metavar="[HOST:]PORT", default=None,
+                   help="serve Prometheus metrics (/metrics) and the live dashboard "
+                        "(/_eightys/) on this port, from the master; HOST defaults to "
+                        "127.0.0.1")
     p.add_argument("--help", action="help", help="show this help and exit")
     p.add_argument("--version", action="version", version=f"eightys {__version__}")
     return p
@@ -220,6 +230,19 @@ def config_from_args(argv: Sequence[str]) -> Config:
             raise UsageError("--mysql-driver asyncmy: asyncmy is not installed "
                              "(pip install 'eightys[fast]')")
     node = args.node or os.environ.get("HOSTNAME") or "localhost"
+    if args.access_log and args.access_log != "-":
+        try:  # fail now, in one line, rather than in every worker
+            os.close(os.open(args.access_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+        except OSError as exc:
+            raise UsageError(f"--access-log {args.access_log}: {exc.strerror}") from None
+    metrics_host, metrics_port = "127.0.0.1", -1
+    if args.metrics is not None:
+        from eightys.dashboard import parse_listen
+
+        try:
+            metrics_host, metrics_port = parse_listen(args.metrics)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     secret, secret_warning = server_secret(args.secret_file)
     notes = []
     host = args.host
@@ -249,6 +272,11 @@ def config_from_args(argv: Sequence[str]) -> Config:
         notes=tuple(notes),
         redis=redis_url(args.redis),
         mysql_driver=args.mysql_driver,
+        access_log=os.path.abspath(args.access_log) if args.access_log not in ("", "-")
+        else args.access_log,
+        access_log_format=args.access_log_format,
+        metrics_host=metrics_host,
+        metrics_port=metrics_port,
     )
 
 

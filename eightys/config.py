@@ -66,6 +66,12 @@ class Config:
     redis: str = ""
     #: MySQL driver: "auto" (asyncmy when installed, else aiomysql), "aiomysql" or "asyncmy".
     mysql_driver: str = "auto"
+    #: Access log: "" (off), "-" (stdout) or a file path; its format "combined" or "json".
+    access_log: str = ""
+    access_log_format: str = "combined"
+    #: The master's metrics/dashboard listener (--metrics [HOST:]PORT); port -1: off.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = -1
     extra: dict[str, str] = field(default_factory=dict)
     #: Warnings about the configuration, logged once by the master at start.
     notes: tuple[str, ...] = ()
