@@ -3,6 +3,7 @@
 
 cimport cython
 
+@cython.locals(ns=cython.longlong)
 cdef long long now_us()
 cpdef int status_of(bytes data)
 cpdef Py_ssize_t head_size(bytes data)
@@ -28,10 +29,12 @@ cdef class HttpStats:
     cdef dict pending
 
     cpdef void begin(self, object conn, tuple request)
+    @cython.locals(record=list, records=dict)
     cpdef void sent(self, object conn, Py_ssize_t seq, bytes data, bint final)
     cpdef void end(self)
     cpdef void refused(self, object conn, int status)
     cpdef void lost(self, object conn)
+    @cython.locals(elapsed=cython.longlong, cls=cython.int, i=cython.int)
     cdef void _count(self, object conn, object request, int status, long long nbytes,
                      long long head, long long t0)
     cpdef dict snapshot(self)

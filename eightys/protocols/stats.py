@@ -44,7 +44,8 @@ AccessHook = Callable[[Any, Any, int, int, int, int], None]
 
 def now_us() -> int:
     """The monotonic clock in microseconds."""
-    return monotonic_ns() // 1000
+    ns = monotonic_ns()
+    return ns // 1000
 
 
 def status_of(data: bytes) -> int:
