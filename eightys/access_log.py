@@ -50,17 +50,25 @@ def _escape(value: bytes) -> bytes:
     return _UNSAFE.sub(lambda m: b"\\x%02X" % m.group()[0], value)
 
 
-def _header(fields: bytes, name: bytes) -> bytes:
-    """The value of header ``name`` (lower case) in ``name\\0value\\0...``, or b""."""
-    if not fields:
-        return b""
-    parts = fields.split(b"\0")
-    size = len(name)
-    for i in range(0, len(parts) - 1, 2):
-        key = parts[i]
-        if len(key) == size and key.lower() == name:
-            return parts[i + 1]
-    return b""
+#: (at the start, anywhere else) forms of the two header names a line shows
+_REFERER = (b"referer\0", b"\0referer\0")
+_USER_AGENT = (b"user-agent\0", b"\0user-agent\0")
+
+
+def _header(fields: bytes, lowered: bytes, name: tuple[bytes, bytes]) -> bytes:
+    """The value of a header in ``name\\0value\\0...`` (``lowered`` is
+    ``fields.lower()``, ``name`` one of the forms above), or b"". Finds, not a
+    split: a line is formatted per response."""
+    first, inner = name
+    if lowered.startswith(first):
+        start = len(first)
+    else:
+        at = lowered.find(inner)
+        if at == -1:
+            return b""
+        start = at + len(inner)
+    end = fields.find(b"\0", start)
+    return fields[start:] if end == -1 else fields[start:end]
 
 
 class AccessLog:
@@ -175,8 +183,9 @@ class AccessLog:
         if request is not None:
             method, url, flags, fields = request[1], request[2], request[4], request[5]
             protocol = b"HTTP/1.0" if flags & 2 else b"HTTP/1.1"
-            referer = _header(fields, b"referer")
-            agent = _header(fields, b"user-agent")
+            lowered = fields.lower()
+            referer = _header(fields, lowered, _REFERER)
+            agent = _header(fields, lowered, _USER_AGENT)
         else:
             method = url = protocol = referer = agent = b""
         body = sent - head if sent > head else 0
