@@ -272,3 +272,26 @@ def test_dashboard_in_chromium_shows_live_numbers(metrics_server, chromium, tmp_
         assert len(shot["data"]) > 1000
     finally:
         load.stop()
+
+
+def test_reloads_are_counted_and_logged_for_the_dashboard(metrics_server):
+    server = metrics_server
+    server.send_signal(signal.SIGHUP)
+    server.wait_for_log("reloaded", count=2)
+    wait_until(lambda: total(scrape(server.metrics_port), "eightys_reloads_total",
+                             result="ok") == 1, 5.0, interval=0.3, message="one reload counted")
+    conn = http.client.HTTPConnection("127.0.0.1", server.metrics_port, timeout=5)
+    conn.request("GET", "/_eightys/events")
+    response = conn.getresponse()
+    assert response.getheader("Content-Type") == "text/event-stream"
+    state: dict = {}
+    for _ in range(4):  # the first state may predate the reload by up to a second
+        line = b""
+        while not line.startswith(b"data: {"):
+            line = response.fp.readline()
+        state = json.loads(line[len(b"data: "):])
+        if state["reloads"]:
+            break
+    conn.close()
+    assert [r["kind"] for r in state["reloads"]] == ["reload"] and state["reloads"][0]["ok"]
+    assert [w["id"] for w in state["workers"]] == [0, 1]
