@@ -16,7 +16,8 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 #: The modules on the per-request hot path.
-COMPILED = ["eightys/protocols/http_core.py", "eightys/protocols/http.py"]
+COMPILED = ["eightys/protocols/http_core.py", "eightys/protocols/stats.py",
+            "eightys/protocols/http.py"]
 
 
 class OptionalBuildExt(build_ext):

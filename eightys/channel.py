@@ -36,6 +36,7 @@ class Kind:
     INTEREST = "interest"  # worker->master (INTEREST, channel, bool): this worker's first
     #                        subscriber to channel came (True) or its last one left (False)
     RETIRE = "retire"  # master->worker: a rolling restart replaced you; drain and exit
+    STATS = "stats"  # (STATS, snapshot): once a second with --metrics (eightys.metrics)
 
 
 class FrameError(Exception):

@@ -155,6 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redirect-http", type=int, metavar="PORT", default=None,
                    help="with TLS: also listen for plain HTTP on PORT and answer every "
                         "request with 308 to the https:// URL")
+    p.add_argument("--access-log", metavar="-|FILE", default="",
+                   help="write an access log line per response to FILE (or - for stdout); "
+                        "off by default; SIGUSR1 reopens the file (logrotate)")
+    p.add_argument("--access-log-format", choices=("combined", "json"), default="combined",
+                   help="access log format: combined (Apache/nginx, then the request time "
+                        "in microseconds and the worker id; the default) or json")
+    p.add_argument("--metrics", metavar="[HOST:]PORT", default=None,
+                   help="serve Prometheus metrics (/metrics) and the live dashboard "
+                        "(/_eightys/) on this port, from the master; HOST defaults to "
+                        "127.0.0.1")
     p.add_argument("--help", action="help", help="show this help and exit")
     p.add_argument("--version", action="version", version=f"eightys {__version__}")
     return p
@@ -325,6 +335,19 @@ def build_config(merged: Merged) -> Config:
             raise UsageError("--redirect-http needs TLS (--tls-cert and --tls-key)")
         if not 0 <= args.redirect_http <= 65535:
             raise UsageError(f"--redirect-http port {args.redirect_http} is out of range 0-65535")
+    if args.access_log and args.access_log != "-":
+        try:  # fail now, in one line, rather than in every worker
+            os.close(os.open(args.access_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+        except OSError as exc:
+            raise UsageError(f"{name('access_log', '--access-log')} {args.access_log}: {exc.strerror}") from None
+    metrics_host, metrics_port = "127.0.0.1", -1
+    if args.metrics is not None:
+        from eightys.dashboard import parse_listen
+
+        try:
+            metrics_host, metrics_port = parse_listen(args.metrics)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     secret, secret_warning = server_secret(args.secret_file,
                                            name("secret_file", "--secret-file"))
     notes = []
@@ -371,6 +394,11 @@ def build_config(merged: Merged) -> Config:
         tls_key=tls_key,
         tls_key_password=tls_password,
         redirect_http=args.redirect_http,
+        access_log=os.path.abspath(args.access_log) if args.access_log not in ("", "-")
+        else args.access_log,
+        access_log_format=args.access_log_format,
+        metrics_host=metrics_host,
+        metrics_port=metrics_port,
     )
 
 

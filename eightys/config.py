@@ -85,6 +85,12 @@ class Config:
     tls_key_password: str = ""
     #: A second, plain listener on this port that answers everything with 308 to https.
     redirect_http: int | None = None
+    #: Access log: "" (off), "-" (stdout) or a file path; its format "combined" or "json".
+    access_log: str = ""
+    access_log_format: str = "combined"
+    #: The master's metrics/dashboard listener (--metrics [HOST:]PORT); port -1: off.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = -1
     extra: dict[str, str] = field(default_factory=dict)
     #: Warnings about the configuration, logged once by the master at start.
     notes: tuple[str, ...] = ()

@@ -139,6 +139,9 @@ class Master:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.done: asyncio.Future[int] = None  # type: ignore[assignment]
         self._config_json = config.to_json()
+        #: --metrics: the workers' numbers and the listener serving them.
+        self.hub: Any = None
+        self.dashboard: Any = None
 
     def _redirect_sock(self, worker_id: int) -> socket.socket | None:
         redirect = self.redirect_sockets
@@ -151,6 +154,9 @@ class Master:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.loop.add_signal_handler(sig, self.stop, 0)
         self.loop.add_signal_handler(signal.SIGHUP, self.reload_all)
+        self.loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
+        if self.config.metrics_port >= 0:
+            await self._start_metrics()
         for slot in self.slots:
             self.spawn(slot)
         watcher = None
@@ -162,8 +168,32 @@ class Master:
         code = await self.done
         if watcher is not None:
             await watcher.stop()
+        if self.dashboard is not None:
+            self.dashboard.close()
         self._close_sockets()
         return code
+
+    async def _start_metrics(self) -> None:
+        from eightys.dashboard import Dashboard
+        from eightys.metrics import MetricsHub
+
+        self.hub = MetricsHub(self.config.workers)
+        self.dashboard = Dashboard(self.hub)
+        host = self.config.metrics_host
+        try:
+            port = await self.dashboard.start(host, self.config.metrics_port)
+        except OSError as exc:
+            raise UsageError(f"--metrics: cannot listen on {host}:{self.config.metrics_port}: "
+                             f"{_os_error_text(exc)}") from None
+        shown = f"[{host}]" if ":" in host else host
+        log.info("metrics on http://%s:%d/metrics, dashboard on http://%s:%d/_eightys/",
+                 shown, port, shown, port)
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1 (logrotate): every worker reopens its access log."""
+        for slot in self.slots + self.retired:
+            if slot.process is not None:
+                slot.process.send_signal(signal.SIGUSR1)
 
     # -- workers ------------------------------------------------------------------
 
@@ -227,6 +257,9 @@ class Master:
                 if t is not slot and name in t.channels and t.ready and t.channel is not None:
                     frame = frame or channel.encode(message)
                     t.channel.send_frame(frame)
+        elif kind == channel.Kind.STATS:
+            if self.hub is not None and slot.process is not None:
+                self.hub.update(slot.worker_id, slot.process.pid, message[1])
         elif kind == channel.Kind.INTEREST:
             if message[2]:
                 slot.channels.add(message[1])
@@ -287,6 +320,8 @@ class Master:
         if slot.process is process:
             slot.process = None
         spool.remove_dirs_of(process.pid)  # request bodies it left, if it died
+        if self.hub is not None:
+            self.hub.ended(process.pid)
         if slot.retired or slot not in self.slots:
             # replaced in a rolling restart, or a successor that never took over
             if slot in self.retired:
@@ -316,6 +351,8 @@ class Master:
             return
         delay = 0.0 if slot.quick_crashes <= 1 else min(0.1 * 2 ** slot.quick_crashes, 2.0)
         log.warning("worker %d (pid %d) %s; restarting", slot.worker_id, process.pid, reason)
+        if self.hub is not None:
+            self.hub.restarted(slot.worker_id)
         self.loop.call_later(delay, self.spawn, slot)
 
     # -- control ------------------------------------------------------------------
@@ -356,6 +393,8 @@ class Master:
             self.reload_timer.cancel()
             self.reload_timer = None
         errors = [e for e in self.reload_pending.values() if e]
+        if self.hub is not None:
+            self.hub.reloaded(self.reload_kind, errors[0] if errors else None)
         if errors:
             self.notify("failed", errors[0])
         else:
@@ -412,6 +451,8 @@ class Master:
                 log.info("worker %d restarted (pid %d)", old.worker_id,
                          successor.process.pid)  # type: ignore[union-attr]
             self.generation += 1
+            if self.hub is not None:
+                self.hub.reloaded("restart", None)
             self.notify("reload", "")
         finally:
             self.restarting = False

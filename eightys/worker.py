@@ -124,6 +124,9 @@ class Worker:
         #: Browser live reload (--reload only).
         self.live: LiveReload | None = LiveReload() if config.reload else None
         self.ws = WebSockets(self)
+        #: --access-log and --metrics (set up in run(), before the first connection).
+        self.access_log: Any = None
+        self.sampler: Any = None
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -150,6 +153,7 @@ class Worker:
         self.loop.add_signal_handler(signal.SIGHUP, self.reload)
         self.http_limits.spool_dir = spool.make_dir()
         self.http_limits.spill_at = self.config.body_buffer_size
+        self._start_accounting()
         try:
             if self.tls is not None:
                 self.server = await self.loop.create_server(
@@ -171,6 +175,8 @@ class Worker:
             spool.remove_dir(self.http_limits.spool_dir)
         for module in self.modules:
             module.unload(reload=False)
+        if self.access_log is not None:
+            self.access_log.close()
         return 0
 
     def _start_services(self) -> None:
@@ -184,6 +190,36 @@ class Worker:
         self.acl = AclHost(self.connections, self.gate, self.proxies)
         self.timers = Timers(self.loop, lambda callback: self.runtime.dispatch_call(callback))
         self._sweep()
+
+    def _start_accounting(self) -> None:
+        # Only with --access-log or --metrics: otherwise host.stats stays None and the
+        # HTTP adapter's hooks are one test each (eightys/protocols/stats.py).
+        config = self.config
+        if config.access_log:
+            from eightys.access_log import AccessLog
+
+            self.access_log = AccessLog(config.access_log, config.access_log_format,
+                                        self.worker_id)
+            self.access_log.start(self.loop)
+        # logrotate's signal (relayed by the master); a no-op without an access log,
+        # rather than SIGUSR1's default action, which is to die
+        self.loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
+        if not config.access_log and config.metrics_port < 0:
+            return
+        from eightys.protocols.stats import HttpStats
+
+        log = self.access_log
+        stats = HttpStats(log.record if log else None, log.forget if log else None)
+        self.host.stats = stats
+        if config.metrics_port >= 0:
+            from eightys.metrics import WorkerSampler
+
+            self.sampler = WorkerSampler(stats, self.connections, self.send_to_master)
+            self.sampler.start(self.loop)
+
+    def _reopen_logs(self) -> None:
+        if self.access_log is not None:
+            self.access_log.reopen()
 
     def _load(self) -> None:
         config = self.config
@@ -546,6 +582,8 @@ class Worker:
         full = text.decode("utf-8", "replace")
         shown = user_traceback(full)
         self.log.error("%s", shown)
+        if self.sampler is not None:
+            self.sampler.lua_error(shown)
         if shown != full:
             self.log.debug("full traceback: %s", full)
 

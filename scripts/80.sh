@@ -32,9 +32,14 @@ ensure_venv() {
 # .py/.pxd the old .so would shadow the new source, so rebuild it first.
 ensure_compiled() {
     local src so
-    for src in http_core http; do
+    for src in http_core stats http; do
         so=$(ls "$ROOT"/eightys/protocols/"$src".cpython-*.so 2>/dev/null | head -n 1)
-        [ -n "$so" ] || continue
+        if [ -z "$so" ]; then
+            # a module added to setup.py's COMPILED after this checkout was built
+            [ "$src" = stats ] && [ -n "$(ls "$ROOT"/eightys/protocols/http.cpython-*.so 2>/dev/null)" ] \
+                && { (cd "$ROOT" && "$VENV/bin/python" setup.py -q build_ext --inplace >/dev/null); return; }
+            continue
+        fi
         if [ "$ROOT/eightys/protocols/$src.py" -nt "$so" ] || [ "$ROOT/eightys/protocols/$src.pxd" -nt "$so" ]; then
             log "rebuilding the compiled HTTP core (its source changed)"
             (cd "$ROOT" && "$VENV/bin/python" setup.py -q build_ext --inplace >/dev/null)

@@ -53,6 +53,7 @@ import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 PATH = "/echo?name=Abcde"
@@ -410,9 +411,9 @@ def main_tls(args: argparse.Namespace) -> None:
 
 
 def eightys_server(port: int, workers: int = 1, shared: bool = False,
-                   tls: tuple[Path, Path] | None = None) -> Server:
+                   tls: tuple[Path, Path] | None = None, extra: Sequence[str] = ()) -> Server:
     cmd = [sys.executable, "-m", "eightys", "server/simple_http.lua", "-p", str(port),
-           "-h", "127.0.0.1", "-c", str(workers)]
+           "-h", "127.0.0.1", "-c", str(workers), *extra]
     if shared:
         cmd.append("--shared-socket")
     if tls:
@@ -516,6 +517,40 @@ def main_benchmark(args: argparse.Namespace) -> None:
         for server in servers:
             server.stop()
     print_table(results, rss, [label for label, _ in loads])
+    if "eightys" in wanted and not args.no_ops:
+        ops_rates(args, client_pin, server_pin, tmp)
+
+
+def ops_rates(args: argparse.Namespace, client_pin: list[str], server_pin: list[str],
+              tmp: Path) -> None:
+    """The cost of --access-log and --metrics on the echo route: eightys with both
+    off, the access log to a file, metrics, both; alternating rounds, medians."""
+    variants = [("both off", []),
+                ("--access-log FILE", ["--access-log", str(tmp / "access.log")]),
+                ("--access-log FILE --access-log-format json",
+                 ["--access-log", str(tmp / "access.json"), "--access-log-format", "json"]),
+                ("--metrics", ["--metrics", str(free_port())]),
+                ("--access-log FILE --metrics", ["--access-log", str(tmp / "both.log"),
+                                                 "--metrics", str(free_port())])]
+    servers = [(label, eightys_server(free_port(), extra=extra)) for label, extra in variants]
+    samples: dict[str, list[float]] = {label: [] for label, _ in variants}
+    try:
+        for _, server in servers:
+            server.start(server_pin)
+            run_wrk(client_pin, server.port, 50, 1)  # warm-up (and JIT)
+        for _ in range(args.rounds):
+            for label, server in servers:
+                samples[label].append(run_wrk(client_pin, server.port, 50, args.duration))
+    finally:
+        for _, server in servers:
+            server.stop()
+    medians = {label: sorted(v)[len(v) // 2] for label, v in samples.items()}
+    base = medians["both off"] or 1.0
+    print()
+    print("| echo route, wrk c=50, 1 worker | req/s | vs both off |")
+    print("|---|---|---|")
+    for label, _ in variants:
+        print(f"| eightys {label} | {medians[label]:,.0f} | {medians[label] / base:.3f} |")
 
 
 def content_rates(args: argparse.Namespace, client_pin: list[str], server_pin: list[str],
@@ -896,10 +931,19 @@ def main() -> None:
                         help="--redis: WebSocket subscribers on server A")
     parser.add_argument("--burst", type=int, default=20,
                         help="--redis: messages the publisher on B sends before waiting")
+    parser.add_argument("--no-ops", action="store_true",
+                        help="skip the access log / metrics cost table")
+    parser.add_argument("--ops", action="store_true",
+                        help="only the cost of --access-log and --metrics on the echo route")
     parser.add_argument("--listen", action="store_true",
                         help="compare SO_REUSEPORT with a shared socket (-c 2)")
     args = parser.parse_args()
-    if args.listen:
+    if args.ops:
+        two_cpus = (os.cpu_count() or 1) >= 2 and shutil.which("taskset")
+        ops_rates(args, ["taskset", "-c", "1"] if two_cpus else [],
+                  ["taskset", "-c", "0"] if two_cpus else [],
+                  Path(tempfile.mkdtemp(prefix="eightys-bench-")))
+    elif args.listen:
         main_listen(args)
     elif args.orm:
         main_orm(args)

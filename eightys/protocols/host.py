@@ -4,7 +4,8 @@ A protocol never imports the worker: the worker builds one :class:`ConnectionHos
 and hands it to every protocol it creates. What is here is all a protocol may use:
 the coarse clock, the registry of open connections (``net.*`` finds them by their
 handle), the limits, a logger, task spawning, and the dispatchers into Lua. The
-static-file fast path and the reload-mode script injection are optional hooks.
+static-file fast path, the reload-mode script injection and the metrics/access-log
+accounting are optional hooks.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ class ConnectionHost:
         #: The server-wide network ACL (eightys.acl.Gate), None when there is none:
         #: ``gate.admit(transport)`` in connection_made, before any Lua runs.
         self.gate: Any = None
+        #: Per-response accounting for metrics and the access log (an
+        #: eightys.protocols.stats.HttpStats), None when both are off.
+        self.stats: Any = None
 
     def new_fd(self) -> int:
         """A fresh connection handle (never reused, unlike OS file descriptors)."""

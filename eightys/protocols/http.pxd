@@ -2,6 +2,7 @@
 # source; interpreted, this file is not used). See setup.py.
 
 from eightys.protocols.http_core cimport HttpConnection
+from eightys.protocols.stats cimport HttpStats
 
 cdef class HttpProtocol:
     cdef readonly object host
@@ -11,6 +12,7 @@ cdef class HttpProtocol:
     cdef readonly object flow
     cdef readonly bint closed
     cdef object dispatch
+    cdef HttpStats stats
     cdef object parked
     cdef bint in_batch
     cdef object switch_to

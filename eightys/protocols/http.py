@@ -29,7 +29,8 @@ from eightys.acl import ADMIT, DENY
 from eightys.protocols.flow import PAUSE_BACKLOG, PAUSE_UPGRADE, FlowControl
 from eightys.protocols.host import ConnectionHost
 from eightys.protocols.http_core import (
-    CLOSED, CLOSING, SWITCHED, SWITCHING, TIMEOUT_HANDLER, TIMEOUT_NONE, HttpConnection,
+    CLOSED, CLOSING, SWITCHED, SWITCHING, TIMEOUT_HANDLER, TIMEOUT_NONE, TIMEOUT_REQUEST,
+    HttpConnection,
 )
 from eightys.wire import error_response
 
@@ -55,6 +56,8 @@ class HttpProtocol:
         # flags: what every request on the connection carries (wire.FLAG_TLS)
         self.core = HttpConnection(host.limits, host, flags)
         self.dispatch = host.dispatch_http
+        #: Metrics/access-log accounting (eightys/protocols/stats.py); None when both are off.
+        self.stats = host.stats
         self.transport = None
         self.flow = None  # type: ignore[assignment]  # set by connection_made
         self.parked = None  # deque of parsed requests beyond the in-flight window
@@ -85,6 +88,8 @@ class HttpProtocol:
         self.host.register(self.fd, self)
 
     def data_received(self, data: bytes) -> None:
+        if self.stats is not None:
+            self.stats.bytes_in += len(data)
         core = self.core
         events = core.receive_data(data)
         if events:
@@ -112,6 +117,8 @@ class HttpProtocol:
             self.host.forget(self.fd)
             if core.pending_since:
                 self.host.http_gone(self.fd)  # Lua drops what it kept for those handlers
+        if self.stats is not None:
+            self.stats.lost(self)
         if self.flow is not None:
             self.flow.wake(False)
         self._wake_progress()
@@ -136,9 +143,12 @@ class HttpProtocol:
         dispatch = self.dispatch
         screen = self.screen
         fd = self.fd
+        stats = self.stats
         for i in range(start, len(events)):
             request = events[i]
             if type(request) is not tuple:
+                if stats is not None:
+                    stats.refused(self, request.status)
                 continue  # a RemoteError: its answer is queued, the connection closes after it
             seq = request[0]
             if seq >= limit:  # beyond the window: park the rest until responses go out
@@ -151,16 +161,24 @@ class HttpProtocol:
             if screen is not None and screen(self, request):
                 continue  # a proxied client the server-wide ACL refuses: 403
             method = request[1]
+            if stats is not None:
+                stats.begin(self, request)
             if static is not None and (method == b"GET" or method == b"HEAD") \
                     and static(self, request):
+                if stats is not None:
+                    stats.end()
                 continue
             out = dispatch(fd, seq, method, request[2], request[3], request[4], request[5])
             if out:
                 if inject is not None:
                     out = inject(out)
                 core.send(seq, out, True)
+                if stats is not None:
+                    stats.sent(self, seq, out, True)
             elif out is None:
                 core.mark_pending(seq)  # the handler is still working: handler timeout
+            if stats is not None:
+                stats.end()
         if core.seq_in - core.seq_out >= MAX_IN_FLIGHT:
             self.flow.pause(PAUSE_BACKLOG)
 
@@ -224,6 +242,8 @@ class HttpProtocol:
         if final and self.host.inject is not None and data.startswith(b"HTTP/"):
             data = self.host.inject(data)  # a complete page from an async handler
         ok = self.core.send(seq, data, final, bool(close))
+        if ok and self.stats is not None:
+            self.stats.sent(self, seq, data, final)
         if ok and not self.in_batch:
             self._flush()
         return ok
@@ -292,6 +312,8 @@ class HttpProtocol:
         gone or ``seq`` is not a pending upgrade request."""
         if self.closed or not self.core.switch_protocol(seq, response):
             return False
+        if self.stats is not None:
+            self.stats.sent(self, seq, response, True)
         self.switch_to = protocol
         if not self.in_batch:
             self._flush()
@@ -304,6 +326,8 @@ class HttpProtocol:
         transport = self.transport
         trailing = self.core.trailing
         self.host.forget(self.fd)
+        if self.stats is not None:
+            self.stats.lost(self)  # its HTTP part ended (the next protocol counts on)
         self.flow.resume(self.flow.reasons)  # the new protocol starts with reading on
         self.flow.wake(False)
         transport.set_protocol(protocol)
@@ -324,7 +348,11 @@ class HttpProtocol:
                 # error page, if it has one)
                 seq = core.timed_out_seq
                 response = self.host.http_timeout(self.fd, seq)
-                core.send(seq, response if response else error_response(504), True, True)
+                response = response if response else error_response(504)
+                if core.send(seq, response, True, True) and self.stats is not None:
+                    self.stats.sent(self, seq, response, True)
+            elif result == TIMEOUT_REQUEST and self.stats is not None:
+                self.stats.refused(self, 408)
             self._flush()
 
     def shutdown(self) -> None:
