@@ -241,6 +241,17 @@ class BusHost:
         elif name.startswith(b"ws:"):
             self._ws_deliver(name[3:], data, kind == BINARY)
 
+    def idle_tasks(self) -> set["asyncio.Task[Any]"]:
+        """The bus's pub/sub supervisor while no channel is subscribed: it waits for
+        work rather than does any (a --cli script does not wait for it)."""
+        bus = self.bus
+        if bus is None:
+            return set()
+        subscriber = bus.subscriber
+        if subscriber.task is None or subscriber.channels or subscriber.patterns:
+            return set()
+        return {subscriber.task}
+
     async def close(self) -> None:
         """Close the bus's connections."""
         if self.bus is not None:

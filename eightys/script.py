@@ -91,6 +91,8 @@ class Script(Worker):
             return False
         me = asyncio.current_task()
         waiting = self.redis.idle_tasks() if self.redis is not None else set()
+        if self.bus is not None:
+            waiting |= self.bus.idle_tasks()
         return all(task is me or task in waiting for task in asyncio.all_tasks())
 
     async def _close(self) -> None:
@@ -106,6 +108,11 @@ class Script(Worker):
                 await asyncio.wait_for(self.redis.close_all(), 1.0)
             except asyncio.TimeoutError:
                 self.log.warning("Redis connections still closing after 1 s; leaving them")
+        if self.bus is not None:
+            try:
+                await asyncio.wait_for(self.bus.close(), 1.0)
+            except asyncio.TimeoutError:
+                self.log.warning("the Redis bus still closing after 1 s; leaving it")
         if self.mysql is not None:
             self.mysql.close_all()
 
