@@ -4,6 +4,7 @@ and the error for a configuration the user must fix."""
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import asdict, dataclass, field
 
 
@@ -67,6 +68,10 @@ class Config:
     #: MySQL driver: "auto" (asyncmy when installed, else aiomysql), "aiomysql" or "asyncmy".
     mysql_driver: str = "auto"
     extra: dict[str, str] = field(default_factory=dict)
+    #: Tells this server run apart from every other (random, not secret): made once by
+    #: the master's Config, the same in all its workers and their successors. The WAMP
+    #: router uses it to know which of the messages it gets from Redis its own server sent.
+    run_id: str = field(default_factory=lambda: secrets.token_hex(8))
     #: Warnings about the configuration, logged once by the master at start.
     notes: tuple[str, ...] = ()
 

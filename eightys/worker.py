@@ -148,6 +148,7 @@ class Worker:
                    **self.compat.functions(), **self.redis.functions(),
                    **self.ws.functions(),
                    b"live_subscribe": self.live_subscribe,
+                   b"run_id": config.run_id.encode(),
                    b"handler_timeout": config.handler_timeout}
         self.runtime = LuaRuntime(
             self, engine=config.lua, entry=config.entry, worker_id=self.worker_id,
