@@ -46,13 +46,15 @@ local _M = {}
 local Bridge = {}
 Bridge.__index = Bridge
 
--- KEYS[1] the hash; ARGV: field, "ADDR ID", the alive-key prefix, our address.
--- Returns 0 when the claim is ours, else the holder's value.
+-- KEYS[1] the hash; ARGV: field, "ADDR ID", the alive-key prefix, our address,
+-- our position ("RUN:WORKER:"). Returns 0 when the claim is ours, else the holder's
+-- value. A holder at our position is the process we replaced: gone.
 local CLAIM = [[
 local held = redis.call('HGET', KEYS[1], ARGV[1])
 if held then
   local owner = string.match(held, '^(%S+)')
-  if owner ~= ARGV[4] and redis.call('EXISTS', ARGV[3] .. owner) == 1 then return held end
+  if owner ~= ARGV[4] and string.sub(owner, 1, #ARGV[5]) ~= ARGV[5]
+     and redis.call('EXISTS', ARGV[3] .. owner) == 1 then return held end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 0
@@ -66,13 +68,15 @@ end
 return 0
 ]]
 
--- KEYS[1] the hash; ARGV[1] the alive-key prefix: drop the claims of dead peers.
+-- KEYS[1] the hash; ARGV: the alive-key prefix, our address, our position: drop
+-- the claims of dead peers and of the process we replaced.
 local SWEEP = [[
 local all = redis.call('HGETALL', KEYS[1])
 local n = 0
 for i = 1, #all, 2 do
   local owner = string.match(all[i + 1], '^(%S+)')
-  if redis.call('EXISTS', ARGV[1] .. owner) == 0 then
+  if redis.call('EXISTS', ARGV[1] .. owner) == 0
+     or (owner ~= ARGV[2] and string.sub(owner, 1, #ARGV[3]) == ARGV[3]) then
     redis.call('HDEL', KEYS[1], all[i]); n = n + 1
   end
 end
@@ -103,13 +107,14 @@ function _M.new(o)
     local prefix = o.prefix
     local self = setmetatable({
         client = client, run = o.run, heartbeat = o.heartbeat,
-        addr = o.run .. ":" .. tostring(o.worker) .. ":" .. hex(crypto.random(4)),
+        position = o.run .. ":" .. tostring(o.worker) .. ":",
         all = prefix .. ":all", regs_key = prefix .. ":regs", alive = prefix .. ":alive:",
         inbox_prefix = prefix .. ":peer:",
         peers = {},          -- addr -> when we last heard from it (net.clock)
         on_message = o.on_message, on_lost = o.on_lost, on_ready = o.on_ready,
         on_beat = o.on_beat,
     }, Bridge)
+    self.addr = self.position .. hex(crypto.random(4))
     self.inbox = self.inbox_prefix .. self.addr
     self.header = self.addr .. "\n"
     local function receive(message) self:_receive(message) end
@@ -123,7 +128,7 @@ function _M.new(o)
             end
             self.ready = true
             self:_beat()
-            client:call("EVAL", SWEEP, 1, self.regs_key, self.alive)
+            client:call("EVAL", SWEEP, 1, self.regs_key, self.alive, self.addr, self.position)
             self.on_ready()
         end)
     self.timer = aio:set_interval(function() self:_beat() end, o.heartbeat)
@@ -180,9 +185,12 @@ function Bridge:send(addr, data)
     local resolve, promise = aio:prepare_promise()
     self.client:call("PUBLISH", self.inbox_prefix .. addr, self.header .. data)(function(n, err)
         if n == nil then return resolve(nil, err) end
-        if n == 0 then -- its inbox has no subscriber: the process is gone
+        if n == 0 then -- its inbox has no subscriber: the process is gone...
             resolve(nil, "its server is gone")
-            return self:lost(addr)
+            -- ...unless it is just starting (its inbox not subscribed yet)
+            local heard = self.peers[addr]
+            if heard and clock() - heard > self.heartbeat then self:lost(addr) end
+            return
         end
         resolve(true)
     end)
@@ -194,7 +202,8 @@ end
 function Bridge:claim(field, id)
     local resolve, promise = aio:prepare_promise()
     local value = self.addr .. " " .. str_format("%.0f", id)
-    self.client:call("EVAL", CLAIM, 1, self.regs_key, field, value, self.alive, self.addr)(
+    self.client:call("EVAL", CLAIM, 1, self.regs_key, field, value, self.alive, self.addr,
+                     self.position)(
         function(held, err)
             if held == nil then return resolve(nil, err) end
             if held == 0 then return resolve(true) end
