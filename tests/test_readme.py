@@ -247,7 +247,7 @@ def _run_by_another_test(block: str) -> bool:
 
 #: Sections merged at the end of the session whose README examples no test runs yet
 #: (their features are tested with their own apps): to be covered next, see the note.
-NOT_YET_RUN = {"WAMP router", "LAppS protocol", "Redis (`require(\"redis\")`)"}
+NOT_YET_RUN = {"Redis (`require(\"redis\")`)"}
 
 
 def test_every_lua_block_has_exactly_one_check() -> None:

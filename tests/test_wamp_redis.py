@@ -15,7 +15,7 @@ import pytest
 from autobahn.wamp.exception import ApplicationError
 from autobahn.wamp.types import CallOptions, PublishOptions, RegisterOptions
 
-from test_wamp import APP, eventually, run
+from test_wamp import APP, eventually, readme_lua_blocks, run
 from wamp_client import join, leave, worker_of
 
 HEARTBEAT = 0.3  # seconds: a peer not heard for three of them is gone
@@ -381,3 +381,29 @@ def test_redis_going_away_and_back(cluster, private_redis):
         await leave(callee, caller, local)
 
     run(body(), timeout=90)
+
+
+def test_readme_across_servers_example(start_server, redis_url, tmp_path):
+    """The README's "Across servers" example, on two servers (its prefix made ours)."""
+    lua = readme_lua_blocks("WAMP router")[1]
+    prefix = f"eightys-test:wamp:{uuid.uuid4().hex[:10]}"
+    assert '"myapp:wamp"' in lua
+    app = tmp_path / "app.lua"
+    app.write_text(lua.replace('"myapp:wamp"', f'"{prefix}"'))
+    url = redis_url.rsplit("/", 1)[0] + "/14"
+    a, b = (start_server(str(app), "--redis", url, "-n", node, workers=1) for node in ("alpha", "beta"))
+
+    async def body():
+        sa, _ = await join(a.port)
+        sb, db = await join(b.port)
+        assert (await sa.call("com.myapp.where")).results == ("alpha", 0)  # each server its own Lua procedure
+        assert (await sb.call("com.myapp.where")).results == ("beta", 0)
+        await sb.register(lambda: "from beta", "com.myapp.client")
+        assert await eventually(lambda: sa.call("com.myapp.client")) == "from beta"
+        got = await sa.call("wamp.session.get", db.session)
+        assert got["node"] == "beta"
+        await leave(sa, sb)
+
+    run(body())
+    for server in (a, b):
+        assert " ERROR " not in server.stderr_text(), server.stderr_text()
