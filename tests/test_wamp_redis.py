@@ -29,9 +29,9 @@ def cluster(start_server, redis_url):
     prefix = f"eightys-test:wamp:{uuid.uuid4().hex[:10]}"
     env = {"WAMP_REDIS_PREFIX": prefix, "WAMP_HEARTBEAT": str(HEARTBEAT)}
 
-    def make(n: int = 2, url: str | None = None, workers: int = 2):
+    def make(n: int = 2, url: str | None = None, workers: int = 2, args: tuple[str, ...] = ()):
         url = url or redis_url.rsplit("/", 1)[0] + "/14"
-        return [start_server(APP, "--redis", url, workers=workers, env=env) for _ in range(n)]
+        return [start_server(APP, "--redis", url, *args, workers=workers, env=env) for _ in range(n)]
 
     make.prefix = prefix
     yield make
@@ -407,3 +407,21 @@ def test_readme_across_servers_example(start_server, redis_url, tmp_path):
     run(body())
     for server in (a, b):
         assert " ERROR " not in server.stderr_text(), server.stderr_text()
+
+
+def test_lua54_engine_across_servers(cluster):
+    a, b = cluster(2, workers=1, args=("--lua", "lua54"))
+
+    async def body():
+        callee, _ = await join(a.port, serializer="msgpack")
+        caller, _ = await join(b.port)
+        await callee.register(lambda *a, **k: [list(a), k], "com.example.echo")
+        payload = [2**53, -2**40, 1.5, "é", None, {"a": []}]
+        assert await eventually(lambda: caller.call("com.example.echo", *payload, x=1)) == [payload, {"x": 1}]
+        got: asyncio.Queue = asyncio.Queue()
+        await caller.subscribe(lambda x: got.put_nowait(x), "com.example.t")
+        await callee.publish("com.example.t", "hi", options=PublishOptions(acknowledge=True))
+        assert await asyncio.wait_for(got.get(), 5) == "hi"
+        await leave(callee, caller)
+
+    run(body())
