@@ -19,8 +19,9 @@
 -- across all servers. A claim held by a peer whose PREFIX:alive:ADDR key expired
 -- (it stopped heart-beating) is taken over.
 --
--- Commands go through one connection (pool_size = 1), so what a worker sends
--- leaves in the order it was sent (progressive results, events of one publisher).
+-- What a worker publishes leaves in the order it was sent (progressive results,
+-- events of one publisher): one pipeline at a time, the messages queued meanwhile
+-- going in the next one (so a busy worker also makes fewer round trips).
 
 local type = type
 local pairs = pairs
@@ -42,6 +43,8 @@ local host = require("eightys.host")
 local log_error = host.log_error
 
 local _M = {}
+
+local MAX_BATCH = 512 -- PUBLISH commands in one pipeline
 
 local Bridge = {}
 Bridge.__index = Bridge
@@ -111,6 +114,8 @@ function _M.new(o)
         all = prefix .. ":all", regs_key = prefix .. ":regs", alive = prefix .. ":alive:",
         inbox_prefix = prefix .. ":peer:",
         peers = {},          -- addr -> when we last heard from it (net.clock)
+        -- PUBLISH commands waiting for the pipeline in flight, their reply callbacks
+        channels = {}, payloads = {}, callbacks = {}, n = 0, sending = false,
         on_message = o.on_message, on_lost = o.on_lost, on_ready = o.on_ready,
         on_beat = o.on_beat,
     }, Bridge)
@@ -138,7 +143,7 @@ end
 function Bridge:_beat()
     local client = self.client
     client:call("SET", self.alive .. self.addr, "1", "PX", floor(self.heartbeat * 3000))
-    client:call("PUBLISH", self.all, self.addr)
+    self:_publish(self.all, self.addr)
     local now = clock()
     local limit = 3 * self.heartbeat
     for addr, seen in pairs(self.peers) do
@@ -174,16 +179,61 @@ function Bridge:lost(addr)
     self.on_lost(addr)
 end
 
+-- Queue a PUBLISH; `on_reply(receivers, err)` (optional) gets its outcome.
+function Bridge:_publish(channel, payload, on_reply)
+    local n = self.n + 1
+    self.channels[n], self.payloads[n], self.callbacks[n] = channel, payload, on_reply or false
+    self.n = n
+    if not self.sending then self:_flush() end
+end
+
+-- Send what is queued (up to MAX_BATCH) in one pipeline; the rest, and what
+-- comes meanwhile, when its replies are in.
+function Bridge:_flush()
+    local n = self.n
+    if n == 0 then
+        self.sending = false
+        return
+    end
+    local take = n < MAX_BATCH and n or MAX_BATCH
+    local channels, payloads, callbacks = self.channels, self.payloads, self.callbacks
+    local p = self.client:pipeline()
+    for i = 1, take do p:call("PUBLISH", channels[i], payloads[i]) end
+    local keep_channels, keep_payloads, keep_callbacks = {}, {}, {}
+    for i = take + 1, n do -- rare: more than MAX_BATCH queued
+        keep_channels[i - take], keep_payloads[i - take], keep_callbacks[i - take] =
+            channels[i], payloads[i], callbacks[i]
+    end
+    self.channels, self.payloads, self.callbacks, self.n = keep_channels, keep_payloads, keep_callbacks, n - take
+    self.sending = true
+    p:execute()(function(replies, err)
+        for i = 1, take do
+            local fn = callbacks[i]
+            if fn then
+                local reply = replies and replies[i]
+                local ok, failed
+                if type(reply) == "number" then
+                    ok, failed = xpcall(fn, traceback, reply)
+                else
+                    ok, failed = xpcall(fn, traceback, nil, type(reply) == "table" and reply.error or err)
+                end
+                if not ok then log_error("wamp: " .. tostring(failed)) end -- the queue goes on
+            end
+        end
+        self:_flush()
+    end)
+end
+
 --- Send `data` to every peer of the other servers.
 function Bridge:broadcast(data)
-    self.client:call("PUBLISH", self.all, self.header .. data)
+    self:_publish(self.all, self.header .. data)
 end
 
 --- Send `data` to peer `addr`. Promise of true, or of nil, reason when nothing
 --- received it (the peer is lost then) or Redis could not be reached.
 function Bridge:send(addr, data)
     local resolve, promise = aio:prepare_promise()
-    self.client:call("PUBLISH", self.inbox_prefix .. addr, self.header .. data)(function(n, err)
+    self:_publish(self.inbox_prefix .. addr, self.header .. data, function(n, err)
         if n == nil then return resolve(nil, err) end
         if n == 0 then -- its inbox has no subscriber: the process is gone...
             resolve(nil, "its server is gone")
