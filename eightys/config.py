@@ -71,7 +71,8 @@ class Config:
     #: ``redis://[user:password@]host:port/db`` (--redis, or REDIS_URL for one with a password).
     redis: str = ""
     #: This server run among the servers sharing a Redis (random, set by the master;
-    #: the same in all its workers): messages on the Redis bus carry it.
+    #: the same in all its workers): messages on the Redis bus carry it, and the WAMP
+    #: router (Lua `host.run_id`) tells its own server's messages from Redis by it.
     server_id: str = ""
     #: MySQL driver: "auto" (asyncmy when installed, else aiomysql), "aiomysql" or "asyncmy".
     mysql_driver: str = "auto"

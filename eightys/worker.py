@@ -235,6 +235,8 @@ class Worker:
                    **self.ws.functions(), **self.acl.functions(),
                    b"live_subscribe": self.live_subscribe,
                    b"connect_tls": self.connect_tls,
+                   # None without a master: the WAMP router makes its own
+                   b"run_id": config.server_id.encode() or None,
                    b"handler_timeout": config.handler_timeout}
         self.runtime = LuaRuntime(
             self, engine=config.lua, entry=config.entry, worker_id=self.worker_id,

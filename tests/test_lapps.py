@@ -176,10 +176,12 @@ def test_notifications_both_ways(start_server):
 
 
 def test_readme_lapps_example_runs(start_server, tmp_path):
-    text = (REPO / "README.md").read_text()
-    body = text.split("\n## LAppS protocol\n", 1)[1].split("\n## ", 1)[0]
+    """The README's LAppS example, as written, with the README's client."""
+    from test_wamp import readme_lua_blocks
+
+    (lua,) = readme_lua_blocks("LAppS protocol")
     app = tmp_path / "app.lua"
-    app.write_text(body.split("```lua", 1)[1].split("```", 1)[0])
+    app.write_text(lua)
     server = start_server(str(app), workers=1)
     a, b = LAppSClient(server), LAppSClient(server)
     assert a.result("echo", 1, "two") == [1, "two"]

@@ -287,15 +287,9 @@ def _run_by_another_test(block: str) -> bool:
     at = readme.find(block)
     heading = readme.rfind("\n## ", 0, at)
     section = readme[heading + 4:readme.find("\n", heading + 4)] if at >= 0 and heading >= 0 else ""
-    if section in NOT_YET_RUN:
-        return True
     return bool(section) and any(f'readme_lua_blocks("{section}")' in text
                                 or f'section_blocks("{section}")' in text for text in others)
 
-
-#: Sections merged at the end of the session whose README examples no test runs yet
-#: (their features are tested with their own apps): to be covered next, see the note.
-NOT_YET_RUN = {"WAMP router", "LAppS protocol"}
 
 
 def test_every_lua_block_has_exactly_one_check() -> None:

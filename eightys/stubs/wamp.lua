@@ -5,7 +5,9 @@
 ---@class wamp
 local wamp = {}
 
----A WAMP router; `options.realms` configures realms (default `realm1`).
+---A WAMP router; `options.realms` configures realms (default `realm1`);
+---`options.redis`: false, a Redis URL or `{ url?, prefix?, heartbeat? }` (default:
+---the server's --redis): the routers of every server on that Redis are one.
 ---@param options? table
 ---@return wamprouter
 function wamp.router(options) end
@@ -19,7 +21,7 @@ function wamp.error(uri, args, kwargs) end
 ---@class wamprouter
 local wamprouter = {}
 
----Serve WAMP on the WebSocket path (subprotocols wamp.2.json and wamp.2.msgpack).
+---Serve WAMP on the WebSocket path (subprotocols wamp.2.json, wamp.2.msgpack and wamp.2.cbor).
 ---@param path string
 ---@param ws_options? table
 function wamprouter:listen(path, ws_options) end
@@ -65,10 +67,14 @@ function wamprouter:publish(realm, topic, args, kwargs, options) end
 ---@return aiopromise
 function wamprouter:call(realm, procedure, args, kwargs, options) end
 
----Sessions joined to `realm` in this worker.
+---Sessions joined to `realm` in every worker (of every server, with Redis).
 ---@param realm string
 ---@return integer
 function wamprouter:session_count(realm) end
+
+---This worker's address among the Redis peers (`RUN:WORKER:ID`), nil without Redis.
+---@return string|nil
+function wamprouter:peer_address() end
 
 ---@class lapps
 local lapps = {}

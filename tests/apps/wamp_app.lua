@@ -1,9 +1,12 @@
--- The WAMP router of tests/test_wamp.py: an open realm, a realm with WAMP-CRA and
+-- The WAMP router of tests/test_wamp.py (and test_wamp_redis.py): an open realm, a realm with WAMP-CRA and
 -- ticket users, and procedures/subscriptions served from Lua.
 local wamp = require("eightys.wamp")
 
 local router = wamp.router{
     limits = { calls = 8, subscriptions = 50, registrations = 50 },
+    -- across servers when started with --redis (tests/test_wamp_redis.py): a prefix
+    -- of the test's own, quick heartbeats
+    redis = { prefix = os.getenv("WAMP_REDIS_PREFIX"), heartbeat = tonumber(os.getenv("WAMP_HEARTBEAT")) },
     realms = {
         realm1 = {},
         disclosed = { disclose_caller = true, disclose_publisher = true },

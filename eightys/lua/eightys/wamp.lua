@@ -17,6 +17,12 @@
 -- and every session is announced to all workers, events are handed to every
 -- worker once, and a call to a procedure registered in another worker travels
 -- there and its results come back. Nothing is shared or locked.
+--
+-- With Redis (the server's --redis, or options.redis) the same messages reach
+-- the workers of the other servers through Redis pub/sub (eightys.wamp_redis):
+-- a worker elsewhere is addressed by its peer address (a string), a worker of
+-- this server by its number, and "*" is everyone. Registrations are claimed in
+-- Redis, so a procedure is registered once across the servers.
 
 local type = type
 local pairs = pairs
@@ -52,6 +58,8 @@ local _M = {}
 local WORKER = WORKERID or 0
 local NWORKERS = WORKERS or 1
 local MAILBOX = "eightys.wamp"
+-- This server run (the same in all its workers): what Redis brings from it is ours.
+local RUN = host.run_id or ("r" .. tostring(floor(random() * 1e15)))
 
 -- Message codes (WAMP v2).
 local HELLO, WELCOME, ABORT, CHALLENGE, AUTHENTICATE, GOODBYE = 1, 2, 3, 4, 5, 6
@@ -73,6 +81,7 @@ local E_PROTOCOL = "wamp.error.protocol_violation"
 local E_NO_PROC = "wamp.error.no_such_procedure"
 local E_CANCELED = "wamp.error.canceled"
 local E_INVALID_URI = "wamp.error.invalid_uri"
+local E_UNAVAILABLE = "wamp.error.unavailable"
 
 local ROLES = object({
     broker = { features = {
@@ -190,7 +199,7 @@ local function copy_details(s)
                     authmethod = s.authmethod, authprovider = s.authprovider,
                     transport = object({ type = "websocket", protocol = s.serializer,
                                          peer = s.peer }),
-                    worker = s.worker })
+                    worker = s.worker, node = NODE })
 end
 
 ---------------------------------------------------------------------------
@@ -235,6 +244,9 @@ local function new_realm(router, name, config)
         regs_by_id = {},     -- id -> local registration
         patterns = {},       -- key -> local registration, prefix and wildcard only
         remote_regs = {},    -- id -> { id, procedure, match, key, worker } in other workers
+                             -- (worker: a number for this server's, a peer address for another's)
+        owners = {},         -- session id -> the worker that has it (as remote_regs' worker)
+        pending = {},        -- key -> true while a registration is being claimed in Redis
         remote_by_key = {},  -- key -> { id -> entry } (Lua procedures exist in every worker)
         remote_patterns = {}, -- id -> entry, prefix and wildcard only
         calls = {},          -- call id -> pending call whose caller is here
@@ -253,9 +265,13 @@ function Realm:find_registration(uri)
     local exact = self.regs[key]
     if exact then return exact end
     local remote = self.remote_by_key[key]
-    if remote then
-        local _, entry = next(remote)
-        if entry then return entry end
+    if remote then -- Lua procedures exist in many workers: one of this server first
+        local found
+        for _, entry in pairs(remote) do
+            found = entry
+            if type(entry.worker) == "number" then break end
+        end
+        if found then return found end
     end
     local best, best_len, best_local
     local function consider_prefix(r, is_local)
@@ -334,13 +350,29 @@ end
 local routers = {} -- name -> router, for the mailbox
 
 -- Messages between workers are MessagePack: any bytes survive (a msgpack
--- session's binary payloads), and it is the faster of our codecs.
+-- session's binary payloads), and it is the faster of our codecs. `worker`: a
+-- worker of this server (a number), a peer of another server (its address),
+-- "*" (every other worker of every server) or "peers" (every worker of the other
+-- servers). `message[2]` is the router's name.
+-- For a peer, returns the promise of Bridge:send (true, or nil, reason).
 local function post(worker, message)
-    if NWORKERS <= 1 then return end
+    local bridge
+    if type(worker) == "string" then
+        local router = routers[message[2]]
+        bridge = router and router.bridge
+        if bridge == nil and worker ~= "*" then return aio:resolved(nil, "no Redis") end
+    end
+    if NWORKERS <= 1 and bridge == nil then return end
     local data, err = msgpack.encode(message)
     if data == nil then
         log_error("wamp: cannot encode a message for worker " .. tostring(worker) .. ": " .. tostring(err))
         return
+    end
+    if worker == "*" or worker == "peers" then
+        if bridge then bridge:broadcast(data) end
+        if NWORKERS <= 1 or worker == "peers" then return end
+    elseif bridge then
+        return bridge:send(worker, data)
     end
     local ok
     ok, err = aio:post(worker, MAILBOX, data)
@@ -421,8 +453,50 @@ function _M.router(options)
     if not router.started then
         router.started = true
         if NWORKERS > 1 then post("*", { "hello", name }) end
+        router:_connect(options.redis)
     end
     return router
+end
+
+-- Link the router to the other servers through Redis: `redis` is false (never),
+-- a URL, or { url =, prefix =, heartbeat = }; nil uses the server's --redis when
+-- it has one. Read once, when the router is made.
+function Router:_connect(redis)
+    if redis == false then return end
+    if type(redis) == "string" then redis = { url = redis } end
+    if redis ~= nil and type(redis) ~= "table" then
+        error("wamp.router: redis must be false, a URL or a table", 3)
+    end
+    redis = redis or {}
+    if redis.url == nil and (host.redis_url or "") == "" then return end
+    local heartbeat = redis.heartbeat or 2
+    if type(heartbeat) ~= "number" or heartbeat <= 0 then
+        error("wamp.router: redis.heartbeat must be a positive number of seconds", 3)
+    end
+    local router = self
+    local bridge, err = require("eightys.wamp_redis").new({
+        url = redis.url, prefix = redis.prefix or ("eightys:wamp:" .. self.name),
+        heartbeat = heartbeat, run = RUN, worker = WORKER,
+        on_message = function(sender, data, new) router:_from_peer(sender, data, new) end,
+        on_lost = function(addr) router:_forget(addr, "its server went away") end,
+        on_ready = function()
+            -- "forget what I had, here is what I have": the other servers' peers
+            -- answer with what they have
+            post("peers", { "hello", router.name })
+            router:_tell_state("peers")
+        end,
+        on_beat = function() router:_reclaim() end,
+    })
+    if bridge == nil then
+        log_error("wamp: no Redis link: " .. tostring(err))
+        return
+    end
+    self.bridge = bridge
+end
+
+--- This worker's peer address on Redis (nil without Redis).
+function Router:peer_address()
+    return self.bridge and self.bridge.addr
 end
 
 --- The realm called `name` (its sessions, subscriptions and registrations);
@@ -501,6 +575,7 @@ function Router:_welcome(s, realm, authid, authrole, authmethod)
     s.nregistrations = 0
     s.next_request = 0
     realm.sessions[s.id] = s
+    realm.owners[s.id] = WORKER
     s:send({ WELCOME, s.id, object({
         roles = ROLES, realm = realm.name, authid = s.authid, authrole = s.authrole,
         authmethod = s.authmethod, authprovider = s.authprovider,
@@ -522,6 +597,7 @@ function Router:_left(realm, id)
     local details = realm.directory[id]
     if details == nil then return end
     realm.directory[id] = nil
+    realm.owners[id] = nil
     realm.count = realm.count - 1
     self:_publish_local(realm, "wamp.session.on_leave", nil,
                         { id, details.authid, details.authrole }, nil, {})
@@ -805,7 +881,7 @@ end
 function Router:_publish(realm, topic, args, kwargs, options, publisher)
     local publication = new_id()
     self:_publish_local(realm, topic, publication, args, kwargs, options, publisher)
-    if NWORKERS > 1 then
+    if NWORKERS > 1 or self.bridge then
         post("*", { "event", self.name, realm.name, topic, publication, args or array(),
                     kwargs or object({}), options, publisher or object({}) })
     end
@@ -835,13 +911,17 @@ end
 -- Registrations
 ---------------------------------------------------------------------------
 
-function Router:_register(realm, match, procedure, callee, fn)
+-- Whether a client may register `key` now (as far as this worker knows).
+function Realm:can_register(key, callee)
+    if self.regs[key] or self.pending[key] then return false end
+    -- a client's procedure is unique across the workers
+    return not (callee and self.remote_by_key[key])
+end
+
+function Router:_register(realm, match, procedure, callee, fn, id)
     local key = reg_key(match, procedure)
-    if realm.regs[key] then return nil, "wamp.error.procedure_already_exists" end
-    if callee and realm.remote_by_key[key] then -- a client's procedure is unique across the workers
-        return nil, "wamp.error.procedure_already_exists"
-    end
-    local reg = { id = new_id(), procedure = procedure, match = match, callee = callee, fn = fn,
+    if not realm:can_register(key, callee) then return nil, "wamp.error.procedure_already_exists" end
+    local reg = { id = id or new_id(), procedure = procedure, match = match, callee = callee, fn = fn,
                   key = key, worker = WORKER, parts = match == "wildcard" and split(procedure) or nil }
     realm.regs[key] = reg
     realm.regs_by_id[reg.id] = reg
@@ -849,6 +929,8 @@ function Router:_register(realm, match, procedure, callee, fn)
     if callee then
         callee.registrations[reg] = true
         callee.nregistrations = callee.nregistrations + 1
+        reg.claimed = id ~= nil -- claimed in Redis before (Router:_claim)
+        if self.bridge and not reg.claimed then reg.unclaimed = true end
     end
     if not reg.meta then
         post("*", { "reg", self.name, realm.name, { id = reg.id, procedure = procedure, match = match } })
@@ -865,8 +947,61 @@ function Router:_unregister(realm, reg)
         reg.callee.registrations[reg] = nil
         reg.callee.nregistrations = reg.callee.nregistrations - 1
     end
+    if reg.claimed and self.bridge then self.bridge:release(realm.name .. "\0" .. reg.key, reg.id) end
     post("*", { "unreg", self.name, realm.name, reg.id })
     return true
+end
+
+-- Claim `key` of `realm` in Redis for session `s`, then register it; `done(reg,
+-- err)`. Redis out of reach: registered here alone (claimed when it is back).
+function Router:_claim(realm, match, procedure, s, done)
+    local key = reg_key(match, procedure)
+    if not realm:can_register(key, s) then return done(nil, "wamp.error.procedure_already_exists") end
+    realm.pending[key] = true
+    local id = new_id()
+    local router = self
+    self.bridge:claim(realm.name .. "\0" .. key, id)(function(ours, err)
+        realm.pending[key] = nil
+        if ours == nil then
+            log_error("wamp: registration of " .. procedure .. " not claimed in Redis (" .. tostring(err)
+                      .. "): it is served, and claimed when Redis is back")
+            id = nil
+        elseif not ours then
+            return done(nil, "wamp.error.procedure_already_exists")
+        end
+        if s.state ~= "open" or s.realm ~= realm then -- the session left meanwhile
+            if id then router.bridge:release(realm.name .. "\0" .. key, id) end
+            return done(nil, nil)
+        end
+        local reg, failed = router:_register(realm, match, procedure, s, nil, id)
+        if reg == nil and id then router.bridge:release(realm.name .. "\0" .. key, id) end
+        done(reg, failed)
+    end)
+end
+
+-- Each heartbeat: claim the registrations made while Redis was out of reach.
+function Router:_reclaim()
+    for _, realm in pairs(self.realms) do
+        for _, reg in pairs(realm.regs) do
+            if reg.unclaimed then
+                reg.unclaimed = nil
+                self.bridge:claim(realm.name .. "\0" .. reg.key, reg.id)(function(ours, held)
+                    if ours == nil then
+                        reg.unclaimed = realm.regs[reg.key] == reg or nil
+                    elseif ours then
+                        reg.claimed = true
+                        if realm.regs[reg.key] ~= reg then
+                            self.bridge:release(realm.name .. "\0" .. reg.key, reg.id)
+                        end
+                    else
+                        log_error("wamp: " .. reg.procedure .. " was registered on two servers while "
+                                  .. "Redis was out of reach (the other: " .. tostring(held)
+                                  .. "); each server's callers use their own")
+                    end
+                end)
+            end
+        end
+    end
 end
 
 handlers[REGISTER] = function(router, s, msg)
@@ -883,6 +1018,12 @@ handlers[REGISTER] = function(router, s, msg)
     end
     if s.nregistrations >= router.limits.registrations then
         return s:send({ ERROR, REGISTER, request, object({}), "wamp.error.too_many_registrations" })
+    end
+    if router.bridge then
+        return router:_claim(s.realm, match, procedure, s, function(reg, err)
+            if reg then return s:send({ REGISTERED, request, reg.id }) end
+            if err then s:send({ ERROR, REGISTER, request, object({}), err }) end
+        end)
     end
     local reg, err = router:_register(s.realm, match, procedure, s)
     if reg == nil then return s:send({ ERROR, REGISTER, request, object({}), err }) end
@@ -1035,10 +1176,15 @@ function Router:_route_call(realm, call)
     else
         call.remote_worker = reg.worker
         realm.calls[call.id] = call
-        post(reg.worker, { "call", self.name, realm.name, call.id, WORKER, reg.id, call.procedure,
-                           call.args or array(), call.kwargs or object({}),
-                           call.caller or object({}), call.receive_progress and true or false,
-                           call.timeout or 0 })
+        local sent = post(reg.worker, { "call", self.name, realm.name, call.id, WORKER, reg.id, call.procedure,
+                                        call.args or array(), call.kwargs or object({}),
+                                        call.caller or object({}), call.receive_progress and true or false,
+                                        call.timeout or 0 })
+        if sent then -- to another server: nobody got it, or Redis is out of reach
+            sent(function(ok, why)
+                if not ok then call:fail(E_UNAVAILABLE, { "the callee cannot be reached: " .. tostring(why) }) end
+            end)
+        end
     end
     if call.timeout and call.timeout > 0 then
         call.timer = aio:set_timeout(function()
@@ -1147,33 +1293,48 @@ end
 
 local remote = {}
 
-remote.hello = function(router, sender)
-    -- a (re)started worker: forget what it had, tell it what we have
-    for _, realm in pairs(router.realms) do
+-- Worker (or peer) `sender` is gone, or starts again: drop its sessions and
+-- registrations, fail the calls it was serving, stop the invocations it asked for.
+function Router:_forget(sender, why)
+    for _, realm in pairs(self.realms) do
         for id, r in pairs(realm.remote_regs) do
             if r.worker == sender then realm:drop_remote(id) end
         end
-        for id in pairs(realm.directory) do
-            if id % SLOTS == sender then router:_left(realm, id) end
+        for id, owner in pairs(realm.owners) do
+            if owner == sender then self:_left(realm, id) end
         end
         for _, call in pairs(realm.calls) do
-            if call.remote_worker == sender then call:fail(E_CANCELED, { "callee's worker restarted" }) end
+            if call.remote_worker == sender then call:fail(E_CANCELED, { "the callee's worker is gone: " .. why }) end
         end
         for _, inv in pairs(realm.remote_invocations) do -- their callers are gone
             if inv.caller_worker == sender then inv:interrupt("killnowait") end
         end
+    end
+end
+
+-- Tell `to` (a worker, a peer or "*") the registrations and sessions of this worker.
+function Router:_tell_state(to)
+    for _, realm in pairs(self.realms) do
         for _, reg in pairs(realm.regs) do
             if not reg.meta then
-                post(sender, { "reg", router.name, realm.name, { id = reg.id, procedure = reg.procedure, match = reg.match } })
+                post(to, { "reg", self.name, realm.name, { id = reg.id, procedure = reg.procedure, match = reg.match } })
             end
         end
         for _, s in pairs(realm.sessions) do
-            post(sender, { "join", router.name, realm.name, copy_details(s) })
+            post(to, { "join", self.name, realm.name, copy_details(s) })
         end
     end
 end
 
+remote.hello = function(router, sender)
+    -- a (re)started worker: forget what it had, tell it what we have
+    router:_forget(sender, "it restarted")
+    router:_tell_state(sender)
+end
+
 remote.join = function(router, sender, realm, details)
+    if type(details) ~= "table" or type(details.session) ~= "number" then return end
+    realm.owners[details.session] = sender
     router:_joined(realm, details)
 end
 
@@ -1194,8 +1355,9 @@ remote.event = function(router, sender, realm, topic, publication, args, kwargs,
     router:_publish_local(realm, topic, publication, args, kwargs, options, publisher)
 end
 
-remote.call = function(router, sender, realm, call_id, caller_worker, reg_id, procedure, args,
+remote.call = function(router, sender, realm, call_id, _, reg_id, procedure, args,
                        kwargs, caller, receive_progress, timeout)
+    local caller_worker = sender -- results go back the way the call came
     local function reply_error(uri, a, k)
         post(caller_worker, { "error", router.name, realm.name, call_id, uri, a or array(), k or object({}) })
     end
@@ -1229,9 +1391,9 @@ remote.cancel = function(router, sender, realm, call_id, mode)
     if inv then inv:interrupt(mode) end
 end
 
-aio:mailbox(MAILBOX, function(sender, data)
-    if sender == WORKER then return end -- our own broadcast
-    local msg = msgpack.decode(data)
+-- A message from another worker (a number) or a peer of another server (its
+-- address), for router msg[2].
+local function dispatch(sender, msg)
     if type(msg) ~= "table" then return end
     local router = routers[msg[2]]
     if router == nil then return end
@@ -1242,7 +1404,24 @@ aio:mailbox(MAILBOX, function(sender, data)
     if realm == nil then return end
     op(router, sender, realm, msg[4], msg[5], msg[6], msg[7], msg[8], msg[9], msg[10], msg[11],
        msg[12], msg[13])
+end
+
+aio:mailbox(MAILBOX, function(sender, data)
+    if sender == WORKER then return end -- our own broadcast
+    dispatch(sender, msgpack.decode(data))
 end)
+
+-- What the bridge brings from peer `sender` of another server (data nil: a
+-- heartbeat). A peer we did not know (new, or lost meanwhile) is told to forget
+-- what it had from us and gets it again, unless it said hello itself.
+function Router:_from_peer(sender, data, new)
+    local msg = data and msgpack.decode(data)
+    if new and not (type(msg) == "table" and msg[1] == "hello") then
+        post(sender, { "hello", self.name })
+        self:_tell_state(sender)
+    end
+    if msg ~= nil then dispatch(sender, msg) end
+end
 
 ---------------------------------------------------------------------------
 -- The Lua API
