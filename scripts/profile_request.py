@@ -136,7 +136,7 @@ class ProfileHost:
         return lambda *args: (None, b"not in the profile")
 
 
-def build(entry: Path) -> tuple[Any, Any, FakeTransport]:
+def build(entry: Path, bare: bool = False) -> tuple[Any, Any, FakeTransport]:
     """A protocol on a fake transport, with the entry script loaded: (protocol, host, transport)."""
     import asyncio
     import logging
@@ -160,6 +160,10 @@ def build(entry: Path) -> tuple[Any, Any, FakeTransport]:
     chost.http_gone = runtime.dispatch_http_gone
     runtime.run_entry()
     runtime.set_date(wire.date_line())
+    if bare:  # the floor: a Lua function that returns a constant response
+        chost.dispatch_http = runtime.execute(
+            b'local r = "HTTP/1.1 200 OK\\r\\nContent-Type: text/plain; charset=utf-8\\r\\n'
+            b'Content-Length: 10\\r\\n\\r\\nHi, Abcde!" return function() return r end')
     protocol = HttpProtocol(chost, chost.new_fd())
     transport = FakeTransport()
     protocol.connection_made(transport)
@@ -178,7 +182,7 @@ def child(args: argparse.Namespace) -> None:
     """Run the measured loops (under callgrind when the parent started us there)."""
     import time
 
-    protocol, lhost, transport = build(Path(args.entry))
+    protocol, lhost, transport = build(Path(args.entry), args.bare)
     results = []
     for mode, per_read in (("single", 1), ("pipelined", PIPELINE)):
         data = REQUEST * per_read
@@ -273,7 +277,7 @@ def parent(args: argparse.Namespace) -> None:
            "--zero-before=getppid", "--dump-before=getpgrp",
            sys.executable, __file__, "--child", "--result", str(result),
            "--requests", str(args.requests), "--warmup", str(args.warmup),
-           "--entry", args.entry]
+           "--entry", args.entry] + (["--bare"] if args.bare else [])
     subprocess.run(cmd, env=env, check=True)
     runs = json.loads(result.read_text())
     dumps = sorted(workdir.glob("callgrind.out.*"), key=lambda p: int(p.suffix[1:]))
@@ -305,6 +309,8 @@ def main() -> None:
                         help="also list the inclusive cost of every function matching REGEX")
     parser.add_argument("--keep", metavar="DIR", help="keep the callgrind dumps in DIR")
     parser.add_argument("--entry", default=str(ENTRY), help="the Lua app (default: simple_http.lua)")
+    parser.add_argument("--bare", action="store_true",
+                        help="replace the Lua dispatcher by a function returning a constant")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -1,10 +1,26 @@
 # C types for http_core.py when Cython compiles it (pure-Python mode: the .py is
 # the source; interpreted, this file is not used). See setup.py.
 
+cdef extern from "string.h" nogil:
+    void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen)
+
+cdef bint _has_http10(bytes data)
+
+cdef class HttpLimits:
+    cdef public Py_ssize_t max_header
+    cdef public Py_ssize_t max_headers
+    cdef public Py_ssize_t max_body
+    cdef public double header_timeout
+    cdef public double keepalive_timeout
+    cdef public double handler_timeout
+    cdef public dict stream_routes
+
 cdef class HttpConnection:
-    cdef public object limits
+    cdef public HttpLimits limits
     cdef public object clock
     cdef object parser
+    cdef object get_method
+    cdef object should_keep_alive
     cdef object streams
     cdef public int state
     cdef public double since
@@ -25,6 +41,10 @@ cdef class HttpConnection:
     cdef bint chunked
     cdef bint has_connection_header
     cdef bint expect_continue
+    cdef bint http10
+    cdef bytes data
+    cdef bint begun_here
+    cdef int has10
     cdef public Py_ssize_t seq_in
     cdef public Py_ssize_t seq_out
     cdef bint head_started
@@ -45,3 +65,4 @@ cdef class HttpConnection:
     cpdef int check_timeout(self, double now)
     cdef void _refuse(self, int status, str reason)
     cdef void _stream_request(self, bytes data)
+    cdef bint _is_http10(self) except -1
