@@ -336,23 +336,24 @@ class HttpConnection:
         headers.append(name)
         headers.append(value)
         size = len(name)
-        # cheap length test first: most fields are none of these
+        # cheap length test first: most fields are none of these; then the usual
+        # spelling, which costs no lower-case copy (a method call, ~350 instructions)
         if size == 4:
-            if name == b"Host" or name.lower() == b"host":  # the usual spelling costs no copy
+            if name == b"Host" or name.lower() == b"host":
                 self.hosts += 1
         elif size == 14:
-            if name.lower() == b"content-length":
+            if name == b"Content-Length" or name.lower() == b"content-length":
                 if self.content_length != -1 or not value.isdigit():
                     raise _Reject(400, "duplicate or invalid Content-Length")
                 self.content_length = int(value)
         elif size == 17:
-            if name.lower() == b"transfer-encoding":
+            if name == b"Transfer-Encoding" or name.lower() == b"transfer-encoding":
                 self.chunked = True
         elif size == 10:
-            if name.lower() == b"connection":
+            if name == b"Connection" or name.lower() == b"connection":
                 self.has_connection_header = True
         elif size == 6:
-            if name.lower() == b"expect":
+            if name == b"Expect" or name.lower() == b"expect":
                 if value.lower() != b"100-continue":
                     raise _Reject(417, "unsupported Expect")
                 self.expect_continue = True
