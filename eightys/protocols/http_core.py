@@ -363,7 +363,10 @@ class HttpConnection:
         # request line, so when the read has no "HTTP/1.0" the request is not one.
         if self.begun_here:
             if self.has10 == -1:
-                self.has10 = 1 if _has_http10(self.data) else 0
+                if COMPILED:
+                    self.has10 = 1 if _has_http10(self.data) else 0
+                else:  # interpreted, a function call costs more than it saves
+                    self.has10 = 0 if self.data.find(b"HTTP/1.0") == -1 else 1
             if self.has10 == 0:
                 return False
         return self.parser.get_http_version() == "1.0"
