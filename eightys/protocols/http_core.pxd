@@ -6,6 +6,10 @@ cdef extern from "string.h" nogil:
 
 cdef bint _has_http10(bytes data)
 
+# states and after-response actions (their Python names: see http_core.py)
+cdef int IDLE, HEAD, BODY, WAITING, CLOSING, SWITCHING, SWITCHED, CLOSED
+cdef int KEEP_ALIVE, CLOSE, SWITCH
+
 cdef class HttpLimits:
     cdef public Py_ssize_t max_header
     cdef public Py_ssize_t max_headers

@@ -74,6 +74,12 @@ KEEP_ALIVE = 0
 CLOSE = 1
 SWITCH = 2
 
+# Compiled, the constants above are C ints (declared in http_core.pxd: a comparison with
+# a module global costs a dict lookup and an int object); these are their Python names.
+globals().update(IDLE=IDLE, HEAD=HEAD, BODY=BODY, WAITING=WAITING, CLOSING=CLOSING,
+                 SWITCHING=SWITCHING, SWITCHED=SWITCHED, CLOSED=CLOSED,
+                 KEEP_ALIVE=KEEP_ALIVE, CLOSE=CLOSE, SWITCH=SWITCH)
+
 # -- what a timeout check did -----------------------------------------------------------
 #: Nothing expired.
 TIMEOUT_NONE = 0
