@@ -1,11 +1,33 @@
 # C types for http_core.py when Cython compiles it (pure-Python mode: the .py is
 # the source; interpreted, this file is not used). See setup.py.
 
+cdef extern from "string.h" nogil:
+    void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen)
+
+cdef bint _has_http10(bytes data)
+
+# states and after-response actions (their Python names: see http_core.py)
+cdef int IDLE, HEAD, BODY, WAITING, CLOSING, SWITCHING, SWITCHED, CLOSED
+cdef int KEEP_ALIVE, CLOSE, SWITCH
+
+cdef class HttpLimits:
+    cdef public Py_ssize_t max_header
+    cdef public Py_ssize_t max_headers
+    cdef public Py_ssize_t max_body
+    cdef public double header_timeout
+    cdef public double keepalive_timeout
+    cdef public double handler_timeout
+    cdef public dict stream_routes
+    cdef public object spool_dir
+    cdef public Py_ssize_t spill_at
+
 cdef class HttpConnection:
-    cdef public object limits
+    cdef public HttpLimits limits
     cdef public object clock
     cdef int base_flags
     cdef object parser
+    cdef object get_method
+    cdef object should_keep_alive
     cdef object streams
     cdef public int state
     cdef public double since
@@ -26,6 +48,10 @@ cdef class HttpConnection:
     cdef bint chunked
     cdef bint has_connection_header
     cdef bint expect_continue
+    cdef bint http10
+    cdef bytes data
+    cdef bint begun_here
+    cdef int has10
     cdef public Py_ssize_t seq_in
     cdef public Py_ssize_t seq_out
     cdef bint head_started
@@ -51,3 +77,4 @@ cdef class HttpConnection:
     cdef void _stream_request(self, bytes data)
     cdef void _release_body(self, Py_ssize_t seq)
     cpdef void release_bodies(self)
+    cdef bint _is_http10(self) except -1
