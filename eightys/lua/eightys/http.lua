@@ -125,6 +125,9 @@ end })
 local DEFAULT_TYPE_LINE = type_lines[DEFAULT_TYPE]
 local JSON_TYPE_LINE = type_lines[JSON_TYPE]
 
+-- Header tables rendered once (_M.freeze_headers): table -> { lines, has_type, close }
+local frozen = setmetatable({}, { __mode = "k" })
+
 -- Render a handler's headers table (or mime string); returns lines, has_type, wants_close
 local function render_headers(headers)
     local kind = type(headers)
@@ -135,6 +138,8 @@ local function render_headers(headers)
     elseif kind ~= "table" then
         error("headers must be a table or a content type string", 3)
     end
+    local done = frozen[headers]
+    if done then return done[1], done[2], done[3] end
     local out, n = {}, 0
     local has_type, close = false, false
     for name, value in pairs(headers) do
@@ -154,6 +159,17 @@ local function render_headers(headers)
         end
     end
     return concat(out), has_type, close
+end
+
+--- Mark a header table that many responses share (and nobody changes afterwards):
+--- it is validated and rendered once, here, instead of on every response.
+--- @param headers table
+--- @return table headers
+function _M.freeze_headers(headers)
+    if type(headers) ~= "table" then error("freeze_headers: headers must be a table", 2) end
+    local lines, has_type, close = render_headers(headers)
+    frozen[headers] = { lines, has_type, close }
+    return headers
 end
 
 ---------------------------------------------------------------------------

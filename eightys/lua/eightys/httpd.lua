@@ -47,6 +47,7 @@ local httpd = httpd or {} -- a global, like 80s; its state survives reloads
 _G.httpd = httpd
 
 local host = require("eightys.host") -- private host functions (eightys/content.py)
+local http_module = require("eightys.http")
 
 httpd.file_routes = httpd.file_routes or {} -- "METHOD path" -> true, routes made by the scan
 httpd.jinja_globals = httpd.jinja_globals or {}
@@ -492,7 +493,8 @@ local function headers_for(fd, mime)
     if set == nil then
         set = { ["Content-Type"] = mime }
         for name, value in pairs(security_sets[tls]) do set[name] = value end
-        by_mime[mime] = set -- bounded: types come from the site's files
+        -- rendered once: every response of this type shares the lines
+        by_mime[mime] = http_module.freeze_headers(set) -- bounded: types come from the site's files
     end
     return set
 end
