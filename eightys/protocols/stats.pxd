@@ -3,7 +3,15 @@
 
 cimport cython
 
-@cython.locals(ns=cython.longlong)
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    cdef struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clk_id, timespec *tp)
+    int CLOCK_MONOTONIC
+
+@cython.locals(ts=timespec)
 cdef long long now_us()
 cpdef int status_of(bytes data)
 cpdef Py_ssize_t head_size(bytes data)

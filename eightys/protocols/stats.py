@@ -27,6 +27,12 @@ from __future__ import annotations
 from time import monotonic_ns
 from typing import Any, Callable
 
+try:
+    import cython
+    COMPILED = cython.compiled  # True in the module Cython built from this file
+except ImportError:  # plain Python without Cython installed
+    COMPILED = False
+
 from eightys.wire import error_response
 
 #: Upper bounds of the latency histogram's buckets, in microseconds (then +Inf).
@@ -43,9 +49,12 @@ AccessHook = Callable[[Any, Any, int, int, int, int], None]
 
 
 def now_us() -> int:
-    """The monotonic clock in microseconds."""
-    ns = monotonic_ns()
-    return ns // 1000
+    """The monotonic clock in microseconds (compiled: clock_gettime straight from C,
+    the same clock as time.monotonic_ns() without a Python call, twice per request)."""
+    if COMPILED:
+        clock_gettime(CLOCK_MONOTONIC, cython.address(ts))  # noqa: F821 - from the .pxd
+        return ts.tv_sec * 1000000 + ts.tv_nsec // 1000  # noqa: F821
+    return monotonic_ns() // 1000
 
 
 def status_of(data: bytes) -> int:
