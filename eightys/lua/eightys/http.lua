@@ -183,6 +183,10 @@ end
 --- @field params table path parameters (`/users/:id` -> params.id)
 local Request = {}
 Request.__index = Request
+-- set on few requests (a close asked for, a client gone): defaults here keep them
+-- out of every request table (see _M.dispatch)
+Request.closing = false
+Request.gone = false
 local EMPTY = setmetatable({}, { __newindex = function() error("fd.params is read-only", 2) end })
 _M.Request = Request
 
@@ -701,14 +705,16 @@ function _M.dispatch(fd, seq, method, url, body, flags, raw_headers)
     elseif flags >= FLAG_BODY_FILE then -- over --body-buffer-size: `body` is its file
         body_file, body = body, nil
     end
-    -- every field the request will get is set here: adding keys later would
-    -- grow (rehash) the table, which costs more than the rest of a small request
+    -- every field a usual request gets is set here: adding keys later would
+    -- grow (rehash) the table, which costs more than the rest of a small request.
+    -- Sixteen keys at most (LuaJIT sizes the hash part in powers of two: a 17th
+    -- doubles it); the rarely set `closing` and `gone` default to false in Request.
     local req = setmetatable({ fd = fd, seq = seq, method = method, path = path,
                                flags = flags, scheme = SCHEME[flags],
                                headers = headers, params = EMPTY,
                                sync = true, out = false, started = false,
-                               finished = false, closing = false, handler = false,
-                               co = false, gone = false, body = body }, Request)
+                               finished = false, handler = false,
+                               co = false, body = body }, Request)
     if body_file then req.body_file = body_file end
     local co = start_request(req, method, path, query, headers, body)
     req.sync = false
