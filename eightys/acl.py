@@ -270,36 +270,38 @@ class AclHost:
             return None, str(exc).encode()
         return acl_id
 
+    def _client_peer(self, fd: Any, forwarded: Any) -> tuple[bool, str | None]:
+        """Whether connection ``fd`` is open, and its client's address: the peer, or
+        behind a trusted proxy the client ``forwarded`` (X-Forwarded-For) names;
+        None for a Unix socket."""
+        conn = self.connections.get(fd)
+        transport = getattr(conn, "transport", None)
+        if transport is None:
+            return False, None
+        peer = peer_address(transport)
+        if peer is not None and self.proxies and forwarded:
+            peer = self.proxies.client(peer, forwarded.decode("latin-1"))
+        return True, peer
+
     def client_address(self, fd: Any, forwarded: Any = None) -> Any:
         """The client of a request on connection ``fd`` carrying ``X-Forwarded-For``
         ``forwarded`` (a string or nil): the peer, or behind a trusted proxy the
         forwarded client. Nil for a Unix socket or a closed connection."""
-        conn = self.connections.get(fd)
-        transport = getattr(conn, "transport", None)
-        if transport is None:
-            return None
-        peer = peer_address(transport)
+        _, peer = self._client_peer(fd, forwarded)
         if peer is None:
             return None
-        if self.proxies and forwarded:
-            peer = self.proxies.client(peer, forwarded.decode("latin-1"))
         address = parse_address(peer)
         return str(address).encode() if address is not None else peer.encode()
 
     def permits(self, acl_id: Any, fd: Any, forwarded: Any = None) -> bool:
         """Whether route ACL ``acl_id`` lets the client of a request on ``fd`` in
-        (a closed connection: no)."""
-        conn = self.connections.get(fd)
-        transport = getattr(conn, "transport", None)
-        if transport is None:
+        (a closed connection: no; a Unix socket client: yes)."""
+        is_open, peer = self._client_peer(fd, forwarded)
+        if not is_open:
             return False
-        peer = peer_address(transport)
         if peer is None:
             return True
-        if self.proxies and forwarded:
-            peer = self.proxies.client(peer, forwarded.decode("latin-1"))
         return self._acls[int(acl_id)].permits(peer)
-
 
 def _strings(value: Any) -> list[str]:
     if value is None:

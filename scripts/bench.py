@@ -304,30 +304,16 @@ def mysql_drivers() -> list[str]:
     return [d for d in sorted(DRIVERS) if available(d)]
 
 
-NGINX_TLS_CONF = '''
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx-tls.pid;
-error_log {tmp}/error-tls.log;
-events {{ worker_connections 20000; }}
-http {{
-    access_log off;
-    keepalive_requests 100000000;
-    keepalive_timeout 75s;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        ssl_protocols TLSv1.2 TLSv1.3;
-        location /echo {{ default_type "text/plain; charset=utf-8"; return 200 "Hi, Abcde!"; }}
-    }}
-}}
-'''
+#: nginx with TLS on the same routes: NGINX_CONF with an ssl listener, and a pid file
+#: and error log of its own (the plain nginx may still be stopping).
+NGINX_TLS_CONF = (NGINX_CONF
+                  .replace("nginx.pid", "nginx-tls.pid").replace("error.log", "error-tls.log")
+                  .replace("listen 127.0.0.1:{port};",
+                           "listen 127.0.0.1:{port} ssl;\n"
+                           "        ssl_certificate {cert};\n"
+                           "        ssl_certificate_key {key};\n"
+                           "        ssl_protocols TLSv1.2 TLSv1.3;"))
+assert "ssl_certificate_key" in NGINX_TLS_CONF and "nginx-tls.pid" in NGINX_TLS_CONF
 
 
 def make_certificate(tmp: Path) -> tuple[Path, Path]:
@@ -368,7 +354,8 @@ def tls_rates(args: argparse.Namespace, client_pin: list[str], server_pin: list[
     if shutil.which("nginx"):
         port = free_port()
         conf = tmp / "nginx-tls.conf"
-        conf.write_text(NGINX_TLS_CONF.format(tmp=tmp, port=port, cert=cert, key=key))
+        conf.write_text(NGINX_TLS_CONF.format(tmp=tmp, port=port, cert=cert, key=key,
+                                              static_root=tmp))
         servers.append(Server("nginx", ["nginx", "-c", str(conf), "-p", str(tmp)], port))
     else:
         print("nginx is not installed: the HTTPS row has no peer (apt-get install nginx-light)")

@@ -53,6 +53,19 @@ def redis_up() -> bool:
     except OSError:
         return False
 
+def redis_without(pattern: str):
+    """A client of the tests' Redis database (15) with no key matching ``pattern``;
+    skips the test without a Redis."""
+    if not redis_up():
+        pytest.skip("no Redis at 127.0.0.1:6379")
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=6379, db=15)
+    for key in client.scan_iter(pattern):
+        client.delete(key)
+    return client
+
+
 
 # -- the cases: (a line the block contains, check(block, start, tmp_path)) -------------------
 
@@ -210,13 +223,7 @@ def check_module(block: str, start: Start, tmp_path: Path) -> None:
 
 
 def check_shared_cache(block: str, start: Start, tmp_path: Path) -> None:
-    if not redis_up():
-        pytest.skip("no Redis at 127.0.0.1:6379")
-    import redis
-
-    r = redis.Redis(host="127.0.0.1", port=6379, db=15)
-    for key in r.scan_iter("eightys:cache:prices:*"):
-        r.delete(key)
+    r = redis_without("eightys:cache:prices:*")
     server = start(entry(tmp_path, block), "--redis", "redis://127.0.0.1:6379/15", workers=2)
     for _ in range(4):  # both workers: the first fill is shared through Redis
         response = get(server, "/price?item=tea")
@@ -229,13 +236,7 @@ def check_shared_cache(block: str, start: Start, tmp_path: Path) -> None:
 
 
 def check_redis_session_store(block: str, start: Start, tmp_path: Path) -> None:
-    if not redis_up():
-        pytest.skip("no Redis at 127.0.0.1:6379")
-    import redis
-
-    r = redis.Redis(host="127.0.0.1", port=6379, db=15)
-    for key in r.scan_iter("eightys:session:*"):
-        r.delete(key)
+    r = redis_without("eightys:session:*")
     root = tmp_path / "public_html"
     root.mkdir()
     (root / "counter.dyn.html").write_text(
