@@ -63,6 +63,8 @@ class Reloader:
         self.reload_all = reload_all
         self.rolling_restart = rolling_restart
         self._stop = asyncio.Event()
+        #: temporary files seen created and gone, whose deletion has not come yet
+        self._vanished: set[str] = set()
         self._task: asyncio.Task[None] | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -110,7 +112,10 @@ class Reloader:
                     await task  # one reload or restart at a time
                     task = None
                 changed = {path for _, path in changes}
-                kind = self.classify(changed - _transient(changes))
+                relevant = changed - _transient(changes, self._vanished)
+                if not relevant:
+                    continue  # only an editor's temporary file came and went
+                kind = self.classify(relevant)
                 log.info("changed: %s -> %s", ", ".join(sorted(display_path(p) for p in changed)),
                          kind)
                 if changed & files:
@@ -128,10 +133,23 @@ class Reloader:
             self.reload_all(kind)
 
 
-def _transient(changes: set[tuple[Change, str]]) -> set[str]:
-    """Files created and gone again within one batch: an editor's (or sed -i's)
-    temporary file, renamed over the file saved. Left in, they made a stylesheet
-    saved that way a full reload instead of a stylesheet swap."""
+#: Temporary files remembered until their deletion is seen (bounded: a watcher that
+#: never reports one deletion must not grow).
+MAX_VANISHED = 1024
+
+
+def _transient(changes: set[tuple[Change, str]], vanished: set[str]) -> set[str]:
+    """An editor's (or sed -i's) temporary file, renamed over the file saved: created
+    and already gone when the batch is read. Its deletion may come in the next batch
+    (a loaded machine splits them), so such files are kept in ``vanished`` until then.
+    Left in, they made a stylesheet saved that way a full reload instead of a
+    stylesheet swap."""
     added = {path for change, path in changes if change == Change.added}
     deleted = {path for change, path in changes if change == Change.deleted}
-    return {path for path in added & deleted if not os.path.lexists(path)}
+    gone = {path for path in added if not os.path.lexists(path)}
+    transient = gone | (deleted & vanished)
+    vanished -= deleted
+    vanished |= gone - deleted
+    if len(vanished) > MAX_VANISHED:
+        vanished.clear()
+    return transient
