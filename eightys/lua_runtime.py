@@ -181,6 +181,11 @@ class LuaRuntime:
         self.dispatch_message: Callable[..., Any] = dispatch[b"message"]
         self.dispatch_call: Callable[..., Any] = dispatch[b"call"]
         self.dispatch_http: Callable[..., Any] = dispatch[b"http"]
+        #: The same dispatcher called through Lua's C API (eightys/lua_call.pyx),
+        #: None where that module is not compiled: the protocols use it when set.
+        self.direct_dispatch_http: Any = _direct_dispatch(
+            engine, lupa_module, self.lua, dispatch[b"http_thread"],
+            dispatch[b"http_thread_address"])
         self.dispatch_http_timeout: Callable[..., Any] = dispatch[b"http_timeout"]
         self.dispatch_http_gone: Callable[..., Any] = dispatch[b"http_gone"]
         self.set_draining: Callable[..., Any] = dispatch[b"http_draining"]
@@ -321,6 +326,21 @@ class LuaRuntime:
 
         task.add_done_callback(done)
         return promise
+
+
+def _direct_dispatch(engine: str, lupa_module: Any, lua: Any, thread: Any,
+                     thread_address: int | None) -> Any:
+    """An :class:`eightys.lua_call.LuaDispatch` for http.dispatch, or None: eightys
+    runs uncompiled, the engine is not LuaJIT, lupa's layout is not the expected
+    one, or ``EIGHTYS_LUPA_CALLS=1`` asks for lupa's calls."""
+    if engine != "luajit" or thread_address is None or os.environ.get("EIGHTYS_LUPA_CALLS"):
+        return None
+    try:
+        from eightys.lua_call import LuaDispatch
+        return LuaDispatch(lupa_module.__file__, lua, thread, int(thread_address),
+                           lupa_module.LuaError)
+    except ImportError:
+        return None
 
 
 def _pair(result: Any) -> tuple[Any, Any]:

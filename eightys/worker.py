@@ -250,6 +250,7 @@ class Worker:
         runtime = self.runtime
         host = self.host
         host.dispatch_http = runtime.dispatch_http
+        host.direct_dispatch_http = runtime.direct_dispatch_http
         host.dispatch_call = runtime.dispatch_call
         host.http_timeout = runtime.dispatch_http_timeout
         host.http_gone = runtime.dispatch_http_gone

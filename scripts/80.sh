@@ -29,18 +29,22 @@ ensure_venv() {
 }
 
 # The HTTP core is compiled in place (Cython, at install): after an edit of its
-# .py/.pxd the old .so would shadow the new source, so rebuild it first.
+# sources the old .so would shadow the new source, so rebuild it first. The list
+# is setup.py's COMPILED, without extensions.
 ensure_compiled() {
-    local src so
-    for src in http_core stats http; do
-        so=$(ls "$ROOT"/eightys/protocols/"$src".cpython-*.so 2>/dev/null | head -n 1)
-        if [ -z "$so" ]; then
-            # a module added to setup.py's COMPILED after this checkout was built
-            [ "$src" = stats ] && [ -n "$(ls "$ROOT"/eightys/protocols/http.cpython-*.so 2>/dev/null)" ] \
-                && { (cd "$ROOT" && "$VENV/bin/python" setup.py -q build_ext --inplace >/dev/null); return; }
-            continue
-        fi
-        if [ "$ROOT/eightys/protocols/$src.py" -nt "$so" ] || [ "$ROOT/eightys/protocols/$src.pxd" -nt "$so" ]; then
+    local src so part built=""
+    for src in eightys/protocols/http_core eightys/protocols/stats eightys/lua_call \
+               eightys/protocols/llhttp eightys/protocols/http; do
+        so=$(ls "$ROOT/$src".cpython-*.so 2>/dev/null | head -n 1)
+        [ -n "$so" ] && built=1
+        for part in "$ROOT/$src".py "$ROOT/$src".pyx "$ROOT/$src".pxd; do
+            # a module added to COMPILED after this checkout was built has no .so yet
+            if [ -f "$part" ] && { [ -z "$so" ] || [ "$part" -nt "$so" ]; }; then
+                so=""
+                break
+            fi
+        done
+        if [ -z "$so" ] && [ -n "$built$(ls "$ROOT"/eightys/protocols/*.cpython-*.so 2>/dev/null)" ]; then
             log "rebuilding the compiled HTTP core (its source changed)"
             (cd "$ROOT" && "$VENV/bin/python" setup.py -q build_ext --inplace >/dev/null)
             return

@@ -57,7 +57,7 @@ PIPELINE = 16
 LAYERS: dict[str, str] = {
     "data_received": r"HttpProtocol_\d*data_received$",
     "receive_data": r"HttpConnection_receive_data$|HttpConnection_\d*receive_data$",
-    "feed_data": r"HttpParser_\d*feed_data$",
+    "feed_data": r"HttpParser_\d*feed_data$|RequestParser_\d*feed_data$",
     "on_message_begin": r"HttpConnection_\d*on_message_begin$",
     "on_url": r"HttpConnection_\d*on_url$",
     "on_header": r"HttpConnection_\d*on_header$",
@@ -66,6 +66,7 @@ LAYERS: dict[str, str] = {
     "dispatch_events": r"HttpProtocol__dispatch_events$",
     "lua_pcall": r"^lua_pcall$",
     "lupa_call": r"^_PyObject_MakeTpCall$",  # lupa's call object: its tp_call is not exported
+    "direct_call": r"LuaDispatch_call$",  # eightys/lua_call.pyx (compiled, LuaJIT)
     "core_send": r"HttpConnection_send$",
     "flush": r"HttpProtocol__flush$",
     "write": r"^deque_append$",
@@ -155,12 +156,14 @@ def build(entry: Path, bare: bool = False) -> tuple[Any, Any, FakeTransport]:
     lhost = ProfileHost(chost.connections)
     runtime = LuaRuntime(lhost, entry=str(entry))  # type: ignore[arg-type]
     chost.dispatch_http = runtime.dispatch_http
+    chost.direct_dispatch_http = runtime.direct_dispatch_http
     chost.dispatch_call = runtime.dispatch_call
     chost.http_timeout = runtime.dispatch_http_timeout
     chost.http_gone = runtime.dispatch_http_gone
     runtime.run_entry()
     runtime.set_date(wire.date_line())
     if bare:  # the floor: a Lua function that returns a constant response
+        chost.direct_dispatch_http = None
         chost.dispatch_http = runtime.execute(
             b'local r = "HTTP/1.1 200 OK\\r\\nContent-Type: text/plain; charset=utf-8\\r\\n'
             b'Content-Length: 10\\r\\n\\r\\nHi, Abcde!" return function() return r end')
@@ -242,12 +245,14 @@ def breakdown(total: int, costs: dict[str, int], n: int) -> list[tuple[str, floa
                                      "on_headers_complete", "on_message_complete"))
     rows = [("total (the measured loop)", total / n)]
     if per["data_received"]:
-        lupa = per["lupa_call"]
+        # the call into Lua: eightys.lua_call when built (LuaJIT), else lupa's
+        lupa = per["direct_call"] or per["lupa_call"]
         rows += [
-            ("httptools (llhttp + its callback glue)", per["feed_data"] - callbacks),
+            ("llhttp (+ its callback glue)", per["feed_data"] - callbacks),
             ("core callbacks (on_url, on_header, ...)", callbacks),
             ("core receive_data, without httptools", per["receive_data"] - per["feed_data"]),
-            ("lupa call (arguments, results, locking)", lupa - per["lua_pcall"]),
+            ("call into Lua (arguments, results)" if per["direct_call"]
+             else "lupa call (arguments, results, locking)", lupa - per["lua_pcall"]),
             ("Lua (dispatch, routing, handler, response)", per["lua_pcall"]),
             ("adapter dispatch loop, core.send", per["dispatch_events"] - lupa),
             ("flush + transport.write", per["flush"]),

@@ -77,6 +77,12 @@ local dispatch = {}
 
 --- One HTTP request (see eightys/lua/eightys/http.lua).
 dispatch.http = http.dispatch
+--- The same function at the bottom of a Lua thread's stack, and that thread's
+--- address: Python's direct call of it goes through the C API on that thread
+--- (eightys/lua_call.pyx). Python's reference to the thread keeps it alive.
+dispatch.http_thread = coroutine.create(http.dispatch)
+local thread_address = string.match(tostring(dispatch.http_thread), "0x(%x+)")
+dispatch.http_thread_address = thread_address and tonumber(thread_address, 16)
 --- A handler did not answer within --handler-timeout (504 already sent): log it.
 dispatch.http_timeout = http.timeout
 --- A connection with handlers still working closed: forget them.

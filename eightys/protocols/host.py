@@ -44,6 +44,9 @@ class ConnectionHost:
         self._tasks: set[asyncio.Task[Any]] = set()
         # Lua dispatchers and hooks, filled in by the worker once Lua is loaded
         self.dispatch_http: HttpDispatch = _not_ready
+        #: The same dispatcher as an eightys.lua_call.LuaDispatch (a C call from the
+        #: compiled request loop), None where that module is not built.
+        self.direct_dispatch_http: Any = None
         self.dispatch_call: Callable[..., Any] = _not_ready
         self.http_timeout: Callable[[int, int], Any] = _not_ready
         self.http_gone: Callable[[int], Any] = _not_ready
@@ -51,14 +54,33 @@ class ConnectionHost:
         self.raw_data: Callable[[int, bytes], Any] = _not_ready
         self.raw_write: Callable[[int], Any] = _not_ready
         self.raw_close: Callable[[int, Any], Any] = _not_ready
-        self.static: StaticHook | None = None
-        self.inject: InjectHook | None = None
+        #: [static, inject] (see the properties): one list every protocol holds, so a
+        #: hook set later (a reload) reaches the open connections, read by index.
+        self.hooks: list[Any] = [None, None]
         #: The server-wide network ACL (eightys.acl.Gate), None when there is none:
         #: ``gate.admit(transport)`` in connection_made, before any Lua runs.
         self.gate: Any = None
         #: Per-response accounting for metrics and the access log (an
         #: eightys.protocols.stats.HttpStats), None when both are off.
         self.stats: Any = None
+
+    @property
+    def static(self) -> StaticHook | None:
+        """The static-file fast path, or None."""
+        return self.hooks[0]
+
+    @static.setter
+    def static(self, hook: StaticHook | None) -> None:
+        self.hooks[0] = hook
+
+    @property
+    def inject(self) -> InjectHook | None:
+        """The reload-mode script injection, or None."""
+        return self.hooks[1]
+
+    @inject.setter
+    def inject(self, hook: InjectHook | None) -> None:
+        self.hooks[1] = hook
 
     def new_fd(self) -> int:
         """A fresh connection handle (never reused, unlike OS file descriptors)."""

@@ -3,6 +3,7 @@
 
 from eightys.protocols.http_core cimport HttpConnection
 from eightys.protocols.stats cimport HttpStats
+from eightys.lua_call cimport LuaDispatch
 
 cdef class HttpProtocol:
     cdef readonly object host
@@ -12,6 +13,8 @@ cdef class HttpProtocol:
     cdef readonly object flow
     cdef readonly bint closed
     cdef object dispatch
+    cdef LuaDispatch direct
+    cdef list hooks
     cdef HttpStats stats
     cdef object parked
     cdef bint in_batch

@@ -34,6 +34,13 @@ from eightys.protocols.http_core import (
 )
 from eightys.wire import error_response
 
+try:  # httptools' llhttp driven from C (compiled builds only)
+    from eightys.protocols.llhttp import RequestParser, available as _llhttp_available
+    #: The parser class of every connection's core (None: httptools' own).
+    PARSER: Any = RequestParser if _llhttp_available() else None
+except ImportError:
+    PARSER = None
+
 #: Stop dispatching (and reading) once this many requests on one connection await
 #: their responses.
 MAX_IN_FLIGHT = 64
@@ -54,8 +61,10 @@ class HttpProtocol:
         self.host = host
         self.fd = fd
         # flags: what every request on the connection carries (wire.FLAG_TLS)
-        self.core = HttpConnection(host.limits, host, flags)
+        self.core = HttpConnection(host.limits, host, flags, PARSER)
         self.dispatch = host.dispatch_http
+        self.direct = host.direct_dispatch_http  # the same, as a C call (None: not built)
+        self.hooks = host.hooks  # [static, inject], shared with the host
         #: Metrics/access-log accounting (eightys/protocols/stats.py); None when both are off.
         self.stats = host.stats
         self.transport = None
@@ -137,10 +146,11 @@ class HttpProtocol:
     def _dispatch_events(self, events: list, start: int) -> None:
         core = self.core
         limit = core.seq_out + MAX_IN_FLIGHT
-        host = self.host
-        static = host.static
-        inject = host.inject
+        hooks = self.hooks
+        static = hooks[0]
+        inject = hooks[1]
         dispatch = self.dispatch
+        direct = self.direct
         screen = self.screen
         fd = self.fd
         stats = self.stats
@@ -168,7 +178,11 @@ class HttpProtocol:
                 if stats is not None:
                     stats.end()
                 continue
-            out = dispatch(fd, seq, method, request[2], request[3], request[4], request[5])
+            if direct is not None:
+                out = direct.call(fd, seq, method, request[2], request[3], request[4],
+                                  request[5])
+            else:
+                out = dispatch(fd, seq, method, request[2], request[3], request[4], request[5])
             if out:
                 if inject is not None:
                     out = inject(out)

@@ -26,6 +26,7 @@ cdef class HttpConnection:
     cdef public object clock
     cdef int base_flags
     cdef object parser
+    cdef object feed
     cdef object get_method
     cdef object should_keep_alive
     cdef object streams
@@ -65,6 +66,13 @@ cdef class HttpConnection:
     cdef public object spools
 
     cpdef list receive_data(self, bytes data)
+    # the parser's callbacks (C calls from eightys/protocols/llhttp.pyx)
+    cpdef on_message_begin(self)
+    cpdef on_url(self, bytes url)
+    cpdef on_header(self, bytes name, bytes value)
+    cpdef on_headers_complete(self)
+    cpdef on_body(self, bytes body)
+    cpdef on_message_complete(self)
     cpdef bint send(self, Py_ssize_t seq, bytes data, bint final, bint close=*)
     cpdef bytes data_to_send(self)
     cdef void _finish_head(self)

@@ -202,12 +202,17 @@ class HttpConnection:
 
     # Attributes are declared (with their C types) in http_core.pxd.
 
-    def __init__(self, limits: HttpLimits, clock: Any, flags: int = 0) -> None:
+    def __init__(self, limits: HttpLimits, clock: Any, flags: int = 0,
+                 parser: Any = None) -> None:
+        """``flags``: what every request carries (``wire.FLAG_TLS``); ``parser``:
+        the parser class, called with this object (httptools' when None; the compiled
+        adapter passes eightys.protocols.llhttp's)."""
         self.limits = limits
         self.clock = clock
         self.base_flags = flags  # connection properties every request carries (FLAG_TLS)
-        parser = httptools.HttpRequestParser(self)
+        parser = httptools.HttpRequestParser(self) if parser is None else parser(self)
         self.parser = parser
+        self.feed = parser.feed_data  # bound once, as the two below
         # bound once: a method call on the parser would look its name up every time
         self.get_method = parser.get_method
         self.should_keep_alive = parser.should_keep_alive
@@ -272,7 +277,7 @@ class HttpConnection:
         self.begun_here = False
         self.has10 = -1
         try:
-            self.parser.feed_data(data)
+            self.feed(data)
             if self.state == HEAD:
                 # A head line grows inside httptools with no callback until it ends:
                 # count the bytes of reads that made no visible progress (a callback
@@ -286,6 +291,10 @@ class HttpConnection:
                         raise _Reject(431, "request head too large")
         except _Reject as exc:
             self._refuse(exc.status, exc.reason)
+        except _Stream:  # eightys.protocols.llhttp raises a callback's exception as itself
+            self._stream_request(data)
+        except _Stop:
+            pass
         except httptools.HttpParserCallbackError as exc:
             # httptools wraps a callback's exception; ours is its __context__
             reason = exc.__context__

@@ -1,9 +1,10 @@
 """The sans-IO HTTP/1.1 connection core, driven with bytes and a fake clock.
 
 No sockets, no loop, no Lua: requests go in as bytes, responses are handed back with
-``send`` and come out of ``data_to_send``. Every test runs twice: against the module
-as installed (compiled by Cython when a compiler was there) and against the plain
-Python source, which is the fallback and must behave the same.
+``send`` and come out of ``data_to_send``. Every test runs three times: against the
+module as installed (compiled by Cython when a compiler was there) with httptools'
+parser, the same with the C-driven llhttp the compiled server uses, and against the
+plain Python source, which is the fallback and must behave the same.
 """
 
 from __future__ import annotations
@@ -32,10 +33,32 @@ def _pure_core() -> ModuleType:
     return module
 
 
-@pytest.fixture(params=["installed", "python"])
+def _llhttp_core() -> ModuleType:
+    """The installed core with the C-driven parser (eightys.protocols.llhttp), as the
+    compiled server runs it."""
+    try:
+        from eightys.protocols import llhttp
+    except ImportError:
+        pytest.skip("eightys.protocols.llhttp is not compiled")
+    if not llhttp.available():
+        pytest.skip("this httptools' llhttp is not the layout eightys.protocols.llhttp knows")
+    module = ModuleType("eightys_http_core_llhttp")
+    module.__dict__.update(installed_core.__dict__)
+
+    def connection(limits: Any, clock: Any, flags: int = 0) -> Any:
+        return installed_core.HttpConnection(limits, clock, flags, llhttp.RequestParser)
+
+    module.HttpConnection = connection  # type: ignore[attr-defined]
+    return module
+
+
+@pytest.fixture(params=["installed", "llhttp", "python"])
 def core(request: pytest.FixtureRequest) -> ModuleType:
-    """The core module: as installed, and as plain Python."""
-    return installed_core if request.param == "installed" else _pure_core()
+    """The core module: as installed with httptools' parser, as installed with the
+    C-driven llhttp (what the compiled server uses), and as plain Python."""
+    if request.param == "installed":
+        return installed_core
+    return _llhttp_core() if request.param == "llhttp" else _pure_core()
 
 
 class FakeClock:
