@@ -1,9 +1,9 @@
 # The C side of eightys/lua_call.pyx (http.pxd cimports LuaDispatch: its `call` is a
 # C call from the request loop).
+
 ctypedef int (*gettop_f)(void *L) noexcept nogil
 ctypedef void (*settop_f)(void *L, int idx) noexcept nogil
 ctypedef int (*checkstack_f)(void *L, int extra) noexcept nogil
-ctypedef void (*pushvalue_f)(void *L, int idx) noexcept nogil
 ctypedef void (*pushinteger_f)(void *L, long long n) noexcept nogil
 ctypedef void (*pushlstring_f)(void *L, const char *s, size_t size) noexcept nogil
 ctypedef void (*pushnil_f)(void *L) noexcept nogil
@@ -12,18 +12,31 @@ ctypedef int (*type_f)(void *L, int idx) noexcept nogil
 ctypedef const char *(*tolstring_f)(void *L, int idx, size_t *size) noexcept nogil
 ctypedef int (*toboolean_f)(void *L, int idx) noexcept nogil
 ctypedef void (*getfield_f)(void *L, int idx, const char *k) noexcept nogil
-ctypedef void (*xmove_f)(void *src, void *dst, int n) noexcept nogil
-ctypedef int (*ref_f)(void *L, int t) noexcept nogil
 ctypedef void (*rawgeti_f)(void *L, int idx, int n) noexcept nogil
+ctypedef int (*resume_f)(void *L, int nargs) noexcept nogil
+ctypedef void *(*newthread_f)(void *L) noexcept nogil
+ctypedef int (*ref_f)(void *L, int t) noexcept nogil
+ctypedef void (*unref_f)(void *L, int t, int ref) noexcept nogil
+ctypedef void (*xmove_f)(void *src, void *dst, int n) noexcept nogil
+
+cdef enum:
+    # Lua threads kept for reuse (a thread whose handler waits is not returned)
+    POOL_SIZE = 16
 
 cdef class LuaDispatch:
     cdef void *L
-    cdef object runtime
     cdef object error
+    cdef object runtime
+    cdef object thread
+    cdef int serve_ref
+    cdef int suspended_ref
+    cdef int failed_ref
+    cdef void *threads[POOL_SIZE]
+    cdef int thread_refs[POOL_SIZE]
+    cdef int pooled
     cdef gettop_f gettop
     cdef settop_f settop
     cdef checkstack_f checkstack
-    cdef pushvalue_f pushvalue
     cdef pushinteger_f pushinteger
     cdef pushlstring_f pushlstring
     cdef pushnil_f pushnil
@@ -32,8 +45,13 @@ cdef class LuaDispatch:
     cdef tolstring_f tolstring
     cdef toboolean_f toboolean
     cdef rawgeti_f rawgeti
-    cdef int ref
-    cdef int traceback_ref
+    cdef resume_f resume
+    cdef newthread_f newthread
+    cdef ref_f ref
+    cdef unref_f unref
+    cdef xmove_f xmove
 
+    cdef object _result(self, void *L)
+    cdef str _message(self, void *L)
     cpdef object call(self, object fd, object seq, bytes method, bytes url, object body,
                       object flags, bytes headers)

@@ -1,46 +1,57 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""A direct call of one Lua function from C: the per-request ``http.dispatch``.
+"""One HTTP request into Lua from C: the per-request call of the compiled server.
 
-lupa's call of a Lua function costs about 3,300 instructions per request (its
-runtime lock, a type test and conversion per argument, an error handler, the
-tuple of results): as much as the whole HTTP parse. :class:`LuaDispatch` makes
-the same call through Lua's C API, about 400 instructions: it pushes the seven
-arguments of ``http.dispatch`` (integers and byte strings), calls it with
-``lua_pcall`` and turns the one result into ``bytes``, ``False`` or ``None``.
+Through lupa, a request costs two things beside the handler: lupa's call of
+``http.dispatch`` (about 3,300 instructions: its runtime lock, a type test and a
+conversion per argument, an error handler, the tuple of results) and, inside
+Lua, a switch into a pooled coroutine and back (about 2,500: the handler may
+``aio:await``, so it cannot run on the caller's stack). :class:`LuaDispatch` does
+both in C, the way OpenResty runs a request: it keeps a few Lua threads, pushes
+``http.serve`` and the seven arguments onto one, and starts it with
+``lua_resume``.
 
-The Lua C API functions are those of LuaJIT as lupa built it (exported by lupa's
-``lupa.luajit21`` module), looked up once with ``dlsym``. The call runs on the
-runtime's main Lua state, as lupa's calls do, with the stack restored after it;
-Lua code that it runs calls back into Python through lupa as usual.
+* The handler returns: the thread's result (the response as ``bytes``, ``False``
+  or ``None``) is returned and the thread goes back to the pool.
+* The handler waits (the thread yields): the thread now belongs to what it waits
+  on (aio resumes it; it is referenced from there and from the request's
+  handler-timeout entry); ``http.suspended(thread)`` says what to return (``None``
+  unless it answered before waiting).
+* The handler raises (the thread is dead, its stack kept): ``http.failed(thread,
+  error)`` logs it with the traceback, answers 500 and says what to return. Only
+  if that fails too (a bug of eightys itself) is ``error`` raised, with Lua's
+  message.
 
-Two things are taken from outside an API, and both are checked when a
-:class:`LuaDispatch` is made (any doubt means lupa's calls, never a crash later):
-the main ``lua_State *`` is the first field of lupa's ``LuaRuntime`` (in every
-lupa release so far), and it must share its LuaJIT global state with a thread
-whose address Lua gave (``tostring(coroutine)`` in ``bootstrap.lua``, which also
-hands over the function, at the bottom of that thread's stack).
+The Lua C API functions are LuaJIT's as lupa built it (exported by lupa's
+``lupa.luajit21`` module), looked up once with ``dlsym``. Two things are taken
+from outside an API, and both are checked when a :class:`LuaDispatch` is made
+(any doubt means lupa's calls, never a crash later): the main ``lua_State *`` is
+the first field of lupa's ``LuaRuntime`` (in every lupa release so far), and it
+must share its LuaJIT global state with a thread whose address Lua gave
+(``tostring(coroutine)`` in ``bootstrap.lua``). The entry points are found in the
+Lua registry (``eightys.http.serve``, ``.suspended``, ``.failed``).
 
-Only built when Cython compiles eightys (``setup.py``); without it, and for any
-other engine (Lua 5.4), :mod:`eightys.lua_runtime` calls through lupa.
+Only built when Cython compiles eightys (``setup.py``); without it, and for Lua
+5.4, :mod:`eightys.lua_runtime` calls ``http.dispatch`` through lupa.
 """
 
-from cpython.object cimport PyObject
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.object cimport PyObject
 
 cdef extern from "dlfcn.h" nogil:
     void *dlopen(const char *filename, int flags)
     void *dlsym(void *handle, const char *symbol)
     int dlclose(void *handle)
-    char *dlerror()
     int RTLD_NOW
     int RTLD_NOLOAD
 
 cdef enum:
     # lua.h (Lua 5.1 API, LuaJIT's)
+    LUA_YIELD = 1
     T_NIL = 0
     T_BOOLEAN = 1
     T_STRING = 4
     T_TABLE = 5
+    T_FUNCTION = 6
     LUA_REGISTRYINDEX = -10000
     LUA_GLOBALSINDEX = -10002
     # layouts (see LuaDispatch.__init__)
@@ -57,15 +68,15 @@ cdef void *_symbol(void *lib, bytes name) except NULL:
 
 
 cdef class LuaDispatch:
-    """``http.dispatch(fd, seq, method, url, body, flags, headers)`` called through
-    Lua's C API (see the module docstring). ``error`` is raised (with Lua's message)
-    if the function itself fails; handlers' errors are caught inside it."""
+    """``http.serve(fd, seq, method, url, body, flags, headers)`` on a Lua thread
+    resumed from C (see the module docstring): what ``http.dispatch`` returns,
+    without lupa and without a coroutine switch in Lua."""
 
     def __init__(self, module_file: str, runtime: object, thread: object,
                  thread_address: int, error: type) -> None:
         """``module_file``: lupa's LuaJIT module; ``runtime``: its ``LuaRuntime``;
-        ``thread``/``thread_address``: lupa's object for a Lua thread whose stack slot
-        1 holds the function, and its ``lua_State *``; ``error``: the exception class
+        ``thread``/``thread_address``: lupa's object for a Lua thread and its
+        ``lua_State *`` (the check of the main state); ``error``: the exception class
         for a failed call. Raises ``ImportError`` if any of it does not hold up."""
         cdef void *lib = dlopen(module_file.encode(), RTLD_NOW | RTLD_NOLOAD)
         if lib == NULL:
@@ -74,7 +85,6 @@ cdef class LuaDispatch:
             self.gettop = <gettop_f>_symbol(lib, b"lua_gettop")
             self.settop = <settop_f>_symbol(lib, b"lua_settop")
             self.checkstack = <checkstack_f>_symbol(lib, b"lua_checkstack")
-            self.pushvalue = <pushvalue_f>_symbol(lib, b"lua_pushvalue")
             self.pushinteger = <pushinteger_f>_symbol(lib, b"lua_pushinteger")
             self.pushlstring = <pushlstring_f>_symbol(lib, b"lua_pushlstring")
             self.pushnil = <pushnil_f>_symbol(lib, b"lua_pushnil")
@@ -83,9 +93,12 @@ cdef class LuaDispatch:
             self.toboolean = <toboolean_f>_symbol(lib, b"lua_toboolean")
             self.pcall = <pcall_f>_symbol(lib, b"lua_pcall")
             self.rawgeti = <rawgeti_f>_symbol(lib, b"lua_rawgeti")
+            self.resume = <resume_f>_symbol(lib, b"lua_resume")
+            self.newthread = <newthread_f>_symbol(lib, b"lua_newthread")
+            self.ref = <ref_f>_symbol(lib, b"luaL_ref")
+            self.unref = <unref_f>_symbol(lib, b"luaL_unref")
+            self.xmove = <xmove_f>_symbol(lib, b"lua_xmove")
             getfield = <getfield_f>_symbol(lib, b"lua_getfield")
-            xmove = <xmove_f>_symbol(lib, b"lua_xmove")
-            luaL_ref = <ref_f>_symbol(lib, b"luaL_ref")
         finally:
             dlclose(lib)  # the module stays loaded: Python holds it
         self.error = error
@@ -98,67 +111,109 @@ cdef class LuaDispatch:
                 or (<void **>(main + GLREF_OFFSET))[0] != (<void **>(L1 + GLREF_OFFSET))[0] \
                 or main[GCT_OFFSET] != L1[GCT_OFFSET]:
             raise ImportError("lupa's LuaRuntime layout is not the one expected")
-        if self.gettop(L1) < 1:
-            raise ImportError("the dispatch thread has no function in its stack slot 1")
-        # The call runs on the main thread: LuaJIT's compiled traces crash when a
-        # function called with lua_pcall on another thread resumes coroutines.
         self.L = main
-        self.pushvalue(L1, 1)
-        xmove(L1, main, 1)
-        self.ref = luaL_ref(main, LUA_REGISTRYINDEX)
-        # debug.traceback as the error handler: a failure of dispatch itself (not of a
-        # handler: those are caught inside it) is reported with its stack, as by lupa
-        getfield(main, LUA_GLOBALSINDEX, b"debug")
-        if self.type_(main, -1) == T_TABLE:
-            getfield(main, -1, b"traceback")
-            self.traceback_ref = luaL_ref(main, LUA_REGISTRYINDEX)
-        self.settop(main, -2)
+        self.thread = thread
         self.runtime = runtime  # the state lives as long as this object
+        cdef int top = self.gettop(main)
+        getfield(main, LUA_REGISTRYINDEX, b"eightys.http.serve")
+        getfield(main, LUA_REGISTRYINDEX, b"eightys.http.suspended")
+        getfield(main, LUA_REGISTRYINDEX, b"eightys.http.failed")
+        if self.type_(main, -1) != T_FUNCTION or self.type_(main, -2) != T_FUNCTION \
+                or self.type_(main, -3) != T_FUNCTION:
+            self.settop(main, top)
+            raise ImportError("eightys.http.serve/suspended/failed are not in the Lua registry")
+        self.failed_ref = self.ref(main, LUA_REGISTRYINDEX)
+        self.suspended_ref = self.ref(main, LUA_REGISTRYINDEX)
+        self.serve_ref = self.ref(main, LUA_REGISTRYINDEX)
+        self.settop(main, top)
+        self.pooled = 0
+
+    def __dealloc__(self):
+        # the pooled threads' references go with the state (lupa closes it)
+        self.pooled = 0
+
+    cdef object _result(self, void *L):
+        # the value at the top of L's stack, as dispatch returns it
+        cdef size_t size
+        cdef const char *text
+        cdef int kind = self.type_(L, -1)
+        if kind == T_STRING:
+            text = self.tolstring(L, -1, &size)
+            return PyBytes_FromStringAndSize(text, size)
+        if kind == T_BOOLEAN:
+            return True if self.toboolean(L, -1) else False
+        return None
 
     cpdef object call(self, object fd, object seq, bytes method, bytes url, object body,
                       object flags, bytes headers):
         """One request: the complete response (bytes), False (answered through
         http_send) or None (the handler is still working)."""
-        cdef void *L = self.L
-        cdef int top = self.gettop(L)
+        cdef void *main = self.L
+        cdef void *co
+        cdef int ref
         cdef int status
-        cdef size_t size
-        cdef const char *text
-        cdef int kind
-        cdef int handler = 0
-        if not self.checkstack(L, 10):
+        cdef int top
+        if self.pooled:
+            self.pooled -= 1
+            co = self.threads[self.pooled]
+            ref = self.thread_refs[self.pooled]
+        else:
+            co = self.newthread(main)  # pushed on main: the reference below holds it
+            ref = self.ref(main, LUA_REGISTRYINDEX)
+        if not self.checkstack(co, 10):
             raise MemoryError("Lua stack")
-        if self.traceback_ref:
-            self.rawgeti(L, LUA_REGISTRYINDEX, self.traceback_ref)
-            handler = top + 1
-        self.rawgeti(L, LUA_REGISTRYINDEX, self.ref)
-        self.pushinteger(L, <long long>fd)
-        self.pushinteger(L, <long long>seq)
-        self.pushlstring(L, PyBytes_AS_STRING(method), PyBytes_GET_SIZE(method))
-        self.pushlstring(L, PyBytes_AS_STRING(url), PyBytes_GET_SIZE(url))
+        self.rawgeti(co, LUA_REGISTRYINDEX, self.serve_ref)
+        self.pushinteger(co, <long long>fd)
+        self.pushinteger(co, <long long>seq)
+        self.pushlstring(co, PyBytes_AS_STRING(method), PyBytes_GET_SIZE(method))
+        self.pushlstring(co, PyBytes_AS_STRING(url), PyBytes_GET_SIZE(url))
         if body is None:
-            self.pushnil(L)
+            self.pushnil(co)
         else:
-            self.pushlstring(L, PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body))
-        self.pushinteger(L, <long long>flags)
-        self.pushlstring(L, PyBytes_AS_STRING(headers), PyBytes_GET_SIZE(headers))
-        status = self.pcall(L, 7, 1, handler)
-        kind = self.type_(L, -1)
-        if status != 0:
-            text = self.tolstring(L, -1, &size) if kind == T_STRING else NULL
-            message = PyBytes_FromStringAndSize(text, size).decode("utf-8", "replace") \
-                if text != NULL else "error object is not a string"
-            self.settop(L, top)
-            raise self.error(message)
-        if kind == T_STRING:
-            text = self.tolstring(L, -1, &size)
-            result = PyBytes_FromStringAndSize(text, size)
-        elif kind == T_BOOLEAN:
-            result = True if self.toboolean(L, -1) else False
+            self.pushlstring(co, PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body))
+        self.pushinteger(co, <long long>flags)
+        self.pushlstring(co, PyBytes_AS_STRING(headers), PyBytes_GET_SIZE(headers))
+        status = self.resume(co, 7)
+        if status == 0:  # it returned: the usual case
+            result = self._result(co) if self.gettop(co) else None
+            self.settop(co, 0)
+            if self.pooled < POOL_SIZE:
+                self.threads[self.pooled] = co
+                self.thread_refs[self.pooled] = ref
+                self.pooled += 1
+            else:
+                self.unref(main, LUA_REGISTRYINDEX, ref)
+            return result
+        # The thread is Lua's from now on: it waits (what it waits on resumes it) or
+        # it is dead (a handler raised; its stack stays for the traceback).
+        top = self.gettop(main)
+        if status == LUA_YIELD:
+            self.settop(co, 0)
+            self.rawgeti(main, LUA_REGISTRYINDEX, self.suspended_ref)
+            self.rawgeti(main, LUA_REGISTRYINDEX, ref)  # the thread
+            status = self.pcall(main, 1, 1, 0)
         else:
-            result = None
-        self.settop(L, top)
-        return result
+            self.rawgeti(main, LUA_REGISTRYINDEX, self.failed_ref)
+            self.rawgeti(main, LUA_REGISTRYINDEX, ref)
+            self.xmove(co, main, 1)  # the error value, whatever it is (error(table))
+            status = self.pcall(main, 2, 1, 0)
+        self.unref(main, LUA_REGISTRYINDEX, ref)
+        if status == 0:
+            result = self._result(main)
+            self.settop(main, top)
+            return result
+        message = self._message(main)
+        self.settop(main, top)
+        raise self.error(message)
+
+    cdef str _message(self, void *L):
+        # the error at the top of L
+        cdef size_t size
+        cdef const char *text = self.tolstring(L, -1, &size) \
+            if self.type_(L, -1) == T_STRING else NULL
+        if text == NULL:
+            return "error object is not a string"
+        return PyBytes_FromStringAndSize(text, size).decode("utf-8", "replace")
 
     def __call__(self, fd: int, seq: int, method: bytes, url: bytes, body: bytes | None,
                  flags: int, headers: bytes) -> object:

@@ -65,6 +65,7 @@ LAYERS: dict[str, str] = {
     "on_message_complete": r"HttpConnection_\d*on_message_complete$",
     "dispatch_events": r"HttpProtocol__dispatch_events$",
     "lua_pcall": r"^lua_pcall$",
+    "lua_resume": r"^lua_resume$",  # eightys.lua_call runs http.serve on a thread
     "lupa_call": r"^_PyObject_MakeTpCall$",  # lupa's call object: its tp_call is not exported
     "direct_call": r"LuaDispatch_call$",  # eightys/lua_call.pyx (compiled, LuaJIT)
     "core_send": r"HttpConnection_send$",
@@ -247,13 +248,14 @@ def breakdown(total: int, costs: dict[str, int], n: int) -> list[tuple[str, floa
     if per["data_received"]:
         # the call into Lua: eightys.lua_call when built (LuaJIT), else lupa's
         lupa = per["direct_call"] or per["lupa_call"]
+        lua = per["lua_resume"] if per["direct_call"] else per["lua_pcall"]
         rows += [
             ("llhttp (+ its callback glue)", per["feed_data"] - callbacks),
             ("core callbacks (on_url, on_header, ...)", callbacks),
             ("core receive_data, without httptools", per["receive_data"] - per["feed_data"]),
             ("call into Lua (arguments, results)" if per["direct_call"]
-             else "lupa call (arguments, results, locking)", lupa - per["lua_pcall"]),
-            ("Lua (dispatch, routing, handler, response)", per["lua_pcall"]),
+             else "lupa call (arguments, results, locking)", lupa - lua),
+            ("Lua (dispatch, routing, handler, response)", lua),
             ("adapter dispatch loop, core.send", per["dispatch_events"] - lupa),
             ("flush + transport.write", per["flush"]),
             ("data_received, rest", per["data_received"] - per["receive_data"]

@@ -235,14 +235,10 @@ def core(request):
     return module
 
 
-class _Clock:
-    now = 1000.0
-
-
 def _stream_conn(core):
     limits = core.HttpLimits()
     limits.stream_routes.update({b"/chat": {b"GET"}, b"/raw": {b"POST"}})
-    return core.HttpConnection(limits, _Clock())
+    return core.HttpConnection(limits, core.Clock(1000.0))
 
 
 def test_core_stream_request_becomes_a_pending_upgrade(core):

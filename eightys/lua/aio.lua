@@ -242,6 +242,12 @@ end
 -- their keys, and LuaJIT has no ephemerons, so such an entry would never go.
 local drivers = {}   -- co -> fn(dead, ...yielded)
 local on_errors = {} -- co -> fn(err)
+-- co -> fn(co, err, arg) and co -> arg: takes over an error entirely (no generic
+-- log line), for a coroutine whose owner reports it (an HTTP request's thread:
+-- eightys.http). Weak keys, so neither may reach co (LuaJIT has no ephemerons): a
+-- coroutine that nothing will resume is collected.
+local catchers = setmetatable({}, { __mode = "k" })
+local catch_args = setmetatable({}, { __mode = "k" })
 -- co -> true while in aio:await. Weak: the value does not reach the key, so a
 -- coroutine waiting on a promise that is dropped unresolved is still collected.
 local awaiting = setmetatable({}, { __mode = "k" })
@@ -250,11 +256,20 @@ local function forget(co)
     drivers[co] = nil
     on_errors[co] = nil
     awaiting[co] = nil
+    catchers[co] = nil
+    catch_args[co] = nil
 end
 
 local function after_resume(co, ok, ...)
     if not ok then
         local err = ...
+        local catch = catchers[co]
+        if catch then
+            local arg = catch_args[co]
+            forget(co)
+            catch(co, err, arg)
+            return false, err
+        end
         report("coroutine", traceback(co, err))
         local handler = on_errors[co]
         forget(co)
@@ -276,6 +291,14 @@ end
 --- its error handler. Every resume in aio goes through here.
 resume = function(co, ...)
     return after_resume(co, co_resume(co, ...))
+end
+
+--- Internal (eightys.http): if coroutine `co` fails when aio resumes it,
+--- catch(co, err, arg) is called instead of the generic report (co's stack is
+--- still there for a traceback). Neither catch nor arg may reach co. nil: no more.
+function aio._catch(co, catch, arg)
+    catchers[co] = catch
+    catch_args[co] = catch and arg
 end
 
 --- Resume a coroutine the aio way (errors logged, drivers honoured).

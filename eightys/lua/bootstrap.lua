@@ -77,12 +77,19 @@ local dispatch = {}
 
 --- One HTTP request (see eightys/lua/eightys/http.lua).
 dispatch.http = http.dispatch
---- The same function at the bottom of a Lua thread's stack, and that thread's
---- address: Python's direct call of it goes through the C API on that thread
---- (eightys/lua_call.pyx). Python's reference to the thread keeps it alive.
-dispatch.http_thread = coroutine.create(http.dispatch)
-local thread_address = string.match(tostring(dispatch.http_thread), "0x(%x+)")
-dispatch.http_thread_address = thread_address and tonumber(thread_address, 16)
+-- For Python's direct calls through the C API (eightys/lua_call.pyx): the request
+-- entry it resumes threads with and the ones it calls when a handler waits or
+-- fails, in the registry; and a Lua thread and its address, by which it checks that it found
+-- this Lua state (Python's reference to the thread keeps it alive).
+do
+    local registry = debug.getregistry()
+    registry["eightys.http.serve"] = http.serve
+    registry["eightys.http.suspended"] = http.suspended
+    registry["eightys.http.failed"] = http.failed
+    dispatch.http_thread = coroutine.create(function() end)
+    local thread_address = string.match(tostring(dispatch.http_thread), "0x(%x+)")
+    dispatch.http_thread_address = thread_address and tonumber(thread_address, 16)
+end
 --- A handler did not answer within --handler-timeout (504 already sent): log it.
 dispatch.http_timeout = http.timeout
 --- A connection with handlers still working closed: forget them.

@@ -15,7 +15,7 @@ import itertools
 import logging
 from typing import Any, Callable, Coroutine
 
-from eightys.protocols.http_core import HttpLimits
+from eightys.protocols.http_core import Clock, HttpLimits
 
 #: Lua dispatcher for one HTTP request:
 #: ``dispatch(fd, seq, method, url, body, flags, headers) -> bytes | False | None``
@@ -36,8 +36,9 @@ class ConnectionHost:
         self.loop = loop
         self.limits = limits
         self.log = log
-        #: The coarse clock: loop time, advanced once a second by the worker's sweep.
-        self.now = loop.time()
+        #: The coarse clock (loop time, advanced once a second by the worker's sweep),
+        #: shared with every HTTP connection's core; ``now`` reads it.
+        self.clock = Clock(loop.time())
         #: Open connections by handle (accepted and outgoing, every protocol).
         self.connections: dict[int, Any] = {}
         self._ids = itertools.count(1)
@@ -63,6 +64,15 @@ class ConnectionHost:
         #: Per-response accounting for metrics and the access log (an
         #: eightys.protocols.stats.HttpStats), None when both are off.
         self.stats: Any = None
+
+    @property
+    def now(self) -> float:
+        """The coarse clock's time (loop time, at most a second old)."""
+        return self.clock.now
+
+    @now.setter
+    def now(self, now: float) -> None:
+        self.clock.now = now
 
     @property
     def static(self) -> StaticHook | None:

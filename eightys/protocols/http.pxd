@@ -1,6 +1,7 @@
 # C types for http.py when Cython compiles it (pure-Python mode: the .py is the
 # source; interpreted, this file is not used). See setup.py.
 
+cimport cython
 from eightys.protocols.http_core cimport HttpConnection
 from eightys.protocols.stats cimport HttpStats
 from eightys.lua_call cimport LuaDispatch
@@ -24,6 +25,7 @@ cdef class HttpProtocol:
     cdef bint _run_scheduled
     cdef object screen
 
+    @cython.locals(request=tuple)
     cdef void _dispatch_events(self, list events, Py_ssize_t start)
     cdef void _schedule_parked(self)
     cdef void _flush(self)

@@ -61,7 +61,7 @@ class HttpProtocol:
         self.host = host
         self.fd = fd
         # flags: what every request on the connection carries (wire.FLAG_TLS)
-        self.core = HttpConnection(host.limits, host, flags, PARSER)
+        self.core = HttpConnection(host.limits, host.clock, flags, PARSER)
         self.dispatch = host.dispatch_http
         self.direct = host.direct_dispatch_http  # the same, as a C call (None: not built)
         self.hooks = host.hooks  # [static, inject], shared with the host
@@ -155,11 +155,12 @@ class HttpProtocol:
         fd = self.fd
         stats = self.stats
         for i in range(start, len(events)):
-            request = events[i]
-            if type(request) is not tuple:
+            event = events[i]
+            if type(event) is not tuple:
                 if stats is not None:
-                    stats.refused(self, request.status)
+                    stats.refused(self, event.status)
                 continue  # a RemoteError: its answer is queued, the connection closes after it
+            request = event  # a tuple (compiled: its items are read without checks)
             seq = request[0]
             if seq >= limit:  # beyond the window: park the rest until responses go out
                 self.parked = deque(events[i:])

@@ -10,6 +10,9 @@ cdef bint _has_http10(bytes data)
 cdef int IDLE, HEAD, BODY, WAITING, CLOSING, SWITCHING, SWITCHED, CLOSED
 cdef int KEEP_ALIVE, CLOSE, SWITCH
 
+cdef class Clock:
+    cdef public double now
+
 cdef class HttpLimits:
     cdef public Py_ssize_t max_header
     cdef public Py_ssize_t max_headers
@@ -23,7 +26,7 @@ cdef class HttpLimits:
 
 cdef class HttpConnection:
     cdef public HttpLimits limits
-    cdef public object clock
+    cdef public Clock clock
     cdef int base_flags
     cdef object parser
     cdef object feed
@@ -39,6 +42,9 @@ cdef class HttpConnection:
     cdef public bint draining
     cdef bytes url
     cdef list headers
+    cdef public bint collect
+    cdef public object fields
+    cdef public int parsed_http10
     cdef list body
     cdef Py_ssize_t nheaders
     cdef Py_ssize_t head_size

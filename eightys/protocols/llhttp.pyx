@@ -20,9 +20,9 @@ requests before the core uses it. Otherwise the core uses httptools' parser.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint64_t
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from eightys.protocols.http_core cimport HttpConnection
 
@@ -181,6 +181,11 @@ cdef class RequestParser:
     cdef bytes name  # the header field being received (None between fields)
     cdef bytes value  # its value so far (None until it starts)
     cdef object error  # a callback's exception, raised by feed_data
+    # the request's fields joined as "name\0value\0name\0value" (the core's format)
+    cdef char *block
+    cdef size_t block_len
+    cdef size_t block_cap
+    cdef size_t block_at_head  # its length when the head was complete (trailers follow)
 
     def __cinit__(self, HttpConnection core):
         if not _load():
@@ -192,20 +197,44 @@ cdef class RequestParser:
         llhttp_init(self.parser, HTTP_REQUEST, &SETTINGS)
         self.parser.data = <void *>self
         self.core = core
+        core.collect = False  # the fields are joined here
         self.name = None
         self.value = None
         self.error = None
 
     def __dealloc__(self):
         PyMem_Free(self.parser)
+        PyMem_Free(self.block)
 
     cdef int _header_done(self) except -1:
         # the field before is complete once the next one (or the end) starts
+        cdef bytes name, value
         if self.value is not None:
             name, value = self.name, self.value
             self.name = self.value = None
-            self.core.on_header(name, value)
+            self.core.on_header(name, value)  # the checks (limits, Host, ...) first
+            self._append(name)
+            self._append(value)
         return 0
+
+    cdef int _append(self, bytes piece) except -1:
+        cdef size_t size = <size_t>PyBytes_GET_SIZE(piece)
+        cdef size_t need = self.block_len + size + 1
+        cdef char *grown
+        if need > self.block_cap:
+            grown = <char *>PyMem_Realloc(self.block, need * 2)
+            if grown == NULL:
+                raise MemoryError()
+            self.block = grown
+            self.block_cap = need * 2
+        memcpy(self.block + self.block_len, PyBytes_AS_STRING(piece), size)
+        self.block[self.block_len + size] = 0
+        self.block_len = need
+        return 0
+
+    cdef bytes _fields(self):
+        # without the last separator
+        return PyBytes_FromStringAndSize(self.block, self.block_len - 1 if self.block_len else 0)
 
     def feed_data(self, bytes data) -> None:
         """Parse ``data``; raises what a callback raised, ``HttpParserUpgrade(offset)``
@@ -254,6 +283,7 @@ cdef inline int _fail(RequestParser self, object exc, int code) noexcept:
 
 cdef int _on_message_begin(llhttp_t *p) noexcept:
     cdef RequestParser self = <RequestParser>p.data
+    self.block_len = 0
     try:
         self.core.on_message_begin()
     except BaseException as exc:
@@ -296,9 +326,13 @@ cdef int _on_header_value(llhttp_t *p, const char *at, size_t length) noexcept:
 
 cdef int _on_headers_complete(llhttp_t *p) noexcept:
     cdef RequestParser self = <RequestParser>p.data
+    cdef HttpConnection core = self.core
     try:
         self._header_done()
-        self.core.on_headers_complete()
+        core.parsed_http10 = 1 if p.http_major == 1 and p.http_minor == 0 else 0
+        core.fields = self._fields()
+        self.block_at_head = self.block_len
+        core.on_headers_complete()
     except BaseException as exc:
         return _fail(self, exc, -1)
     return 1 if p.upgrade else 0  # an upgrade has no body here: what follows is not HTTP
@@ -317,6 +351,8 @@ cdef int _on_body(llhttp_t *p, const char *at, size_t length) noexcept:
 cdef int _on_message_complete(llhttp_t *p) noexcept:
     cdef RequestParser self = <RequestParser>p.data
     try:
+        if self.block_len != self.block_at_head:  # trailer fields came after the head
+            self.core.fields = self._fields()
         self.core.on_message_complete()
     except BaseException as exc:
         return _fail(self, exc, -1)
@@ -358,10 +394,7 @@ _PROBES = (
 
 
 def _outcome(parser: object, data: bytes, size: int) -> list:
-    from eightys.protocols.http_core import HttpConnection, HttpLimits
-
-    class Clock:
-        now = 0.0
+    from eightys.protocols.http_core import Clock, HttpConnection, HttpLimits
 
     core = HttpConnection(HttpLimits(), Clock(), 0, parser)
     seen = []

@@ -125,8 +125,9 @@ function T.error_without_on_error_still_resolves(t)
     local value, err = aio:await(promise)
     t.eq(value, nil, "value")
     t.eq(err, { code = 7 }, "a non-string error is passed as is")
-    t.logged("coroutine: error {code = 7}") -- logged with its fields
     t.ok(where, "ran")
+    -- logged with its fields, at the line that raised it
+    t.logged("coroutine: " .. where .. ": error {code = 7}")
 end
 
 function T.await_of_a_coroutine_resumes_it_once(t)

@@ -66,12 +66,8 @@ ENDINGS = [
 ]
 
 
-class _Clock:
-    now = 1000.0
-
-
 def _outcome(parser: Any, data: bytes, cuts: list[int]) -> list:
-    conn = http_core.HttpConnection(http_core.HttpLimits(), _Clock(), 0, parser)
+    conn = http_core.HttpConnection(http_core.HttpLimits(), http_core.Clock(1000.0), 0, parser)
     seen: list = []
     start = 0
     for cut in [*cuts, len(data)]:
@@ -137,9 +133,27 @@ aio:http_get("/close", function(fd)
 end)
 aio:http_get("/fail", function(fd) error("handler failed") end)
 aio:http_get("/wait", function(fd)
-    aio:await(function(resolve) WAITING = resolve end)
+    aio:await(function(resolve) WAITING[#WAITING + 1] = resolve end)
     fd:http_response(200, "text/plain", "waited")
 end)
+aio:http_get("/wait-fail", function(fd)
+    aio:await(function(resolve) WAITING[#WAITING + 1] = resolve end)
+    error("failed after waiting")
+end)
+aio:http_get("/forever", function(fd)
+    aio:await(function(resolve) end) -- nothing will ever resolve it
+end)
+aio:http_get("/answer-then-wait", function(fd)
+    fd:http_response(200, "text/plain", "early")
+    aio:await(function(resolve) WAITING[#WAITING + 1] = resolve end)
+end)
+WAITING = {}
+function WAKE_ALL()
+    local all = WAITING
+    WAITING = {}
+    for i = 1, #all do all[i]() end
+    return #all
+end
 """
 
 
@@ -201,6 +215,47 @@ def test_compiled_traces_and_coroutines_survive_many_calls(runtime: LuaRuntime) 
         assert out[-5:] in (b"later", b"i, n!")
     after = runtime.execute(b"collectgarbage() return collectgarbage('count')")
     assert after < before + 512  # KiB: no stack or registry growth per call
+
+
+def test_a_handler_that_waits_is_answered_later_through_http_send(runtime: LuaRuntime) -> None:
+    host: _Host = runtime.host  # type: ignore[assignment]
+    call = runtime.direct_dispatch_http
+    assert call(3, 0, b"GET", b"/wait", None, 1, b"") is None
+    # what answered before waiting is returned at once
+    assert call(3, 1, b"GET", b"/answer-then-wait", None, 1, b"").endswith(b"early")
+    assert host.sent == []
+    assert runtime.execute(b"return WAKE_ALL()") == 2
+    assert [(fd, seq, data[-6:]) for fd, seq, data, _ in host.sent] == [(3, 0, b"waited")]
+    # after waiting, a handler's error is still its request's 500, logged once
+    assert call(3, 2, b"GET", b"/wait-fail", None, 1, b"") is None
+    runtime.execute(b"WAKE_ALL()")
+    assert host.sent[-1][:2] == (3, 2) and host.sent[-1][2].startswith(b"HTTP/1.1 500")
+    assert len(host.errors) == 1 and b"failed after waiting" in host.errors[0]
+    assert b"app.lua:" in host.errors[0]
+
+
+def test_threads_of_waiting_handlers_are_not_reused_and_are_collected(runtime: LuaRuntime) -> None:
+    host: _Host = runtime.host  # type: ignore[assignment]
+    call = runtime.direct_dispatch_http
+    count = b"collectgarbage() collectgarbage() return collectgarbage('count')"
+    call(5, 0, b"GET", b"/echo?name=warm", None, 1, b"")
+    before = runtime.execute(count)
+    for round_ in range(3):
+        for seq in range(1000):
+            assert call(5, seq, b"GET", b"/wait", None, 1, b"") is None
+        # the pooled threads still serve quick requests meanwhile
+        assert call(6, round_, b"GET", b"/echo?name=q", None, 1, b"").endswith(b"Hi, q!")
+        assert runtime.execute(b"return WAKE_ALL()") == 1000
+        runtime.dispatch_http_gone(5)
+    assert len(host.sent) == 3000 and all(s[2].endswith(b"waited") for s in host.sent)
+    assert runtime.execute(count) < before + 256  # KiB: the 3,000 threads are gone
+    # handlers waiting on something that is dropped: once their connection is gone,
+    # nothing holds their threads
+    for seq in range(2000):
+        assert call(7, seq, b"GET", b"/forever", None, 1, b"") is None
+    assert runtime.execute(count) > before + 256
+    runtime.dispatch_http_gone(7)
+    assert runtime.execute(count) < before + 256
 
 
 def test_a_nested_call_from_lua_through_python_is_served(runtime: LuaRuntime) -> None:

@@ -61,13 +61,8 @@ def core(request: pytest.FixtureRequest) -> ModuleType:
     return _llhttp_core() if request.param == "llhttp" else _pure_core()
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-
-def new(core: ModuleType, **limits: Any) -> tuple[Any, FakeClock]:
-    clock = FakeClock()
+def new(core: ModuleType, **limits: Any) -> tuple[Any, Any]:
+    clock = core.Clock(1000.0)  # a fake clock: the tests move it
     return core.HttpConnection(core.HttpLimits(**limits), clock), clock
 
 
@@ -153,7 +148,7 @@ def test_connection_flags(core: ModuleType) -> None:
         (request,) = conn.receive_data(data)
         assert request[4] == flags, data
         # a TLS connection's flags carry its bit on every request
-        tls = core.HttpConnection(core.HttpLimits(), FakeClock(), 4)
+        tls = core.HttpConnection(core.HttpLimits(), core.Clock(1000.0), 4)
         (request,) = tls.receive_data(data)
         assert request[4] == flags | 4, data
 

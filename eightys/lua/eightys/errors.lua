@@ -47,7 +47,7 @@ local describe = _M.describe
 --- as traceback(msg, level) or traceback(co, msg, level) it works like
 --- debug.traceback, levels counted from the caller.
 function _M.traceback(a, b, c)
-    if type(a) == "thread" then return debug_traceback(a, describe(b), c) end
+    if type(a) == "thread" then return _M.thread_traceback(a, b, c) end
     local msg = a
     if type(a) == "table" then
         msg = describe(a)
@@ -73,6 +73,24 @@ function _M.traceback(a, b, c)
         end
     end
     return debug_traceback(msg, (b or 1) + 1)
+end
+
+--- traceback(co, err, level) for a coroutine that raised `err` and stopped there
+--- (dead, its stack kept): the same message as the message handler gives, with
+--- the position found on co's stack, whose level 0 is where it raised.
+function _M.thread_traceback(co, err, level)
+    local msg = describe(err)
+    if err ~= nil and (type(err) == "table" or not str_find(msg, "^[^\n]-:%d+: ")) then
+        for at = 0, 2 do
+            local info = getinfo(co, at, "Sl")
+            if info == nil then break end
+            if info.what ~= "C" and info.currentline and info.currentline > 0 then
+                msg = info.short_src .. ":" .. info.currentline .. ": " .. msg
+                break
+            end
+        end
+    end
+    return debug_traceback(co, msg, level)
 end
 
 return _M

@@ -530,7 +530,10 @@ function aio:route(fd, method, path, query, headers, body)
         if handler then
             if params then fd.params = params[method] end
             fd.handler = handler -- for the handler-timeout report
-            return handler(fd, query, headers, body)
+            -- not a tail call: returning into a Lua frame keeps the handler's
+            -- compiled trace (a return into xpcall's C frame is NYI in LuaJIT)
+            handler(fd, query, headers, body)
+            return
         end
         return fd:http_response(405, { ["Allow"] = allow_header(by_path),
                                        ["Content-Type"] = DEFAULT_TYPE }, "Method Not Allowed")
@@ -576,7 +579,20 @@ end
 function aio:parse_query(qs, private_key)
     local out = {}
     if qs == nil then return out end
-    local pos, len = 1, #qs
+    local len = #qs
+    if len > 0 and not str_find(qs, "&", 1, true) then
+        -- one parameter (the usual case): no loop, so that LuaJIT compiles the
+        -- handler that calls this (a loop inside a function's trace aborts it)
+        local eq = str_find(qs, "=", 1, true)
+        if eq then
+            out[url_decode(str_sub(qs, 1, eq - 1))] = url_decode(str_sub(qs, eq + 1))
+        else
+            out[url_decode(qs)] = ""
+        end
+        if private_key ~= nil then return self:_decrypt_query(out, private_key) end
+        return out
+    end
+    local pos = 1
     while pos <= len do
         local amp = str_find(qs, "&", pos, true)
         local stop = amp and amp - 1 or len
@@ -606,9 +622,15 @@ local IDLE = aio.IDLE
 local co_yield = coroutine.yield
 local on_http_error
 
+-- aio.on_http is called from this Lua function, not by xpcall directly, for the
+-- same reason (aio:route and what it calls get compiled traces)
+local function on_http(...)
+    aio.on_http(aio, ...)
+end
+
 local function serve_loop(req, method, path, query, headers, body)
     while true do
-        local ok, err = xpcall(aio.on_http, traceback, aio, req, method, path, query, headers, body)
+        local ok, err = xpcall(on_http, traceback, req, method, path, query, headers, body)
         if not ok then on_http_error(req, err) end
         req, method, path, query, headers, body = co_yield(IDLE)
     end
@@ -628,13 +650,51 @@ end
 local table_new = (pcall(require, "table.new")) and require("table.new")
     or function() return {} end
 
+local load = loadstring or load
+
+-- A function that returns a new copy of `template` (a table of strings or numbers):
+-- a table constructor made with load(), whose values are upvalues. LuaJIT compiles
+-- it into the caller's trace, where a copy loop would abort that trace (an inner
+-- loop): the request path would run in the interpreter. nil if too big for
+-- upvalues (LuaJIT allows 60).
+local function constructor(template)
+    local keys, values, n = {}, {}, 0
+    for k, v in next, template do
+        n = n + 1
+        keys[n], values[n] = k, v
+    end
+    if n > 48 then return nil end
+    local names, fields = {}, {}
+    for i = 1, n do
+        names[i] = "v" .. i
+        fields[i] = "[" .. str_format("%q", keys[i]) .. "] = v" .. i
+    end
+    local source = (n > 0 and ("local " .. table.concat(names, ", ") .. " = ...\n") or "")
+        .. "return function() return { " .. table.concat(fields, ", ") .. " } end"
+    local chunk = load(source, "=header table")
+    return chunk and chunk(unpack(values, 1, n))
+end
+
+-- a kept input is copied this many times before it gets its constructor (load() is
+-- not free: inputs that do not repeat never pay for it)
+local HITS_BEFORE_CONSTRUCTOR = 16
+
 local function memo_parser(parse, max_kept, max_bytes)
-    local kept, sizes, kept_count = {}, {}, 0
+    local kept, kept_count = {}, 0
     local seen, seen_count = {}, 0
     local function parse_memo(raw)
-        local template = kept[raw]
-        if template then
-            local size = sizes[raw]
+        local entry = kept[raw]
+        if entry then
+            local make = entry.make
+            if make then return make() end
+            local template = entry.template
+            local hits = entry.hits + 1
+            entry.hits = hits
+            if hits >= HITS_BEFORE_CONSTRUCTOR then
+                entry.make = constructor(template) or false
+                entry.hits = -1e9 -- never again, made or not
+            end
+            local size = entry.size
             -- presized when big enough to be worth a C call (growing rehashes)
             local out = size > 4 and table_new(0, size) or {}
             for k, v in next, template do out[k] = v end
@@ -644,10 +704,10 @@ local function memo_parser(parse, max_kept, max_bytes)
         local count = parse(raw, out)
         if #raw <= max_bytes then
             if seen[raw] then -- the second time: keep it parsed
-                if kept_count >= max_kept then kept, sizes, kept_count = {}, {}, 0 end
-                template = {}
+                if kept_count >= max_kept then kept, kept_count = {}, 0 end
+                local template = {}
                 for k, v in next, out do template[k] = v end
-                kept[raw], sizes[raw] = template, count
+                kept[raw] = { template = template, size = count, hits = 0, make = false }
                 kept_count = kept_count + 1
             else
                 if seen_count >= max_kept then seen, seen_count = {}, 0 end
@@ -688,11 +748,8 @@ _M.header_cache_sizes = header_cache_sizes
 
 waiting = {}
 
---- One request (called by eightys/protocols/http.py). Returns the complete
---- response if the handler produced it before returning (and it does not close
---- the connection): the common case costs no call back into Python. Otherwise
---- false if the handler answered through http_send, nil if it is still working.
-function _M.dispatch(fd, seq, method, url, body, flags, raw_headers)
+-- The request table a handler gets as `fd`, and the handler's arguments.
+local function new_request(fd, seq, method, url, body, flags, raw_headers)
     local path, query = url, ""
     local q = str_find(url, "?", 1, true)
     if q then
@@ -716,26 +773,113 @@ function _M.dispatch(fd, seq, method, url, body, flags, raw_headers)
                                finished = false, handler = false,
                                co = false, body = body }, Request)
     if body_file then req.body_file = body_file end
-    local co = start_request(req, method, path, query, headers, body)
+    return req, method, path, query, headers, body
+end
+
+-- The handler returned or began to wait (its coroutine yielded): what the caller
+-- of dispatch/serve gets. From now on its answer goes through host.http_send.
+local function settle(req)
     req.sync = false
     local out = req.out
     if out then
         req.out = false
         if req.closing or draining then
-            host.http_send(fd, seq, out, true, true)
+            host.http_send(req.fd, req.seq, out, true, true)
             return false
         end
         return out
     end
     if req.finished then return false end
-    req.co = co -- where it waits, should it never answer
-    local by_fd = waiting[fd]
+    local fd = req.fd
+    local by_fd = waiting[fd] -- where it waits (req.co), should it never answer
     if by_fd == nil then
         by_fd = {}
         waiting[fd] = by_fd
     end
-    by_fd[seq] = req
+    by_fd[req.seq] = req
     return nil
+end
+
+--- One request (called by eightys/protocols/http.py through lupa). Returns the
+--- complete response if the handler produced it before returning (and it does not
+--- close the connection): the common case costs no call back into Python.
+--- Otherwise false if the handler answered through http_send, nil if it is still
+--- working.
+function _M.dispatch(fd, seq, method, url, body, flags, raw_headers)
+    local req, path, query, headers
+    req, method, path, query, headers, body = new_request(fd, seq, method, url, body,
+                                                          flags, raw_headers)
+    req.co = start_request(req, method, path, query, headers, body)
+    return settle(req)
+end
+
+-- Requests being served by _M.serve that have not returned, waited or failed yet
+-- (a handler can serve another request inside it, through Python).
+local serving, serving_depth = {}, 0
+
+local function serve_request(fd, seq, method, url, body, flags, raw_headers)
+    local req, path, query, headers
+    req, method, path, query, headers, body = new_request(fd, seq, method, url, body,
+                                                          flags, raw_headers)
+    local depth = serving_depth + 1
+    serving_depth = depth
+    serving[depth] = req
+    aio.on_http(aio, req, method, path, query, headers, body)
+    if req.sync then -- it did not wait: its result goes to Python now
+        serving[depth] = nil
+        serving_depth = depth - 1
+        return settle(req)
+    end
+    aio._catch(req.co[1], nil) -- it finished after waiting: nothing more to catch
+end
+
+--- The same as dispatch, as the body of a Lua thread that Python resumes through
+--- the C API (eightys/lua_call.pyx), as OpenResty runs a request: no coroutine
+--- switch in Lua, no xpcall. If the handler waits, the thread yields to Python,
+--- which then calls _M.suspended with it (aio resumes it later); if it raises, the
+--- thread is dead and Python calls _M.failed. (This wrapper is not compiled by
+--- LuaJIT, its return into C is NYI; serve_request, which does the work, is.)
+function _M.serve(fd, seq, method, url, body, flags, raw_headers)
+    local out = serve_request(fd, seq, method, url, body, flags, raw_headers)
+    return out
+end
+
+-- pops the request on top of `serving` (nil: none, then an error of serve itself)
+local function unserve()
+    local depth = serving_depth
+    local req = serving[depth]
+    if req then
+        serving[depth] = nil
+        serving_depth = depth - 1
+    end
+    return req
+end
+
+local WEAK_VALUES = { __mode = "v" }
+
+local function catch_http_error(co, err, req)
+    on_http_error(req, traceback(co, err))
+end
+
+--- The thread `co` running _M.serve yielded (its handler waits): what dispatch
+--- would return for that request. An error after this is caught by aio, which
+--- resumes the thread: the request still gets its 500.
+function _M.suspended(co)
+    local req = unserve()
+    -- held weakly: what the handler waits on keeps the thread alive; if that is
+    -- dropped, the thread goes (the request still gets its 504 or is gone)
+    req.co = setmetatable({ co }, WEAK_VALUES)
+    aio._catch(co, catch_http_error, req)
+    return settle(req)
+end
+
+--- The thread `co` running _M.serve raised `err`: the handler's failure is logged
+--- and answered (500), and what dispatch would return for it is returned.
+function _M.failed(co, err)
+    local req = unserve()
+    if req == nil then error(traceback(co, err), 0) end -- serve's own bug: Python raises
+    on_http_error(req, traceback(co, err))
+    return settle(req)
 end
 
 local LIBRARY_DIR = "eightys/lua/"
@@ -768,7 +912,7 @@ function _M.timeout(fd, seq)
     if next(by_fd) == nil then waiting[fd] = nil end
     local err = str_format("handler timeout after %s s: %s %s (handler at %s), waiting on: %s",
         tostring(host.handler_timeout or "?"), req.method, req.path, where(req.handler),
-        req.waiting_on or waiting_at(req.co))
+        req.waiting_on or waiting_at(type(req.co) == "table" and req.co[1] or req.co))
     host.log_error(err)
     local mime, body = DEFAULT_TYPE, "Gateway Timeout"
     local page = aio.http_error_page
