@@ -331,9 +331,11 @@ class LuaRuntime:
 def _direct_dispatch(engine: str, lupa_module: Any, lua: Any, thread: Any,
                      thread_address: int | None) -> Any:
     """An :class:`eightys.lua_call.LuaDispatch` for http.dispatch, or None: eightys
-    runs uncompiled, the engine is not LuaJIT, lupa's layout is not the expected
-    one, or ``EIGHTYS_LUPA_CALLS=1`` asks for lupa's calls."""
-    if engine != "luajit" or thread_address is None or os.environ.get("EIGHTYS_LUPA_CALLS"):
+    runs uncompiled (or as if, ``EIGHTYS_PURE_PYTHON=1``), the engine is not LuaJIT,
+    lupa's layout is not the expected one, or ``EIGHTYS_LUPA_CALLS=1`` asks for
+    lupa's calls."""
+    if engine != "luajit" or thread_address is None or os.environ.get("EIGHTYS_LUPA_CALLS") \
+            or os.environ.get("EIGHTYS_PURE_PYTHON"):
         return None
     try:
         from eightys.lua_call import LuaDispatch

@@ -2,8 +2,9 @@
 
 ``http_core`` and ``http`` are compiled by Cython at install when a compiler is
 there (see setup.py). With ``EIGHTYS_PURE_PYTHON=1`` in the environment their Python
-source is imported instead, compiled or not: that is how the tests prove the
-fallback behaves the same.
+source is imported instead, compiled or not, and the C-only parts (``llhttp``,
+``eightys.lua_call``) are not used: that is how the tests prove the fallback behaves
+the same.
 """
 
 from __future__ import annotations

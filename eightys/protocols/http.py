@@ -32,14 +32,18 @@ from eightys.protocols.http_core import (
     CLOSED, CLOSING, SWITCHED, SWITCHING, TIMEOUT_HANDLER, TIMEOUT_NONE, TIMEOUT_REQUEST,
     HttpConnection,
 )
+from eightys.protocols.http_core import COMPILED as CORE_COMPILED
 from eightys.wire import error_response
 
-try:  # httptools' llhttp driven from C (compiled builds only)
-    from eightys.protocols.llhttp import RequestParser, available as _llhttp_available
-    #: The parser class of every connection's core (None: httptools' own).
-    PARSER: Any = RequestParser if _llhttp_available() else None
-except ImportError:
-    PARSER = None
+#: The parser class of every connection's core: httptools' llhttp driven from C
+#: when the core is compiled (eightys/protocols/llhttp.pyx), else None (httptools').
+PARSER: Any = None
+if CORE_COMPILED:
+    try:
+        from eightys.protocols.llhttp import RequestParser, available as _llhttp_available
+        PARSER = RequestParser if _llhttp_available() else None
+    except (ImportError, ValueError):  # not built, or built against another core
+        pass
 
 #: Stop dispatching (and reading) once this many requests on one connection await
 #: their responses.

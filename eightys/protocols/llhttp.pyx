@@ -6,10 +6,13 @@ Python method (``getattr`` once, then a Python call with a new argument tuple
 per callback): about 2,300 instructions per small request on top of llhttp's own
 1,400. :class:`RequestParser` runs the same llhttp (the copy inside httptools'
 extension module, whose C functions it looks up with ``dlsym``), with the same
-callback rules as httptools (a header is reported once its value is complete,
-trailers included; an upgrade pauses the parse and reports where the head
-ended; the same exception classes), and calls
-:class:`~eightys.protocols.http_core.HttpConnection`'s callbacks as C functions.
+rules as httptools (a header field is complete once the next one starts, trailers
+included; an upgrade pauses the parse and reports where the head ended; the same
+exception classes). It calls
+:class:`~eightys.protocols.http_core.HttpConnection`'s callbacks as C functions,
+except ``on_header``: the fields are checked here, in C, by the same rules (limits,
+``Host``, ``Content-Length``, ``Transfer-Encoding``, ``Connection``, ``Expect``),
+and joined into the core's ``name\0value`` block without a Python object per field.
 An exception raised by a callback comes out of :meth:`RequestParser.feed_data`
 as itself (httptools wraps it in ``HttpParserCallbackError``).
 
@@ -25,6 +28,7 @@ from libc.stdint cimport int32_t, uint8_t, uint16_t, uint64_t
 from libc.string cimport memcpy, memset
 
 from eightys.protocols.http_core cimport HttpConnection
+from eightys.protocols.http_core import _Reject
 
 import httptools
 from httptools import (HttpParserError, HttpParserInvalidMethodError,
@@ -178,14 +182,19 @@ cdef class RequestParser:
 
     cdef llhttp_t *parser
     cdef HttpConnection core
-    cdef bytes name  # the header field being received (None between fields)
-    cdef bytes value  # its value so far (None until it starts)
     cdef object error  # a callback's exception, raised by feed_data
-    # the request's fields joined as "name\0value\0name\0value" (the core's format)
+    # The request's fields joined as "name\0value\0name\0value" (the core's format),
+    # built from llhttp's spans as they come. A field is complete when the next one
+    # (or the end of the head, or of the trailers) starts, as httptools decides it.
     cdef char *block
     cdef size_t block_len
     cdef size_t block_cap
     cdef size_t block_at_head  # its length when the head was complete (trailers follow)
+    cdef bint has_name  # a field name is being received (httptools: name is not None)
+    cdef bint has_value  # ... and its value (httptools: value is not None)
+    cdef size_t name_start
+    cdef size_t name_end
+    cdef size_t value_start
 
     def __cinit__(self, HttpConnection core):
         if not _load():
@@ -197,29 +206,14 @@ cdef class RequestParser:
         llhttp_init(self.parser, HTTP_REQUEST, &SETTINGS)
         self.parser.data = <void *>self
         self.core = core
-        core.collect = False  # the fields are joined here
-        self.name = None
-        self.value = None
+        core.collect = False  # the fields are joined (and checked) here
         self.error = None
 
     def __dealloc__(self):
         PyMem_Free(self.parser)
         PyMem_Free(self.block)
 
-    cdef int _header_done(self) except -1:
-        # the field before is complete once the next one (or the end) starts
-        cdef bytes name, value
-        if self.value is not None:
-            name, value = self.name, self.value
-            self.name = self.value = None
-            self.core.on_header(name, value)  # the checks (limits, Host, ...) first
-            self._append(name)
-            self._append(value)
-        return 0
-
-    cdef int _append(self, bytes piece) except -1:
-        cdef size_t size = <size_t>PyBytes_GET_SIZE(piece)
-        cdef size_t need = self.block_len + size + 1
+    cdef int _grow(self, size_t need) except -1:
         cdef char *grown
         if need > self.block_cap:
             grown = <char *>PyMem_Realloc(self.block, need * 2)
@@ -227,14 +221,93 @@ cdef class RequestParser:
                 raise MemoryError()
             self.block = grown
             self.block_cap = need * 2
-        memcpy(self.block + self.block_len, PyBytes_AS_STRING(piece), size)
-        self.block[self.block_len + size] = 0
-        self.block_len = need
+        return 0
+
+    cdef int _append(self, const char *at, size_t size) except -1:
+        self._grow(self.block_len + size)
+        memcpy(self.block + self.block_len, at, size)
+        self.block_len += size
+        return 0
+
+    cdef int _separate(self) except -1:
+        self._grow(self.block_len + 1)
+        self.block[self.block_len] = 0
+        self.block_len += 1
+        return 0
+
+    cdef int _name_piece(self, const char *at, size_t size) except -1:
+        if self.has_value:
+            self._field_done()
+        if not self.has_name:
+            if self.block_len:
+                self._separate()
+            self.name_start = self.block_len
+            self.has_name = True
+        return self._append(at, size)
+
+    cdef int _value_piece(self, const char *at, size_t size) except -1:
+        if not self.has_value:
+            self.name_end = self.block_len
+            self._separate()
+            self.value_start = self.block_len
+            self.has_value = True
+        return self._append(at, size)
+
+    cdef int _header_done(self) except -1:
+        # the head (or the trailers) ended: the last field is complete; a name without
+        # a value is dropped, as httptools drops it
+        if self.has_value:
+            self._field_done()
+        elif self.has_name:
+            self.block_len = self.name_start - 1 if self.name_start else 0
+            self.has_name = False
+        return 0
+
+    cdef int _field_done(self) except -1:
+        # HttpConnection.on_header's rules, on the field in the block (kept the same:
+        # tests/unit/test_accelerators.py compares both parsers through the core)
+        cdef HttpConnection core = self.core
+        cdef const char *name = self.block + self.name_start
+        cdef size_t size = self.name_end - self.name_start
+        cdef const char *value = self.block + self.value_start
+        cdef size_t value_size = self.block_len - self.value_start
+        cdef size_t i
+        cdef long long length
+        self.has_name = self.has_value = False
+        core.unparsed_head = -1
+        core.head_size += size + value_size + 4
+        core.nheaders += 1
+        if core.head_size > core.limits.max_header or core.nheaders > core.limits.max_headers:
+            raise _Reject(431, "too many or too large header fields")
+        if size == 4:
+            if _named(name, b"host", 4):
+                core.hosts += 1
+        elif size == 14:
+            if _named(name, b"content-length", 14):
+                if core.content_length != -1 or value_size == 0:
+                    raise _Reject(400, "duplicate or invalid Content-Length")
+                length = 0
+                for i in range(value_size):
+                    if value[i] < 48 or value[i] > 57:  # not an ASCII digit
+                        raise _Reject(400, "duplicate or invalid Content-Length")
+                    if length < (1LL << 56):  # past that only "too large" matters (413)
+                        length = length * 10 + (value[i] - 48)
+                core.content_length = length
+        elif size == 17:
+            if _named(name, b"transfer-encoding", 17):
+                core.chunked = True
+        elif size == 10:
+            if _named(name, b"connection", 10):
+                core.has_connection_header = True
+        elif size == 6:
+            if _named(name, b"expect", 6):
+                if value_size != 12 or not _named(value, b"100-continue", 12):
+                    raise _Reject(417, "unsupported Expect")
+                core.expect_continue = True
         return 0
 
     cdef bytes _fields(self):
-        # without the last separator
-        return PyBytes_FromStringAndSize(self.block, self.block_len - 1 if self.block_len else 0)
+        return PyBytes_FromStringAndSize(self.block, self.block_len)
 
     def feed_data(self, bytes data) -> None:
         """Parse ``data``; raises what a callback raised, ``HttpParserUpgrade(offset)``
@@ -276,6 +349,19 @@ cdef class RequestParser:
 
 # -- llhttp's callbacks: each catches what the core raises, for feed_data ---------------
 
+cdef inline bint _named(const char *name, const char *lower, size_t size) noexcept:
+    # ASCII case-insensitive equality with a lower-case literal of the same size
+    cdef size_t i
+    cdef char c
+    for i in range(size):
+        c = name[i]
+        if 65 <= c <= 90:
+            c = c + 32
+        if c != lower[i]:
+            return False
+    return True
+
+
 cdef inline int _fail(RequestParser self, object exc, int code) noexcept:
     self.error = exc
     return code
@@ -304,9 +390,7 @@ cdef int _on_url(llhttp_t *p, const char *at, size_t length) noexcept:
 cdef int _on_header_field(llhttp_t *p, const char *at, size_t length) noexcept:
     cdef RequestParser self = <RequestParser>p.data
     try:
-        self._header_done()
-        piece = PyBytes_FromStringAndSize(at, length)
-        self.name = piece if self.name is None else self.name + piece
+        self._name_piece(at, length)
     except BaseException as exc:
         llhttp_set_error_reason(p, "`on_header_field` callback error")
         return _fail(self, exc, HPE_USER)
@@ -316,8 +400,7 @@ cdef int _on_header_field(llhttp_t *p, const char *at, size_t length) noexcept:
 cdef int _on_header_value(llhttp_t *p, const char *at, size_t length) noexcept:
     cdef RequestParser self = <RequestParser>p.data
     try:
-        piece = PyBytes_FromStringAndSize(at, length)
-        self.value = piece if self.value is None else self.value + piece
+        self._value_piece(at, length)
     except BaseException as exc:
         llhttp_set_error_reason(p, "`on_header_value` callback error")
         return _fail(self, exc, HPE_USER)
@@ -361,7 +444,7 @@ cdef int _on_message_complete(llhttp_t *p) noexcept:
 
 cdef int _on_chunk_header(llhttp_t *p) noexcept:
     cdef RequestParser self = <RequestParser>p.data
-    if self.name is not None or self.value is not None:
+    if self.has_name or self.has_value:
         return _fail(self, HttpParserError("invalid headers state"), -1)
     return 0
 
@@ -387,6 +470,7 @@ _PROBES = (
     b"3\r\nabc\r\n0\r\nTrailer: t\r\n\r\n"
     b"GET /u HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nrest",
     b"GET /old HTTP/1.0\r\nX: y\r\n\r\n",
+    b"POST /e HTTP/1.1\r\nhOsT: x\r\nX-Empty:\r\ncontent-LENGTH: 2\r\n\r\nok",
     b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
     b"BREW / HTTP/1.1\r\n\r\n",
     b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",

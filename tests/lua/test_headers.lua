@@ -28,6 +28,32 @@ function T.a_block_seen_again_gives_equal_but_separate_tables(t)
     t.eq(parse(raw), first, "a handler's changes do not reach later requests")
 end
 
+function T.a_block_seen_often_is_built_by_its_constructor(t)
+    -- after 16 copies a kept block gets a generated table constructor (LuaJIT compiles
+    -- it into the request path): the same tables, whatever the names and values hold
+    local raw = block("Host", "h", "X-Quote", [["q" \ ']], "X-Close", "]] end) os.exit(1) --[[",
+                      "X-Newline", "a\nb", "x-\"odd\"", "v")
+    local expected = { host = "h", ["x-quote"] = [["q" \ ']], ["x-close"] = "]] end) os.exit(1) --[[",
+                       ["x-newline"] = "a\nb", ['x-"odd"'] = "v" }
+    local previous
+    for i = 1, 40 do
+        local got = parse(raw)
+        t.eq(got, expected, "request " .. i)
+        t.ok(got ~= previous, "a table of its own")
+        got.host = "changed"
+        previous = got
+    end
+    -- more fields than a constructor takes (upvalues): copied, still right
+    local many, want = {}, {}
+    for i = 1, 60 do
+        many[#many + 1] = "X-F" .. i
+        many[#many + 1] = tostring(i)
+        want["x-f" .. i] = tostring(i)
+    end
+    local big = table.concat(many, "\0")
+    for _ = 1, 40 do t.eq(parse(big), want) end
+end
+
 function T.the_cache_stays_bounded_under_ever_new_blocks(t)
     for i = 1, 3000 do
         local raw = block("Host", "h", "X-Request-Id", tostring(i))

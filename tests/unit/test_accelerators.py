@@ -52,6 +52,9 @@ CORPUS = [
     b"POST /e HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok",
     b"DELETE /d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     b"M-SEARCH * HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /e HTTP/1.1\r\nHost: x\r\nX-Empty:\r\nX-Space: \r\nX-Last:\r\n\r\n",
+    b"POST /m HTTP/1.1\r\nhOsT: x\r\ncOnTeNt-LeNgTh: 3\r\nEXPECT: 100-Continue\r\n\r\nabc",
+    b"GET /c HTTP/1.1\r\nHost: x\r\nCONNECTION: keep-alive\r\nX-Host: no\r\nHosts: no\r\n\r\n",
 ]
 ENDINGS = [
     b"GET /u HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x00",
@@ -62,6 +65,12 @@ ENDINGS = [
     b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
     b"GET /" + b"a" * 40000 + b" HTTP/1.1\r\n\r\n",
     b"GET / HTTP/1.1\r\n" + b"a:b\r\n" * 200 + b"\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * 33000 + b"\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 12a\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length:\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\nContent-Length: 1\r\n\r\nx",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 20000000\r\n\r\n",
     b"",
 ]
 

@@ -651,6 +651,7 @@ local table_new = (pcall(require, "table.new")) and require("table.new")
     or function() return {} end
 
 local load = loadstring or load
+local unpack = table.unpack or unpack -- Lua 5.4 / LuaJIT
 
 -- A function that returns a new copy of `template` (a table of strings or numbers):
 -- a table constructor made with load(), whose values are upvalues. LuaJIT compiles
