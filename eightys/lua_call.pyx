@@ -37,12 +37,7 @@ Only built when Cython compiles eightys (``setup.py``); without it, and for Lua
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.object cimport PyObject
 
-cdef extern from "dlfcn.h" nogil:
-    void *dlopen(const char *filename, int flags)
-    void *dlsym(void *handle, const char *symbol)
-    int dlclose(void *handle)
-    int RTLD_NOW
-    int RTLD_NOLOAD
+from eightys.dlfcn cimport RTLD_NOLOAD, RTLD_NOW, dlclose, dlopen, dlsym
 
 cdef enum:
     # lua.h (Lua 5.1 API, LuaJIT's)

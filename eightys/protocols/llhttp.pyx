@@ -34,12 +34,7 @@ import httptools
 from httptools import (HttpParserError, HttpParserInvalidMethodError,
                        HttpParserInvalidURLError, HttpParserUpgrade)
 
-cdef extern from "dlfcn.h" nogil:
-    void *dlopen(const char *filename, int flags)
-    void *dlsym(void *handle, const char *symbol)
-    int dlclose(void *handle)
-    int RTLD_NOW
-    int RTLD_NOLOAD
+from eightys.dlfcn cimport RTLD_NOLOAD, RTLD_NOW, dlclose, dlopen, dlsym
 
 # -- llhttp.h (9.4) ------------------------------------------------------------------
 

@@ -42,6 +42,25 @@ function _M.describe(err)
 end
 local describe = _M.describe
 
+-- "file:line: " of the first Lua frame among three stack levels from `first`,
+-- found by info(level) (debug.getinfo on some stack), or "" if there is none
+local function position(info, first)
+    for level = first, first + 2 do
+        local at = info(level)
+        if at == nil then break end
+        if at.what ~= "C" and at.currentline and at.currentline > 0 then
+            return at.short_src .. ":" .. at.currentline .. ": "
+        end
+    end
+    return ""
+end
+
+-- an error table (error() adds no position to it), or a message raised in Python (a
+-- host or -m module function) without one: the position is named from the stack
+local function unplaced(err, msg)
+    return type(err) == "table" or not str_find(msg, "^[^\n]-:%d+: ")
+end
+
 --- debug.traceback that describes error tables: as an xpcall message handler,
 --- traceback(err) gives "file:line: error {code = 1}" plus the stack; called
 --- as traceback(msg, level) or traceback(co, msg, level) it works like
@@ -49,27 +68,12 @@ local describe = _M.describe
 function _M.traceback(a, b, c)
     if type(a) == "thread" then return _M.thread_traceback(a, b, c) end
     local msg = a
-    if type(a) == "table" then
+    if a ~= nil then
         msg = describe(a)
-        -- level 2 is error() itself when the table was raised by it; the user's code is next
-        local info = getinfo(2, "Sl")
-        if info and info.what == "C" then info = getinfo(3, "Sl") end
-        if info and info.currentline and info.currentline > 0 then
-            msg = info.short_src .. ":" .. info.currentline .. ": " .. msg
-        end
-    elseif a ~= nil then
-        msg = tostring(a)
-        -- an error raised in Python (a host or -m module function) carries no
-        -- position: name the Lua line that called it
-        if not str_find(msg, "^[^\n]-:%d+: ") then
-            for level = 2, 4 do
-                local info = getinfo(level, "Sl")
-                if info == nil then break end
-                if info.what ~= "C" and info.currentline and info.currentline > 0 then
-                    msg = info.short_src .. ":" .. info.currentline .. ": " .. msg
-                    break
-                end
-            end
+        if unplaced(a, msg) then
+            -- level 2 of this function is where it was raised (error() itself, if it
+            -- was: the user's code is next); +2 for position and this closure
+            msg = position(function(level) return getinfo(level + 2, "Sl") end, 2) .. msg
         end
     end
     return debug_traceback(msg, (b or 1) + 1)
@@ -80,15 +84,8 @@ end
 --- the position found on co's stack, whose level 0 is where it raised.
 function _M.thread_traceback(co, err, level)
     local msg = describe(err)
-    if err ~= nil and (type(err) == "table" or not str_find(msg, "^[^\n]-:%d+: ")) then
-        for at = 0, 2 do
-            local info = getinfo(co, at, "Sl")
-            if info == nil then break end
-            if info.what ~= "C" and info.currentline and info.currentline > 0 then
-                msg = info.short_src .. ":" .. info.currentline .. ": " .. msg
-                break
-            end
-        end
+    if err ~= nil and unplaced(err, msg) then
+        msg = position(function(at) return getinfo(co, at, "Sl") end, 0) .. msg
     end
     return debug_traceback(co, msg, level)
 end
