@@ -123,10 +123,6 @@ cdef class LuaDispatch:
         self.settop(main, top)
         self.pooled = 0
 
-    def __dealloc__(self):
-        # the pooled threads' references go with the state (lupa closes it)
-        self.pooled = 0
-
     cdef object _result(self, void *L):
         # the value at the top of L's stack, as dispatch returns it
         cdef size_t size

@@ -9,8 +9,9 @@
 One worker's HTTP stack runs in this process: a real :class:`LuaRuntime` with
 ``server/simple_http.lua`` loaded, a real :class:`ConnectionHost` and
 :class:`HttpProtocol`, and a fake transport (its ``write`` is a C-level
-``deque.append``, so it costs about what uvloop's buffered write costs in user
-space). The same bytes are fed to ``data_received`` again and again on one
+``deque.append``). What a real worker adds, uvloop's read path and the write
+(``send(2)`` through :mod:`eightys.protocols.sockwrite`), is measured by
+``scripts/profile_worker.sh``, on a running worker. The same bytes are fed to ``data_received`` again and again on one
 keep-alive connection, as wrk does:
 
 * ``single``: one request per read (``wrk -c 50``);

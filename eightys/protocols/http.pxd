@@ -5,12 +5,14 @@ cimport cython
 from eightys.protocols.http_core cimport HttpConnection
 from eightys.protocols.stats cimport HttpStats
 from eightys.lua_call cimport LuaDispatch
+from eightys.protocols.sockwrite cimport SocketWriter
 
 cdef class HttpProtocol:
     cdef readonly object host
     cdef readonly object fd
     cdef readonly HttpConnection core
     cdef public object transport
+    cdef SocketWriter writer
     cdef readonly object flow
     cdef readonly bint closed
     cdef object dispatch
@@ -25,7 +27,8 @@ cdef class HttpProtocol:
     cdef bint _run_scheduled
     cdef object screen
 
-    @cython.locals(request=tuple)
+    @cython.locals(request=tuple, seq=Py_ssize_t, limit=Py_ssize_t, window=Py_ssize_t,
+                   i=Py_ssize_t)
     cdef void _dispatch_events(self, list events, Py_ssize_t start)
     cdef void _schedule_parked(self)
     cdef void _flush(self)

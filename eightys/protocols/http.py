@@ -45,6 +45,16 @@ if CORE_COMPILED:
     except (ImportError, ValueError):  # not built, or built against another core
         pass
 
+#: Makes the writer that sends responses to the socket directly when the transport is
+#: uvloop's plain TCP one (eightys/protocols/sockwrite.pyx), else None: through
+#: ``transport.write``. C only, like PARSER.
+writer_for: Any = None
+if CORE_COMPILED:
+    try:
+        from eightys.protocols.sockwrite import for_transport as writer_for
+    except ImportError:
+        pass
+
 #: Stop dispatching (and reading) once this many requests on one connection await
 #: their responses.
 MAX_IN_FLIGHT = 64
@@ -72,6 +82,8 @@ class HttpProtocol:
         #: Metrics/access-log accounting (eightys/protocols/stats.py); None when both are off.
         self.stats = host.stats
         self.transport = None
+        #: sends what _flush writes straight to the socket (None: transport.write)
+        self.writer = None
         self.flow = None  # type: ignore[assignment]  # set by connection_made
         self.parked = None  # deque of parsed requests beyond the in-flight window
         self.closed = False
@@ -98,6 +110,8 @@ class HttpProtocol:
                     return
                 self.screen = gate.screen
         self.flow = FlowControl(transport)
+        if writer_for is not None:
+            self.writer = writer_for(transport)
         self.host.register(self.fd, self)
 
     def data_received(self, data: bytes) -> None:
@@ -149,7 +163,8 @@ class HttpProtocol:
 
     def _dispatch_events(self, events: list, start: int) -> None:
         core = self.core
-        limit = core.seq_out + MAX_IN_FLIGHT
+        window = MAX_IN_FLIGHT  # a C integer when compiled (http.pxd)
+        limit = core.seq_out + window
         hooks = self.hooks
         static = hooks[0]
         inject = hooks[1]
@@ -184,10 +199,12 @@ class HttpProtocol:
                     stats.end()
                 continue
             if direct is not None:
-                out = direct.call(fd, seq, method, request[2], request[3], request[4],
+                # request[0], not seq: the Python integer as it is (compiled, seq is C)
+                out = direct.call(fd, request[0], method, request[2], request[3], request[4],
                                   request[5])
             else:
-                out = dispatch(fd, seq, method, request[2], request[3], request[4], request[5])
+                out = dispatch(fd, request[0], method, request[2], request[3], request[4],
+                               request[5])
             if out:
                 if inject is not None:
                     out = inject(out)
@@ -198,7 +215,7 @@ class HttpProtocol:
                 core.mark_pending(seq)  # the handler is still working: handler timeout
             if stats is not None:
                 stats.end()
-        if core.seq_in - core.seq_out >= MAX_IN_FLIGHT:
+        if core.seq_in - core.seq_out >= window:
             self.flow.pause(PAUSE_BACKLOG)
 
     def _schedule_parked(self) -> None:
@@ -232,7 +249,10 @@ class HttpProtocol:
         out = core.data_to_send()
         transport = self.transport
         if out and not self.closed:
-            transport.write(out)
+            if self.writer is not None:
+                self.writer.write(out)
+            else:
+                transport.write(out)
             if self._progress:
                 self._wake_progress()
         state = core.state

@@ -1,6 +1,8 @@
 # C types for http_core.py when Cython compiles it (pure-Python mode: the .py is
 # the source; interpreted, this file is not used). See setup.py.
 
+cimport cython
+
 cdef extern from "string.h" nogil:
     void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen)
 
@@ -42,9 +44,10 @@ cdef class HttpConnection:
     cdef public bint draining
     cdef bytes url
     cdef list headers
-    cdef public bint collect
     cdef public object fields
     cdef public int parsed_http10
+    cdef public int parsed_keep_alive
+    cdef public bytes parsed_method
     cdef list body
     cdef Py_ssize_t nheaders
     cdef Py_ssize_t head_size
@@ -78,9 +81,11 @@ cdef class HttpConnection:
     cpdef on_header(self, bytes name, bytes value)
     cpdef on_headers_complete(self)
     cpdef on_body(self, bytes body)
+    @cython.locals(seq=Py_ssize_t, flags=int, method=bytes)
     cpdef on_message_complete(self)
     cpdef bint send(self, Py_ssize_t seq, bytes data, bint final, bint close=*)
     cpdef bytes data_to_send(self)
+    @cython.locals(seq=Py_ssize_t)
     cdef void _finish_head(self)
     cdef void _end_after(self, Py_ssize_t seq, int action)
     cpdef bint switch_protocol(self, Py_ssize_t seq, bytes response)

@@ -232,11 +232,14 @@ class HttpConnection:
         self.url = b""
         self.headers = []  # [name, value, name, value, ...]
         # Filled by a parser that does this work in C (eightys.protocols.llhttp), which
-        # then sets `collect` false: the fields already joined, and whether the
+        # then never calls on_header: the fields already joined, and whether the
         # request is HTTP/1.0 (-1: ask the parser).
-        self.collect = True
         self.fields = None
         self.parsed_http10 = -1
+        # what the C driver read off llhttp for the request being completed (-1 and
+        # None: ask the parser), given before on_message_complete: no call back into it
+        self.parsed_keep_alive = -1
+        self.parsed_method = None
         self.body = []
         self.nheaders = 0
         self.head_size = 0
@@ -261,7 +264,7 @@ class HttpConnection:
         self.held = {}  # seq -> [chunks, finished]: responses waiting for earlier ones
         self.pending_since = {}  # seq -> when its handler went async (handler timeout)
         self.timed_out_seq = -1
-        self.events = []
+        self.events = None  # the list receive_data returns, while it runs
         self.out = []
         # bodies off the heap (eightys.protocols.spool)
         self.spill_at = 0  # set per body from limits.spill_at
@@ -327,7 +330,7 @@ class HttpConnection:
         except httptools.HttpParserError as exc:
             if self.last == -1:  # after a closing request llhttp refuses what follows
                 self._refuse(400, str(exc) or "malformed request")
-        self.events = []
+        self.events = None
         self.data = b""
         return events
 
@@ -358,7 +361,10 @@ class HttpConnection:
 
     def on_url(self, url: bytes) -> None:
         self.unparsed_head = -1
-        self.url += url
+        if self.url:
+            self.url += url
+        else:
+            self.url = url  # the whole URL in one piece (the usual case): no concatenation
         self.head_size += len(url)
         if self.head_size > self.limits.max_header:
             raise _Reject(431, "request line too long")
@@ -369,10 +375,9 @@ class HttpConnection:
         self.nheaders += 1
         if self.head_size > self.limits.max_header or self.nheaders > self.limits.max_headers:
             raise _Reject(431, "too many or too large header fields")
-        if self.collect:
-            headers = self.headers
-            headers.append(name)
-            headers.append(value)
+        headers = self.headers
+        headers.append(name)
+        headers.append(value)
         size = len(name)
         # cheap length test first: most fields are none of these; then the usual
         # spelling, which costs no lower-case copy (a method call, ~350 instructions)
@@ -468,7 +473,10 @@ class HttpConnection:
         seq = self.seq_in
         self.seq_in = seq + 1
         self.state = WAITING
-        keep_alive = self.should_keep_alive()
+        if self.parsed_keep_alive == -1:
+            keep_alive = self.should_keep_alive()
+        else:
+            keep_alive = self.parsed_keep_alive == 1
         if self.has_connection_header:
             http10 = self.http10
         else:
@@ -499,10 +507,14 @@ class HttpConnection:
             fields = b"\0".join(self.headers)
         else:
             self.fields = None
-        self.events.append((seq, self.get_method(), self.url, body_bytes, flags, fields))
+        method = self.parsed_method
+        if method is None:
+            method = self.get_method()
+        self.events.append((seq, method, self.url, body_bytes, flags, fields))
         # ready for the next request
         self.url = b""
-        self.headers = []
+        if self.headers:  # httptools' parser (the C driver joins the fields itself)
+            self.headers = []
         self.nheaders = 0
         self.head_size = 0
         self.hosts = 0
@@ -564,8 +576,9 @@ class HttpConnection:
         out = self.out
         if not out:
             return b""
-        self.out = []
-        return out[0] if len(out) == 1 else b"".join(out)
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()  # the list is kept: one allocation less per response
+        return data
 
     def _finish_head(self) -> None:
         # The head-of-line response is complete: release the ones waiting behind it.
@@ -717,7 +730,8 @@ class HttpConnection:
         if self.spool is not None:  # a body cut off (413, 408...): its file goes now
             self.spool.discard()
             self.spool = None
-        self.events.append(RemoteError(status, reason))
+        if self.events is not None:  # else a timeout's: nobody reads the event
+            self.events.append(RemoteError(status, reason))
         self.state = WAITING
         self.head_size = self.body_size = self.unparsed_head = 0
         self._end_after(seq, CLOSE)

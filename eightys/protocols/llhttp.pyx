@@ -201,7 +201,6 @@ cdef class RequestParser:
         llhttp_init(self.parser, HTTP_REQUEST, &SETTINGS)
         self.parser.data = <void *>self
         self.core = core
-        core.collect = False  # the fields are joined (and checked) here
         self.error = None
 
     def __dealloc__(self):
@@ -428,10 +427,13 @@ cdef int _on_body(llhttp_t *p, const char *at, size_t length) noexcept:
 
 cdef int _on_message_complete(llhttp_t *p) noexcept:
     cdef RequestParser self = <RequestParser>p.data
+    cdef HttpConnection core = self.core
     try:
         if self.block_len != self.block_at_head:  # trailer fields came after the head
-            self.core.fields = self._fields()
-        self.core.on_message_complete()
+            core.fields = self._fields()
+        core.parsed_keep_alive = 1 if llhttp_should_keep_alive(p) != 0 else 0
+        core.parsed_method = <bytes>METHOD_NAMES[p.method] if p.method < 47 else b""
+        core.on_message_complete()
     except BaseException as exc:
         return _fail(self, exc, -1)
     return 0

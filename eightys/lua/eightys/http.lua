@@ -577,21 +577,23 @@ end
 --- @param private_key? string
 --- @return table
 function aio:parse_query(qs, private_key)
-    local out = {}
-    if qs == nil then return out end
+    if qs == nil then return {} end
     local len = #qs
     if len > 0 and not str_find(qs, "&", 1, true) then
         -- one parameter (the usual case): no loop, so that LuaJIT compiles the
-        -- handler that calls this (a loop inside a function's trace aborts it)
+        -- handler that calls this (a loop inside a function's trace aborts it); the
+        -- table is made with its one slot (no resize on the first insert)
         local eq = str_find(qs, "=", 1, true)
+        local out
         if eq then
-            out[url_decode(str_sub(qs, 1, eq - 1))] = url_decode(str_sub(qs, eq + 1))
+            out = { [url_decode(str_sub(qs, 1, eq - 1))] = url_decode(str_sub(qs, eq + 1)) }
         else
-            out[url_decode(qs)] = ""
+            out = { [url_decode(qs)] = "" }
         end
         if private_key ~= nil then return self:_decrypt_query(out, private_key) end
         return out
     end
+    local out = {}
     local pos = 1
     while pos <= len do
         local amp = str_find(qs, "&", pos, true)

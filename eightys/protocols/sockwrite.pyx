@@ -1,0 +1,82 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Responses written to the socket at once, the way uvloop writes when it can.
+
+``transport.write`` on a uvloop TCP transport costs about 1,800 instructions per
+response in user space: the method lookup and call, the write buffer, the queue
+of streams to flush at the end of the loop iteration, then libuv's write. Where
+uvloop would write straight away (nothing of its own waiting to go out), a
+:class:`SocketWriter` calls ``send(2)`` on the transport's socket itself, for
+about 200. Whatever ``send`` does not take (a full socket buffer) goes to
+``transport.write``, so uvloop keeps owning what is buffered, flow control
+(``pause_writing``) and error reporting (a failed ``send`` is left for uvloop to
+meet and report as it would).
+
+The order of bytes on the wire is kept: the socket is written to directly only
+while uvloop has nothing buffered (``get_write_buffer_size() == 0``). And never
+once the transport is closing: uvloop may have closed the descriptor already,
+and its number may name another connection by then.
+
+Only for uvloop's plain TCP transport (:func:`for_transport` gives ``None`` for
+anything else: TLS, whose socket carries records, not these bytes; asyncio's own
+loop). Only built when Cython compiles eightys (``setup.py``).
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.errno cimport EAGAIN, EINTR, errno
+
+cdef extern from "errno.h":
+    int EWOULDBLOCK  # EAGAIN on Linux; not in Cython's libc.errno
+
+cdef extern from "sys/socket.h" nogil:
+    ssize_t send(int fd, const void *buf, size_t n, int flags)
+    int MSG_DONTWAIT
+    int MSG_NOSIGNAL
+
+try:
+    from uvloop.loop import TCPTransport as _TCPTransport
+except ImportError:  # no uvloop: nothing to shortcut
+    _TCPTransport = None
+
+
+cdef class SocketWriter:
+    """Writes to one uvloop TCP transport's socket while uvloop has nothing buffered."""
+
+    def __init__(self, transport: object, fd: int) -> None:
+        self.fd = fd
+        self.transport_write = transport.write
+        self.is_closing = transport.is_closing
+        self.buffered = transport.get_write_buffer_size
+
+    cpdef void write(self, bytes data) except *:
+        """Send ``data`` now if the socket takes it, else hand (the rest of) it to
+        the transport."""
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
+        cdef ssize_t sent
+        if self.fd < 0 or self.is_closing() or self.buffered():
+            self.transport_write(data)
+            return
+        sent = send(self.fd, PyBytes_AS_STRING(data), <size_t>size, MSG_DONTWAIT | MSG_NOSIGNAL)
+        if sent == size:
+            return
+        if sent < 0:
+            if errno != EAGAIN and errno != EWOULDBLOCK and errno != EINTR:
+                # a reset or closed peer: uvloop's own write meets it and closes the
+                # transport through its usual path (connection_lost)
+                self.transport_write(data)
+                return
+            sent = 0
+        self.transport_write(data[sent:])
+
+
+def for_transport(transport: object) -> SocketWriter | None:
+    """A :class:`SocketWriter` for ``transport`` if it is uvloop's plain TCP transport
+    with a socket, else ``None`` (write through the transport)."""
+    if _TCPTransport is None or type(transport) is not _TCPTransport:
+        return None
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return None
+    fd = sock.fileno()
+    if fd < 0:
+        return None
+    return SocketWriter(transport, fd)
