@@ -90,6 +90,9 @@ def server_context(cert: str, key: str, password: str = "") -> ssl.SSLContext:
     context.set_ciphers(SERVER_CIPHERS)
     context.set_alpn_protocols(ALPN)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    # a client that closes the socket without close_notify (most do, after their
+    # last response) ends the connection like one that sends it: no error logged
+    context.options |= getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
     # OpenSSL says "PEM lib" for any unreadable file: name the file and what is missing
     for path, what, marker in ((cert, "--tls-cert", b"-----BEGIN CERTIFICATE-----"),
                                (key, "--tls-key", b"PRIVATE KEY-----")):

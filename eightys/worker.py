@@ -37,6 +37,7 @@ from eightys.modules import ExtensionModule, load_modules
 from eightys.mysql import MySQLHost
 from eightys.protocols.host import ConnectionHost
 from eightys.protocols.http import HttpProtocol
+from eightys.protocols.http_core import COMPILED as CORE_COMPILED
 from eightys.protocols.http_core import HttpLimits
 from eightys.protocols import spool
 from eightys.protocols.raw import RawProtocol
@@ -156,10 +157,13 @@ class Worker:
         self._start_accounting()
         try:
             if self.tls is not None:
-                self.server = await self.loop.create_server(
-                    lambda: self.protocol_factory(), sock=self.listen_sock, backlog=BACKLOG,
-                    ssl=self.tls.context, ssl_handshake_timeout=tls.HANDSHAKE_TIMEOUT,
-                    ssl_shutdown_timeout=tls.SHUTDOWN_TIMEOUT)
+                self.server = self._tls_listener()
+                if self.server is None:  # uvloop's TLS layer
+                    self.server = await self.loop.create_server(
+                        lambda: self.protocol_factory(), sock=self.listen_sock,
+                        backlog=BACKLOG, ssl=self.tls.context,
+                        ssl_handshake_timeout=tls.HANDSHAKE_TIMEOUT,
+                        ssl_shutdown_timeout=tls.SHUTDOWN_TIMEOUT)
             else:
                 self.server = await self.loop.create_server(
                     lambda: self.protocol_factory(), sock=self.listen_sock, backlog=BACKLOG)
@@ -178,6 +182,25 @@ class Worker:
         if self.access_log is not None:
             self.access_log.close()
         return 0
+
+    def _tls_listener(self) -> Any:
+        """The HTTPS listener with TLS done by libssl on each socket
+        (eightys/protocols/tls_socket.pyx), or None: not compiled, its checks failed,
+        or ``EIGHTYS_UVLOOP_TLS=1`` asks for uvloop's TLS layer."""
+        if not CORE_COMPILED or os.environ.get("EIGHTYS_UVLOOP_TLS") or self.tls is None \
+                or self.listen_sock is None:
+            return None
+        try:
+            from eightys.protocols.tls_socket import TlsListener, available
+        except ImportError:
+            return None
+        if not available(self.tls.context):
+            self.log.warning("TLS through uvloop: this Python's ssl objects are not laid "
+                             "out as eightys.protocols.tls_socket expects")
+            return None
+        self.log.info("TLS by libssl on each connection's socket")
+        return TlsListener(self.loop, self.listen_sock, self.tls.context,
+                           lambda: self.protocol_factory(), tls.HANDSHAKE_TIMEOUT)
 
     def _start_services(self) -> None:
         """What the Lua runtime needs of the running loop: the connection host, the

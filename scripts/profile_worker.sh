@@ -78,5 +78,5 @@ callgrind_annotate --inclusive=yes "$DUMP" 2>/dev/null \
     | grep -E 'PROGRAM TOTALS|HttpProtocol_5data_received \[|_dispatch_events \[|LuaDispatch_call \[|HttpConnection_receive_data \[|HttpProtocol__flush \[|SSLProtocol_buffer_updated_impl \[|_do_handshake \[|SSL_read_ex \[|SSL_write_ex \[' \
     | awk -v n="$REQUESTS" '{ count = $1; gsub(",", "", count); name = $0; sub(/.*%\) +/, "", name);
                               sub(/ .*/, "", name); sub(/.*:/, "", name); printf "%8.0f  %s\n", count / n, name }'
-[ "$SCHEME" = https ] && echo "(the handshakes of wrk's 50 new connections are in the total: _do_handshake)"
+[ "$SCHEME" = https ] && echo "(the handshakes of wrk's 50 new connections are in the total: SSL_do_handshake)"
 echo "(LuaJIT's collector runs in steps: a short run moves the Lua figures by a few hundred)"

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+import eightys.protocols.http_core as http_core
 from conftest import APPS, REPO, free_port
 from http_helpers import HttpClient
 
@@ -127,8 +128,14 @@ def tls_server(start_server, certs: tuple[Path, Path], *args: str, entry: Path =
 # -- serving -------------------------------------------------------------------------
 
 
-def test_https_with_curl_and_an_h11_client(start_server, certs, ca):
-    server = tls_server(start_server, certs, workers=1)
+@pytest.mark.parametrize("layer", ["libssl", "uvloop"])
+def test_https_with_curl_and_an_h11_client(start_server, certs, ca, layer):
+    # both TLS layers: libssl on the socket (compiled eightys), uvloop's (the fallback,
+    # also what EIGHTYS_UVLOOP_TLS=1 asks for)
+    env = {"EIGHTYS_UVLOOP_TLS": "1"} if layer == "uvloop" else None
+    server = tls_server(start_server, certs, workers=1, env=env)
+    used_libssl = "TLS by libssl on each connection's socket" in server.stderr_text()
+    assert used_libssl == (layer == "libssl" and http_core.COMPILED)
     out = subprocess.run(
         ["curl", "-sS", "--cacert", str(ca.path), "-w", " %{http_version}",
          f"https://localhost:{server.port}/scheme"],
