@@ -14,8 +14,11 @@ open connections keep the certificate they were made with.
 
 Clients verify by default (the system CA store, or a CA file) and send SNI.
 
-Every context made here gives uvloop a :class:`DirectSSLObject` (``wrap_bio``): the
-TLS layer's per-record calls go straight to OpenSSL's binding, without a Python frame.
+The compiled server does TLS on each socket with libssl
+(:mod:`eightys.protocols.tls_socket`). Where uvloop's TLS layer does it (outgoing
+connections; the server uncompiled or with ``EIGHTYS_UVLOOP_TLS=1``), every context
+made here gives it a :class:`DirectSSLObject` (``wrap_bio``): its per-record calls go
+straight to OpenSSL's binding, without a Python frame.
 """
 
 from __future__ import annotations
@@ -63,8 +66,8 @@ class DirectSSLObject(ssl.SSLObject):
     uvloop's TLS layer calls these for every record it reads or writes (three calls
     for a keep-alive request and its response). ``ssl.SSLObject``'s are Python
     methods that only pass the call on to the same method of ``_ssl``'s object, and
-    each is a Python frame: about 2,000 instructions per request together (callgrind,
-    HTTPS echo route). Here the instance holds that object's bound methods, so the
+    each is a Python frame: about 1,700 instructions per request together (callgrind,
+    HTTPS echo route through uvloop's TLS layer). Here the instance holds that object's bound methods, so the
     calls are C to C. Same arguments, results and errors (``SSLWantReadError`` and
     the rest come from the C object either way). Set as the ``sslobject_class`` of
     the contexts made here, as the ``ssl`` documentation allows.

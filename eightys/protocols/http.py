@@ -9,7 +9,8 @@ The hot path of one request, in order:
    ``http.dispatch`` in ``eightys/lua/eightys/http.lua``, which usually returns the
    finished response bytes;
 4. the core queues them in request order; everything one read produced leaves
-   with ONE ``transport.write``.
+   with ONE write: ``send(2)`` through :mod:`eightys.protocols.sockwrite` while uvloop
+   has nothing buffered (compiled, plain TCP), else ``transport.write``.
 
 This module owns the transport, flow control (:class:`~eightys.protocols.flow.FlowControl`),
 the in-flight window (at most ``MAX_IN_FLIGHT`` requests dispatched ahead of the

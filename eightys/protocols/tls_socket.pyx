@@ -35,12 +35,12 @@ Only built when Cython compiles eightys (``setup.py``); the worker uses it for
 
 import errno as _errno
 import logging
+from collections import deque
 import socket
 import ssl
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.object cimport PyObject
-from libc.errno cimport errno
 
 from eightys.dlfcn cimport RTLD_NOLOAD, RTLD_NOW, dlopen, dlsym
 
@@ -48,9 +48,15 @@ log = logging.getLogger("eightys.tls")
 
 cdef extern from *:
     """
+    #include <errno.h>
     typedef struct ssl_st SSL;  /* opaque: only pointers cross */
     typedef struct ssl_ctx_st SSL_CTX;
+    /* C's errno, set and read from Cython (an assignment there makes a local) */
+    static inline void eightys_clear_errno(void) { errno = 0; }
+    static inline int eightys_errno(void) { return errno; }
     """
+    void clear_errno "eightys_clear_errno"() nogil
+    int last_errno "eightys_errno"() nogil
     ctypedef struct SSL
     ctypedef struct SSL_CTX
 
@@ -184,7 +190,7 @@ cdef class TlsTransport:
     cdef bint reader_on
     cdef bint writer_on
     cdef bint protocol_paused
-    cdef list pending
+    cdef object pending  # a deque of bytes not sent yet, the first maybe in part
     cdef Py_ssize_t pending_size
     cdef Py_ssize_t high
     cdef Py_ssize_t low
@@ -207,7 +213,7 @@ cdef class TlsTransport:
         self.protocol = None
         self.handshaking = True
         self.reading = True
-        self.pending = []
+        self.pending = deque()
         self.pending_size = 0
         self.high = 65536
         self.low = 16384
@@ -261,17 +267,24 @@ cdef class TlsTransport:
             return
         if self.handshaking:
             self._handshake()
-        elif self.pending and not self.writer_on:
+            return
+        if self.pending and not self.writer_on:
             self._flush_pending()  # a write waited for the peer's data (WANT_READ)
-            if self.reading and not self.closing:
-                self._read_records()
-        else:
+            if self.closed:
+                return
+        if self.reading and not self.closing:
             self._read_records()
+        elif self.reader_on and not (self.pending and not self.writer_on):
+            # watched only for that write, while reading is paused: level-triggered
+            # readiness would call us again and again
+            self.loop.remove_reader(self.fd)
+            self.reader_on = False
 
     cdef void _read_records(self) except *:
         cdef size_t count = 0
         cdef int result, err
         while self.reading and not self.closing:
+            clear_errno()  # libssl leaves it as it was when the socket simply ended
             result = SSL_read_ex(self.ssl, READ_BUFFER, READ_SIZE, &count)
             if result == 1:
                 try:
@@ -288,11 +301,11 @@ cdef class TlsTransport:
             if err == SSL_ERROR_WANT_WRITE:  # a handshake message to send first
                 self._want_write(True)
                 return
-            if err == SSL_ERROR_ZERO_RETURN or (err == SSL_ERROR_SYSCALL and errno == 0):
+            if err == SSL_ERROR_ZERO_RETURN or (err == SSL_ERROR_SYSCALL and last_errno() == 0):
                 ERR_clear_error()
                 self._eof()  # close_notify, or the socket's end
                 return
-            code = errno
+            code = last_errno()
             ERR_clear_error()
             if err == SSL_ERROR_SYSCALL:
                 self._fatal(ConnectionResetError(code, "connection lost") if code else None)
@@ -323,12 +336,11 @@ cdef class TlsTransport:
             data = bytes(data)
         if PyBytes_GET_SIZE(data) == 0:
             return
-        if self.pending:
-            self.pending.append(data)
-            self.pending_size += PyBytes_GET_SIZE(data)
-        elif not self._send(data):
-            self.pending.append(data)
-            self.pending_size += PyBytes_GET_SIZE(data)
+        if not self.pending:
+            if self._send(data) or self.closed:
+                return  # all of it went out, or the connection failed
+        self.pending.append(data)
+        self.pending_size += PyBytes_GET_SIZE(data)
         if self.pending_size > self.high and not self.protocol_paused and not self.closed:
             self.protocol_paused = True
             self.protocol.pause_writing()
@@ -342,9 +354,10 @@ cdef class TlsTransport:
         # lets us (OpenSSL keeps what it encrypted of it; _ssl sets
         # SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER, so the retry may come from another bytes)
         cdef size_t count = 0
-        cdef int result = SSL_write_ex(self.ssl, PyBytes_AS_STRING(data),
-                                       <size_t>PyBytes_GET_SIZE(data), &count)
-        cdef int err
+        cdef int result, err
+        clear_errno()
+        result = SSL_write_ex(self.ssl, PyBytes_AS_STRING(data),
+                              <size_t>PyBytes_GET_SIZE(data), &count)
         if result == 1:
             return True
         err = SSL_get_error(self.ssl, result)
@@ -357,7 +370,7 @@ cdef class TlsTransport:
                 self.loop.add_reader(self.fd, self._readable)
                 self.reader_on = True
             return False
-        code = errno
+        code = last_errno()
         ERR_clear_error()
         self._fatal(ConnectionResetError(code, "connection lost") if code
                     else ssl.SSLError(err, "TLS error while writing"))
@@ -377,7 +390,7 @@ cdef class TlsTransport:
             head = self.pending[0]
             if not self._send(head):
                 return  # still blocked (or failed: closed)
-            self.pending.pop(0)
+            self.pending.popleft()
             self.pending_size -= PyBytes_GET_SIZE(head)
         self._want_write(False)
         if self.protocol_paused and self.pending_size <= self.low:
@@ -417,7 +430,7 @@ cdef class TlsTransport:
 
     cdef void _fatal(self, object exc) except *:
         self.closing = True
-        self.pending = []
+        self.pending.clear()
         self.pending_size = 0
         self._lost(exc)
 
