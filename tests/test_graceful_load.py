@@ -11,15 +11,24 @@ a few seconds against 2 workers while:
 * one worker gets SIGTERM (it drains and the master starts a successor): the
   load sees no failure at all; new connections go to the other worker or wait
   in the backlog of the restarting one's socket until its successor accepts.
+
+Both over plain HTTP and over HTTPS (eightys' own TLS transport when compiled:
+its accept path, its close_notify and its drain).
 """
 
 from __future__ import annotations
 
+import datetime
 import signal
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
 
 from conftest import REPO, Server
 from http_helpers import HttpClient
@@ -43,8 +52,39 @@ class Load:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+@pytest.fixture(params=["http", "https"])
+def scheme_args(request: Any, tmp_path: Path) -> tuple[list[str], Callable[[socket.socket], Any]]:
+    """Server arguments and the client's socket wrapper for one scheme."""
+    if request.param == "http":
+        return [], lambda sock: sock
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    context = ssl.create_default_context(cafile=str(cert_path))
+    return (["--tls-cert", str(cert_path), "--tls-key", str(key_path)],
+            lambda sock: context.wrap_socket(sock, server_hostname="localhost"))
+
+
 def run_load(server: Server, seconds: float, signal_at: float, send_signal, clients: int = 6,
-             stop_when_refused: bool = True) -> Load:
+             stop_when_refused: bool = True,
+             wrap: Callable[[socket.socket], Any] = lambda sock: sock) -> Load:
     load = Load()
     start = time.monotonic()
     signalled = threading.Event()
@@ -53,7 +93,8 @@ def run_load(server: Server, seconds: float, signal_at: float, send_signal, clie
         i = 0
         while time.monotonic() - start < seconds:
             try:
-                conn = HttpClient(socket.create_connection(("127.0.0.1", server.port), timeout=10), 10)
+                conn = HttpClient(wrap(socket.create_connection(("127.0.0.1", server.port),
+                                                                timeout=10)), 10)
             except ConnectionRefusedError:
                 with load.lock:
                     load.refused += 1
@@ -97,10 +138,13 @@ def run_load(server: Server, seconds: float, signal_at: float, send_signal, clie
     return load
 
 
-def test_sigterm_under_load_loses_no_request(start_server) -> None:
-    server = start_server(APP, "--graceful-timeout", "5", workers=2)
+def test_sigterm_under_load_loses_no_request(start_server, scheme_args) -> None:
+    args, wrap = scheme_args
+    server = start_server(APP, "--graceful-timeout", "5", *args, workers=2, wait=not args)
+    if args:
+        server.wait_ready()  # a TLS listener: the readiness probe is a plain connect
     load = run_load(server, seconds=4.0, signal_at=1.5,
-                    send_signal=lambda: server.send_signal(signal.SIGTERM))
+                    send_signal=lambda: server.send_signal(signal.SIGTERM), wrap=wrap)
     assert server.wait_exit() == 0
     assert load.failed == [], load.failed[:5]
     assert load.ok > 30, load.ok
@@ -109,12 +153,15 @@ def test_sigterm_under_load_loses_no_request(start_server) -> None:
     assert load.refused >= 1  # after the drain, new connections are refused, not dropped
 
 
-def test_worker_restart_under_load_loses_no_request(start_server) -> None:
-    server = start_server(APP, "--graceful-timeout", "5", workers=2)
+def test_worker_restart_under_load_loses_no_request(start_server, scheme_args) -> None:
+    args, wrap = scheme_args
+    server = start_server(APP, "--graceful-timeout", "5", *args, workers=2, wait=not args)
+    if args:
+        server.wait_ready()
     pids = server.wait_workers(2)
     load = run_load(server, seconds=4.0, signal_at=1.0,
                     send_signal=lambda: __import__("os").kill(pids[0], signal.SIGTERM),
-                    stop_when_refused=False)
+                    stop_when_refused=False, wrap=wrap)
     assert load.failed == [], load.failed[:5]
     assert load.refused == 0  # the master holds the socket: connections wait for the successor
     assert load.after_signal_ok > 20, load.after_signal_ok

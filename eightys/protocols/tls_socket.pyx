@@ -599,10 +599,15 @@ class TlsListener:
             self.loop.add_reader(self.sock.fileno(), self._accept)
 
     def close(self) -> None:
-        """Stop accepting (the socket stays open: it is the master's)."""
+        """Stop accepting, and close this process's listening socket, as uvloop's
+        ``Server.close()`` does: once no process listens (the master's copy is closed
+        too when it stops), new connections are refused instead of waiting in a
+        backlog nobody accepts from; while the master keeps its copy (a rolling
+        restart), they wait there for the next worker."""
         if self.sockets:
             self.sockets = []
             if self._resume is not None:
                 self._resume.cancel()
             else:
                 self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
