@@ -193,6 +193,34 @@ def test_wss_with_the_websockets_client(start_server, certs, ca):
         assert ws.recv(timeout=5) == "wss"
 
 
+def test_big_bodies_pipelining_and_big_messages_over_tls(start_server, certs, ca):
+    # many records per read and per write, in both directions, through flow control
+    import hashlib
+    import os
+
+    from websockets.sync.client import connect
+
+    # the body stays in memory (as `body`, not a spooled file) for the echo
+    server = tls_server(start_server, certs, "--body-buffer-size", str(8 << 20), workers=1)
+    body = os.urandom(6 << 20)
+    with tls_connect(server.port, client_context(ca), timeout=30) as sock:
+        client = HttpClient(sock, 30)
+        response = client.request("POST", "/echo", body=body)
+        assert response.status == 200
+        assert hashlib.sha256(response.body).digest() == hashlib.sha256(body).digest()
+        # 20 requests in one write: their records arrive together, answered in order
+        sock.sendall(b"GET /scheme HTTP/1.1\r\nHost: localhost\r\n\r\n" * 20)
+        for _ in range(20):
+            response = client.read_response()
+            assert (response.status, response.body) == (200, b"https")
+    message = os.urandom(2 << 20)
+    with connect(f"wss://localhost:{server.port}/echo-ws", ssl=client_context(ca),
+                 open_timeout=5, max_size=None) as ws:
+        for _ in range(3):
+            ws.send(message)
+            assert ws.recv(timeout=30) == message
+
+
 def test_plain_http_and_ws_say_so(start_server):
     from websockets.sync.client import connect
 

@@ -9,6 +9,13 @@ end)
 
 aio:websocket("/ws", { open = function(ws) ws:send(ws.scheme) end })
 
+-- big bodies and messages through the TLS transport: echoed back
+aio:http_post("/echo", function(fd, query, headers, body)
+    fd:http_response(200, "application/octet-stream", body)
+end)
+aio:websocket("/echo-ws", { message = function(ws, data, binary) ws:send(data, binary) end },
+              { max_message = 4 * 1024 * 1024 })
+
 -- opts from the query: ca=PATH, verify=0, name=SERVER_NAME
 local function tls_opts(query)
     local q = aio:parse_query(query)
