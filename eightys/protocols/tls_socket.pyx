@@ -189,6 +189,7 @@ cdef class TlsTransport:
     cdef bint reading
     cdef bint reader_on
     cdef bint writer_on
+    cdef bint write_wants_read  # a queued write needs the peer's data first (WANT_READ)
     cdef bint protocol_paused
     cdef object pending  # a deque of bytes not sent yet, the first maybe in part
     cdef Py_ssize_t pending_size
@@ -268,15 +269,25 @@ cdef class TlsTransport:
         if self.handshaking:
             self._handshake()
             return
-        if self.pending and not self.writer_on:
-            self._flush_pending()  # a write waited for the peer's data (WANT_READ)
+        if self.write_wants_read:
+            self._flush_pending()
             if self.closed:
                 return
         if self.reading and not self.closing:
             self._read_records()
-        elif self.reader_on and not (self.pending and not self.writer_on):
-            # watched only for that write, while reading is paused: level-triggered
-            # readiness would call us again and again
+        else:
+            self._sync_reader()  # watched only for that write: not any more
+
+    cdef void _sync_reader(self) except *:
+        # The socket is watched for reading while the handshake runs, while the
+        # protocol reads, and while a queued write waits for the peer's data; not
+        # otherwise (readiness is level-triggered: it would call us again and again).
+        cdef bint want = not self.closed and (self.handshaking or self.write_wants_read
+                                              or (self.reading and not self.closing))
+        if want and not self.reader_on:
+            self.loop.add_reader(self.fd, self._readable)
+            self.reader_on = True
+        elif not want and self.reader_on:
             self.loop.remove_reader(self.fd)
             self.reader_on = False
 
@@ -320,7 +331,8 @@ cdef class TlsTransport:
         self._fatal(exc)
 
     cdef void _eof(self) except *:
-        self._stop_reading()
+        self.reading = False
+        self._sync_reader()
         keep_open = self.protocol.eof_received()
         if not keep_open:
             self.close()
@@ -359,16 +371,17 @@ cdef class TlsTransport:
         result = SSL_write_ex(self.ssl, PyBytes_AS_STRING(data),
                               <size_t>PyBytes_GET_SIZE(data), &count)
         if result == 1:
+            self.write_wants_read = False
             return True
         err = SSL_get_error(self.ssl, result)
         if err == SSL_ERROR_WANT_WRITE:
+            self.write_wants_read = False
             self._want_write(True)
             return False
-        if err == SSL_ERROR_WANT_READ:
-            self._want_write(False)  # _readable retries it
-            if not self.reader_on:
-                self.loop.add_reader(self.fd, self._readable)
-                self.reader_on = True
+        if err == SSL_ERROR_WANT_READ:  # _readable retries it
+            self.write_wants_read = True
+            self._want_write(False)
+            self._sync_reader()
             return False
         code = last_errno()
         ERR_clear_error()
@@ -393,6 +406,7 @@ cdef class TlsTransport:
             self.pending.popleft()
             self.pending_size -= PyBytes_GET_SIZE(head)
         self._want_write(False)
+        self._sync_reader()
         if self.protocol_paused and self.pending_size <= self.low:
             self.protocol_paused = False
             self.protocol.resume_writing()
@@ -415,9 +429,11 @@ cdef class TlsTransport:
         if self.closing:
             return
         self.closing = True
-        self._stop_reading()
+        self.reading = False
         if not self.pending:
             self._finish_close()
+        else:
+            self._sync_reader()  # (kept while a queued write waits for the peer's data)
 
     cdef void _finish_close(self) except *:
         SSL_shutdown(self.ssl)  # our close_notify; the peer's is not waited for (RFC 8446 6.1)
@@ -444,19 +460,14 @@ cdef class TlsTransport:
 
     cdef void _release(self) except *:
         self.closed = True
-        self._stop_reading()
+        self.reading = False
+        self._sync_reader()
         self._want_write(False)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         self.ssl = NULL  # not to be used once the socket is closed (sslobj frees it)
         self.sock.close()
-
-    cdef void _stop_reading(self) except *:
-        self.reading = False
-        if self.reader_on:
-            self.loop.remove_reader(self.fd)
-            self.reader_on = False
 
     # -- the rest of asyncio's transport --------------------------------------------------
 
@@ -471,7 +482,8 @@ cdef class TlsTransport:
     def pause_reading(self) -> None:
         """Stop reading the socket until resume_reading()."""
         if not self.closing and not self.handshaking:
-            self._stop_reading()
+            self.reading = False
+            self._sync_reader()
 
     def resume_reading(self) -> None:
         """Read again; records OpenSSL already holds are delivered soon."""
@@ -479,9 +491,7 @@ cdef class TlsTransport:
             return
         self.reading = True
         if not self.handshaking:
-            if not self.reader_on:
-                self.loop.add_reader(self.fd, self._readable)
-                self.reader_on = True
+            self._sync_reader()
             if SSL_has_pending(self.ssl):
                 self.loop.call_soon(self._readable)  # epoll does not know about those
 
