@@ -18,7 +18,6 @@ its accept path, its close_notify and its drain).
 
 from __future__ import annotations
 
-import datetime
 import signal
 import socket
 import ssl
@@ -30,6 +29,7 @@ from typing import Any, Callable
 
 import pytest
 
+from certs import self_signed
 from conftest import REPO, Server
 from http_helpers import HttpClient
 
@@ -57,26 +57,7 @@ def scheme_args(request: Any, tmp_path: Path) -> tuple[list[str], Callable[[sock
     """Server arguments and the client's socket wrapper for one scheme."""
     if request.param == "http":
         return [], lambda sock: sock
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    cert_path, key_path = self_signed(tmp_path)
     context = ssl.create_default_context(cafile=str(cert_path))
     return (["--tls-cert", str(cert_path), "--tls-key", str(key_path)],
             lambda sock: context.wrap_socket(sock, server_hostname="localhost"))
