@@ -18,7 +18,8 @@ from setuptools.command.build_ext import build_ext
 #: The modules on the per-request hot path.
 COMPILED = ["eightys/protocols/http_core.py", "eightys/protocols/stats.py",
             "eightys/lua_call.pyx", "eightys/protocols/llhttp.pyx",
-            "eightys/protocols/sockwrite.pyx", "eightys/protocols/tls_socket.pyx",
+            "eightys/protocols/sockwrite.pyx", "eightys/protocols/tcp_socket.pyx",
+            "eightys/protocols/tls_socket.pyx",
             "eightys/protocols/http.py"]
 
 

@@ -165,8 +165,11 @@ class Worker:
                         ssl_handshake_timeout=tls.HANDSHAKE_TIMEOUT,
                         ssl_shutdown_timeout=tls.SHUTDOWN_TIMEOUT)
             else:
-                self.server = await self.loop.create_server(
-                    lambda: self.protocol_factory(), sock=self.listen_sock, backlog=BACKLOG)
+                self.server = self._tcp_listener()
+                if self.server is None:  # uvloop's transports
+                    self.server = await self.loop.create_server(
+                        lambda: self.protocol_factory(), sock=self.listen_sock,
+                        backlog=BACKLOG)
             if self.redirect_sock is not None:
                 host, https_port = self.host, self.listen_port()
                 self.redirect_server = await self.loop.create_server(
@@ -201,6 +204,18 @@ class Worker:
         self.log.info("TLS by libssl on each connection's socket")
         return TlsListener(self.loop, self.listen_sock, self.tls.context,
                            lambda: self.protocol_factory(), tls.HANDSHAKE_TIMEOUT)
+
+    def _tcp_listener(self) -> Any:
+        """The plain listener whose connections eightys reads and writes from one
+        epoll set (eightys/protocols/tcp_socket.pyx), or None: not compiled, or
+        ``EIGHTYS_UVLOOP_TCP=1`` asks for uvloop's transports."""
+        if not CORE_COMPILED or os.environ.get("EIGHTYS_UVLOOP_TCP") or self.listen_sock is None:
+            return None
+        try:
+            from eightys.protocols.tcp_socket import TcpListener
+        except ImportError:
+            return None
+        return TcpListener(self.loop, self.listen_sock, lambda: self.protocol_factory())
 
     def _start_services(self) -> None:
         """What the Lua runtime needs of the running loop: the connection host, the

@@ -34,7 +34,8 @@ ensure_venv() {
 ensure_compiled() {
     local src so part built=""
     for src in eightys/protocols/http_core eightys/protocols/stats eightys/lua_call \
-               eightys/protocols/llhttp eightys/protocols/sockwrite eightys/protocols/tls_socket \
+               eightys/protocols/llhttp eightys/protocols/sockwrite eightys/protocols/tcp_socket \
+               eightys/protocols/tls_socket \
                eightys/protocols/http; do
         so=$(ls "$ROOT/$src".cpython-*.so 2>/dev/null | head -n 1)
         [ -n "$so" ] && built=1

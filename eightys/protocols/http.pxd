@@ -5,14 +5,14 @@ cimport cython
 from eightys.protocols.http_core cimport HttpConnection
 from eightys.protocols.stats cimport HttpStats
 from eightys.lua_call cimport LuaDispatch
-from eightys.protocols.sockwrite cimport SocketWriter
+from eightys.protocols.sockwrite cimport ByteWriter
 
 cdef class HttpProtocol:
     cdef readonly object host
     cdef readonly object fd
     cdef readonly HttpConnection core
     cdef public object transport
-    cdef SocketWriter writer
+    cdef ByteWriter writer
     cdef readonly object flow
     cdef readonly bint closed
     cdef object dispatch

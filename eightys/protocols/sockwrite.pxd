@@ -1,9 +1,12 @@
 # C declarations of sockwrite.pyx, for http.py compiled (http.pxd cimports them).
 
-cdef class SocketWriter:
+cdef class ByteWriter:
+    cpdef void write(self, object data) except *
+
+cdef class SocketWriter(ByteWriter):
     cdef int fd
     cdef object transport_write
     cdef object is_closing
     cdef object buffered
 
-    cpdef void write(self, bytes data) except *
+    cpdef void write(self, object data) except *

@@ -18,7 +18,9 @@ and its number may name another connection by then.
 
 Only for uvloop's plain TCP transport (:func:`for_transport` gives ``None`` for
 anything else: TLS, whose socket carries records, not these bytes; asyncio's own
-loop). Only built when Cython compiles eightys (``setup.py``).
+loop), and only when eightys does not read and write the socket itself
+(eightys.protocols.tcp_socket, the default: its transport is its own writer). Only
+built when Cython compiles eightys (``setup.py``).
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
@@ -38,7 +40,17 @@ except ImportError:  # no uvloop: nothing to shortcut
     _TCPTransport = None
 
 
-cdef class SocketWriter:
+cdef class ByteWriter:
+    """What HttpProtocol writes its responses through, as a C call: a
+    :class:`SocketWriter`, or a transport of eightys' own that is one
+    (eightys.protocols.tcp_socket.TcpTransport)."""
+
+    cpdef void write(self, object data) except *:
+        """Send ``data`` (in order after what was written before)."""
+        raise NotImplementedError
+
+
+cdef class SocketWriter(ByteWriter):
     """Writes to one uvloop TCP transport's socket while uvloop has nothing buffered."""
 
     def __init__(self, transport: object, fd: int) -> None:
@@ -47,14 +59,15 @@ cdef class SocketWriter:
         self.is_closing = transport.is_closing
         self.buffered = transport.get_write_buffer_size
 
-    cpdef void write(self, bytes data) except *:
+    cpdef void write(self, object data) except *:
         """Send ``data`` now if the socket takes it, else hand (the rest of) it to
         the transport."""
-        cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
+        cdef Py_ssize_t size
         cdef ssize_t sent
-        if self.fd < 0 or self.is_closing() or self.buffered():
+        if type(data) is not bytes or self.fd < 0 or self.is_closing() or self.buffered():
             self.transport_write(data)
             return
+        size = PyBytes_GET_SIZE(data)
         sent = send(self.fd, PyBytes_AS_STRING(data), <size_t>size, MSG_DONTWAIT | MSG_NOSIGNAL)
         if sent == size:
             return
@@ -68,9 +81,13 @@ cdef class SocketWriter:
         self.transport_write(data[sent:])
 
 
-def for_transport(transport: object) -> SocketWriter | None:
-    """A :class:`SocketWriter` for ``transport`` if it is uvloop's plain TCP transport
-    with a socket, else ``None`` (write through the transport)."""
+def for_transport(transport: object) -> ByteWriter | None:
+    """What to write ``transport``'s responses through as a C call: the transport
+    itself if it is a :class:`ByteWriter` (eightys' own), a :class:`SocketWriter` if
+    it is uvloop's plain TCP transport with a socket, else ``None`` (write through
+    the transport)."""
+    if isinstance(transport, ByteWriter):
+        return transport
     if _TCPTransport is None or type(transport) is not _TCPTransport:
         return None
     sock = transport.get_extra_info("socket")

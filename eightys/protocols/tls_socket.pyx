@@ -7,8 +7,8 @@ several Python calls per record: about 10,000 instructions per keep-alive reques
 beside OpenSSL's own work (callgrind, ``scripts/profile_worker.sh --tls``). nginx
 lets OpenSSL read and write the socket. So does this module:
 
-* :class:`TlsListener` accepts connections on the listening socket (non-blocking,
-  from the loop's reader callback) and makes each a :class:`TlsTransport`;
+* :class:`TlsListener` accepts connections on the listening socket
+  (:class:`eightys.protocols.listener.Listener`) and makes each a :class:`TlsTransport`;
 * the transport's OpenSSL connection (``SSL *``) is the one Python's ``ssl`` module
   makes for the socket (``SSLContext._wrap_socket``): certificates, ALPN, the SNI
   callback that swaps certificates on SIGHUP, TLS versions and ciphers stay
@@ -33,8 +33,6 @@ Only built when Cython compiles eightys (``setup.py``); the worker uses it for
 ``--tls-cert`` when :func:`available` says so, else ``create_server(ssl=...)``.
 """
 
-import errno as _errno
-import logging
 from collections import deque
 import socket
 import ssl
@@ -43,8 +41,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.object cimport PyObject
 
 from eightys.dlfcn cimport RTLD_NOLOAD, RTLD_NOW, dlopen, dlsym
-
-log = logging.getLogger("eightys.tls")
+from eightys.protocols.listener import Listener
 
 cdef extern from *:
     """
@@ -80,7 +77,6 @@ cdef enum:
     CTX_OBJECT_OFFSET = SSL_OFFSET + sizeof(void *)  # then ctx (the context object)
     CTX_OFFSET = sizeof(PyObject)  # PySSLContext: ctx first
     READ_SIZE = 65536
-    ACCEPT_BATCH = 64  # connections accepted per readable event of the listener
 
 cdef read_ex_f SSL_read_ex = NULL
 cdef write_ex_f SSL_write_ex = NULL
@@ -564,60 +560,12 @@ cdef class TlsTransport:
         return default
 
 
-class TlsListener:
+class TlsListener(Listener):
     """Accepts connections on a listening socket and serves each through a
-    :class:`TlsTransport`: what ``loop.create_server(ssl=...)`` would do, for the
-    ``close()`` the worker's drain calls."""
+    :class:`TlsTransport`: what ``loop.create_server(ssl=...)`` would do."""
 
     def __init__(self, loop: object, sock: socket.socket, context: ssl.SSLContext,
                  protocol_factory: object, handshake_timeout: float) -> None:
-        self.loop = loop
-        self.sock = sock
         self.context = context
-        self.factory = protocol_factory
-        self.handshake_timeout = handshake_timeout
-        self.sockets = [sock]
-        self._resume = None
-        sock.setblocking(False)
-        loop.add_reader(sock.fileno(), self._accept)
-
-    def _accept(self) -> None:
-        for _ in range(ACCEPT_BATCH):
-            try:
-                conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return  # none left, or another worker took it
-            except OSError as exc:
-                if exc.errno in (_errno.EMFILE, _errno.ENFILE, _errno.ENOBUFS, _errno.ENOMEM):
-                    # out of descriptors: stop accepting for a second, as uvloop does
-                    log.error("accept: %s; not accepting for 1 s", exc.strerror)
-                    self.loop.remove_reader(self.sock.fileno())
-                    self._resume = self.loop.call_later(1.0, self._start)
-                return  # ECONNABORTED and the like: that connection is gone
-            try:
-                conn.setblocking(False)
-                if conn.family != socket.AF_UNIX:
-                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                TlsTransport(self.loop, conn, self.context, self.factory,
-                             self.handshake_timeout)
-            except OSError:  # reset before we got to it
-                conn.close()
-
-    def _start(self) -> None:
-        self._resume = None
-        if self.sockets:
-            self.loop.add_reader(self.sock.fileno(), self._accept)
-
-    def close(self) -> None:
-        """Stop accepting, and close this process's listening socket, as uvloop's
-        ``Server.close()`` does: once no process listens (the master's copy is closed
-        too when it stops), new connections are refused instead of waiting in a
-        backlog nobody accepts from; while the master keeps its copy (a rolling
-        restart), they wait there for the next worker."""
-        if self.sockets:
-            self.sockets = []
-            if self._resume is not None:
-                self._resume.cancel()
-            else:
-                self.loop.remove_reader(self.sock.fileno())
-            self.sock.close()
+        super().__init__(loop, sock, lambda conn: TlsTransport(
+            loop, conn, context, protocol_factory, handshake_timeout))

@@ -17,11 +17,11 @@ import ssl
 import struct
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
-import uvloop
 from certs import self_signed
+from transports import Recorder, in_thread, run
 
 import eightys.protocols.http_core as http_core
 from eightys import tls
@@ -32,44 +32,6 @@ pytestmark = pytest.mark.skipif(not http_core.COMPILED, reason="eightys runs as 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: Any) -> tuple[Path, Path]:
     return self_signed(tmp_path_factory.mktemp("tls"))
-
-
-class Recorder(asyncio.Protocol):
-    """Keeps what happens; ``on_data(protocol, data)`` answers."""
-
-    def __init__(self, on_data: Callable[["Recorder", bytes], None] | None = None) -> None:
-        loop = asyncio.get_running_loop()
-        self.transport: Any = None
-        self.data = bytearray()
-        self.events: list[str] = []
-        self.on_data = on_data
-        self.lost = loop.create_future()
-        self.got_data = asyncio.Event()
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        self.events.append("made")
-
-    def data_received(self, data: bytes) -> None:
-        self.data += data
-        self.got_data.set()
-        if self.on_data is not None:
-            self.on_data(self, data)
-
-    def eof_received(self) -> bool:
-        self.events.append("eof")
-        return False
-
-    def pause_writing(self) -> None:
-        self.events.append("pause")
-
-    def resume_writing(self) -> None:
-        self.events.append("resume")
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.events.append("lost")
-        if not self.lost.done():
-            self.lost.set_result(exc)
 
 
 class Server:
@@ -109,18 +71,6 @@ def _client(port: int, cert: Path) -> ssl.SSLSocket:
     return context.wrap_socket(raw, server_hostname="localhost")
 
 
-async def _in_thread(fn: Callable[[], Any]) -> Any:
-    return await asyncio.get_running_loop().run_in_executor(None, fn)
-
-
-def _run(coro: Any) -> Any:
-    loop = uvloop.new_event_loop()
-    try:
-        return loop.run_until_complete(asyncio.wait_for(coro, 60))
-    finally:
-        loop.close()
-
-
 def _recv_exactly(sock: ssl.SSLSocket, size: int) -> bytes:
     got = bytearray()
     while len(got) < size:
@@ -140,7 +90,7 @@ def test_records_both_ways_and_what_the_transport_tells(certs) -> None:
                 sock.sendall(b"hello")
                 return _recv_exactly(sock, 10), sock.version()
 
-        answer, version = await _in_thread(client)
+        answer, version = await in_thread(client)
         assert answer == b"echo:hello"
         protocol = await server.first()
         transport = protocol.transport
@@ -152,7 +102,7 @@ def test_records_both_ways_and_what_the_transport_tells(certs) -> None:
         assert version in ("TLSv1.2", "TLSv1.3")
         server.close()
 
-    _run(main())
+    run(main())
 
 
 def test_a_large_response_to_a_client_that_does_not_read_is_buffered_in_order(certs) -> None:
@@ -174,8 +124,8 @@ def test_a_large_response_to_a_client_that_does_not_read_is_buffered_in_order(ce
                 go.wait(10)  # not reading until the server saw its buffer fill
                 return _recv_exactly(sock, sum(map(len, blocks)))
 
-        reading = asyncio.ensure_future(_in_thread(client))
-        await _in_thread(lambda: started.wait(10))
+        reading = asyncio.ensure_future(in_thread(client))
+        await in_thread(lambda: started.wait(10))
         protocol = await server.first()
         while not protocol.data:
             await asyncio.sleep(0.005)
@@ -189,7 +139,7 @@ def test_a_large_response_to_a_client_that_does_not_read_is_buffered_in_order(ce
         assert transport.get_write_buffer_size() == 0
         server.close()
 
-    _run(main())
+    run(main())
 
 
 def test_pause_reading_holds_records_openssl_already_read(certs) -> None:
@@ -207,7 +157,7 @@ def test_pause_reading_holds_records_openssl_already_read(certs) -> None:
                 sock.sendall(b"two")
                 _recv_exactly(sock, 2)
 
-        done = asyncio.ensure_future(_in_thread(client))
+        done = asyncio.ensure_future(in_thread(client))
         protocol = await server.first()
         await protocol.got_data.wait()
         await asyncio.sleep(0.2)
@@ -223,7 +173,7 @@ def test_pause_reading_holds_records_openssl_already_read(certs) -> None:
         await done
         server.close()
 
-    _run(main())
+    run(main())
 
 
 def test_a_bare_tcp_close_is_an_end_and_close_sends_close_notify(certs) -> None:
@@ -235,7 +185,7 @@ def test_a_bare_tcp_close_is_an_end_and_close_sends_close_notify(certs) -> None:
                 sock.sendall(b"bye")
                 return sock.recv(10)  # b"": the server's close_notify, not an error
 
-        assert await _in_thread(client) == b""
+        assert await in_thread(client) == b""
         protocol = await server.first()
         assert await asyncio.wait_for(protocol.lost, 5) is None
 
@@ -255,14 +205,14 @@ def test_a_bare_tcp_close_is_an_end_and_close_sends_close_notify(certs) -> None:
                 pass  # until the server closes in turn
             raw2.close()
 
-        await _in_thread(ragged_close)
+        await in_thread(ragged_close)
         protocol2 = await server2.first()
         assert await asyncio.wait_for(protocol2.lost, 5) is None
         assert protocol2.events == ["made", "eof", "lost"]
         server.close()
         server2.close()
 
-    _run(main())
+    run(main())
 
 
 def test_abort_cuts_the_connection(certs) -> None:
@@ -286,7 +236,7 @@ def test_abort_cuts_the_connection(certs) -> None:
                         break
             return got
 
-        result = await _in_thread(client)
+        result = await in_thread(client)
         assert result[0] == b"sent"
         assert result[1] == b"" or isinstance(result[1], type)
         protocol = await server.first()
@@ -295,7 +245,7 @@ def test_abort_cuts_the_connection(certs) -> None:
         protocol.transport.write(b"ignored")  # after the end: nothing, no error
         server.close()
 
-    _run(main())
+    run(main())
 
 
 def test_clients_that_do_not_finish_a_handshake_cost_no_protocol(certs) -> None:
@@ -317,9 +267,9 @@ def test_clients_that_do_not_finish_a_handshake_cost_no_protocol(certs) -> None:
                 assert sock.recv(100) == b""  # closed by the handshake timeout
             return time.monotonic() - start
 
-        answer = await _in_thread(plain_http)
+        answer = await in_thread(plain_http)
         assert not answer.startswith(b"HTTP")
-        waited = await _in_thread(silent)
+        waited = await in_thread(silent)
         assert 0.2 < waited < 3
         assert server.protocols == []  # no protocol was made for either
 
@@ -329,11 +279,11 @@ def test_clients_that_do_not_finish_a_handshake_cost_no_protocol(certs) -> None:
                 sock.sendall(b"ok")
                 return 1
 
-        assert await _in_thread(client) == 1
+        assert await in_thread(client) == 1
         await server.first()
         server.close()
 
-    _run(main())
+    run(main())
 
 
 def test_a_reset_during_a_large_write_ends_the_connection(certs) -> None:
@@ -347,14 +297,14 @@ def test_a_reset_during_a_large_write_ends_the_connection(certs) -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sock.close()  # RST, with most of the response still unsent
 
-        await _in_thread(client)
+        await in_thread(client)
         protocol = await server.first()
         exc = await asyncio.wait_for(protocol.lost, 10)
         assert exc is None or isinstance(exc, (ConnectionError, ssl.SSLError))
         assert protocol.transport.is_closing()
         server.close()
 
-    _run(main())
+    run(main())
 
 
 
@@ -377,11 +327,11 @@ def test_a_protocol_that_raises_is_reported_and_its_connection_ends(certs) -> No
                 except (ssl.SSLError, OSError):
                     return b""
 
-        assert await _in_thread(client) == b""
+        assert await in_thread(client) == b""
         protocol = await server.first()
         exc = await asyncio.wait_for(protocol.lost, 5)
         assert isinstance(exc, ValueError)
         assert reported and reported[0]["message"] == "data_received of Recorder raised"
         server.close()
 
-    _run(main())
+    run(main())

@@ -1,0 +1,63 @@
+"""Helpers of the transport unit tests (tests/unit/test_tcp_socket.py, test_tls_socket.py):
+a protocol that records what happens, and a uvloop loop to run a test's coroutine on."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+
+import uvloop
+
+
+class Recorder(asyncio.Protocol):
+    """Keeps what happens; ``on_data(protocol, data)`` answers."""
+
+    def __init__(self, on_data: Callable[["Recorder", bytes], None] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self.transport: Any = None
+        self.data = bytearray()
+        self.events: list[str] = []
+        self.on_data = on_data
+        self.lost = loop.create_future()
+        self.got_data = asyncio.Event()
+        #: what eof_received returns (False: the transport closes)
+        self.keep_open_on_eof = False
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.events.append("made")
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+        self.got_data.set()
+        if self.on_data is not None:
+            self.on_data(self, data)
+
+    def eof_received(self) -> bool:
+        self.events.append("eof")
+        return self.keep_open_on_eof
+
+    def pause_writing(self) -> None:
+        self.events.append("pause")
+
+    def resume_writing(self) -> None:
+        self.events.append("resume")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.events.append("lost")
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+async def in_thread(fn: Callable[[], Any]) -> Any:
+    """Run the blocking ``fn`` (a client) in a thread; its result."""
+    return await asyncio.get_running_loop().run_in_executor(None, fn)
+
+
+def run(coro: Any) -> Any:
+    """Run ``coro`` on a new uvloop loop, 60 s at most."""
+    loop = uvloop.new_event_loop()
+    try:
+        return loop.run_until_complete(asyncio.wait_for(coro, 60))
+    finally:
+        loop.close()
