@@ -18,10 +18,13 @@ ctypedef void *(*newthread_f)(void *L) noexcept nogil
 ctypedef int (*ref_f)(void *L, int t) noexcept nogil
 ctypedef void (*unref_f)(void *L, int t, int ref) noexcept nogil
 ctypedef void (*xmove_f)(void *src, void *dst, int n) noexcept nogil
+ctypedef void (*pushvalue_f)(void *L, int idx) noexcept nogil
 
 cdef enum:
     # Lua threads kept for reuse (a thread whose handler waits is not returned)
     POOL_SIZE = 16
+    # methods kept as Lua strings (GET, POST...: pushed without interning them again)
+    METHOD_CACHE = 8
 
 cdef class LuaDispatch:
     cdef void *L
@@ -34,6 +37,17 @@ cdef class LuaDispatch:
     cdef void *threads[POOL_SIZE]
     cdef int thread_refs[POOL_SIZE]
     cdef int pooled
+    # strings pushed from a registry reference instead of lua_pushlstring (which
+    # hashes and interns them again): the methods, and the last header block (the
+    # llhttp driver hands the same bytes object for the same block again)
+    cdef object method_objects  # a list: keeps the cached method objects alive
+    cdef void *method_keys[METHOD_CACHE]
+    cdef int method_refs[METHOD_CACHE]
+    cdef int methods
+    cdef object method_seen  # a method seen once: cached when it comes again
+    cdef object headers_cached
+    cdef int headers_ref
+    cdef object headers_seen
     cdef gettop_f gettop
     cdef settop_f settop
     cdef checkstack_f checkstack
@@ -50,8 +64,12 @@ cdef class LuaDispatch:
     cdef ref_f ref
     cdef unref_f unref
     cdef xmove_f xmove
+    cdef pushvalue_f pushvalue
 
     cdef object _result(self, void *L)
+    cdef void _push_method(self, void *co, bytes method) noexcept
+    cdef void _push_headers(self, void *co, bytes headers) noexcept
+    cdef int _keep(self, void *co) noexcept
     cdef str _message(self, void *L)
     cpdef object call(self, object fd, object seq, bytes method, bytes url, object body,
                       object flags, bytes headers)

@@ -7,7 +7,9 @@ conversion per argument, an error handler, the tuple of results) and, inside
 Lua, a switch into a pooled coroutine and back (about 2,500: the handler may
 ``aio:await``, so it cannot run on the caller's stack). :class:`LuaDispatch` does
 both in C, the way OpenResty runs a request: it keeps a few Lua threads, pushes
-``http.serve`` and the seven arguments onto one, and starts it with
+``http.serve`` and its eight arguments onto one (the URL split into path and
+query; the method and a repeated header block from registry references, not
+interned again), and starts it with
 ``lua_resume``.
 
 * The handler returns: the thread's result (the response as ``bytes``, ``False``
@@ -36,6 +38,7 @@ Only built when Cython compiles eightys (``setup.py``); without it, and for Lua
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.object cimport PyObject
+from libc.string cimport memchr
 
 from eightys.dlfcn cimport RTLD_NOLOAD, RTLD_NOW, dlclose, dlopen, dlsym
 
@@ -49,6 +52,7 @@ cdef enum:
     T_FUNCTION = 6
     LUA_REGISTRYINDEX = -10000
     LUA_GLOBALSINDEX = -10002
+    LUA_NOREF = -2
     # layouts (see LuaDispatch.__init__)
     MAIN_STATE_OFFSET = sizeof(PyObject) + sizeof(void *)
     GCT_OFFSET = 9
@@ -63,7 +67,7 @@ cdef void *_symbol(void *lib, bytes name) except NULL:
 
 
 cdef class LuaDispatch:
-    """``http.serve(fd, seq, method, url, body, flags, headers)`` on a Lua thread
+    """``http.serve(fd, seq, method, path, query, body, flags, headers)`` on a Lua thread
     resumed from C (see the module docstring): what ``http.dispatch`` returns,
     without lupa and without a coroutine switch in Lua."""
 
@@ -93,6 +97,7 @@ cdef class LuaDispatch:
             self.ref = <ref_f>_symbol(lib, b"luaL_ref")
             self.unref = <unref_f>_symbol(lib, b"luaL_unref")
             self.xmove = <xmove_f>_symbol(lib, b"lua_xmove")
+            self.pushvalue = <pushvalue_f>_symbol(lib, b"lua_pushvalue")
             getfield = <getfield_f>_symbol(lib, b"lua_getfield")
         finally:
             dlclose(lib)  # the module stays loaded: Python holds it
@@ -122,6 +127,9 @@ cdef class LuaDispatch:
         self.serve_ref = self.ref(main, LUA_REGISTRYINDEX)
         self.settop(main, top)
         self.pooled = 0
+        self.method_objects = []
+        self.methods = 0
+        self.headers_ref = LUA_NOREF
 
     cdef object _result(self, void *L):
         # the value at the top of L's stack, as dispatch returns it
@@ -144,6 +152,9 @@ cdef class LuaDispatch:
         cdef int ref
         cdef int status
         cdef int top
+        cdef const char *url_text
+        cdef const char *mark
+        cdef Py_ssize_t url_size
         if self.pooled:
             self.pooled -= 1
             co = self.threads[self.pooled]
@@ -151,20 +162,30 @@ cdef class LuaDispatch:
         else:
             co = self.newthread(main)  # pushed on main: the reference below holds it
             ref = self.ref(main, LUA_REGISTRYINDEX)
-        if not self.checkstack(co, 10):
+        if not self.checkstack(co, 12):
             raise MemoryError("Lua stack")
         self.rawgeti(co, LUA_REGISTRYINDEX, self.serve_ref)
         self.pushinteger(co, <long long>fd)
         self.pushinteger(co, <long long>seq)
-        self.pushlstring(co, PyBytes_AS_STRING(method), PyBytes_GET_SIZE(method))
-        self.pushlstring(co, PyBytes_AS_STRING(url), PyBytes_GET_SIZE(url))
+        self._push_method(co, method)
+        # path and query apart (split at the first "?"): Lua gets both without
+        # making the whole URL a string too
+        url_text = PyBytes_AS_STRING(url)
+        url_size = PyBytes_GET_SIZE(url)
+        mark = <const char *>memchr(url_text, 63, url_size)  # "?"
+        if mark == NULL:
+            self.pushlstring(co, url_text, url_size)
+            self.pushlstring(co, "", 0)
+        else:
+            self.pushlstring(co, url_text, mark - url_text)
+            self.pushlstring(co, mark + 1, url_size - (mark - url_text) - 1)
         if body is None:
             self.pushnil(co)
         else:
             self.pushlstring(co, PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body))
         self.pushinteger(co, <long long>flags)
-        self.pushlstring(co, PyBytes_AS_STRING(headers), PyBytes_GET_SIZE(headers))
-        status = self.resume(co, 7)
+        self._push_headers(co, headers)
+        status = self.resume(co, 8)
         if status == 0:  # it returned: the usual case
             result = self._result(co) if self.gettop(co) else None
             self.settop(co, 0)
@@ -196,6 +217,44 @@ cdef class LuaDispatch:
         message = self._message(main)
         self.settop(main, top)
         raise self.error(message)
+
+    cdef int _keep(self, void *co) noexcept:
+        # a registry reference to the value on top of co's stack (left there)
+        self.pushvalue(co, -1)
+        return self.ref(co, LUA_REGISTRYINDEX)
+
+    cdef void _push_method(self, void *co, bytes method) noexcept:
+        cdef int i
+        cdef void *key = <void *>method
+        for i in range(self.methods):
+            if self.method_keys[i] == key:
+                self.rawgeti(co, LUA_REGISTRYINDEX, self.method_refs[i])
+                return
+        self.pushlstring(co, PyBytes_AS_STRING(method), PyBytes_GET_SIZE(method))
+        # kept from its second time on: the llhttp driver's method objects are
+        # constants, httptools' parser makes new ones (never seen twice)
+        if method is self.method_seen and self.methods < METHOD_CACHE:
+            self.method_objects.append(method)
+            self.method_keys[self.methods] = key
+            self.method_refs[self.methods] = self._keep(co)
+            self.methods += 1
+            self.method_seen = None
+        else:
+            self.method_seen = method
+
+    cdef void _push_headers(self, void *co, bytes headers) noexcept:
+        if headers is self.headers_cached:
+            self.rawgeti(co, LUA_REGISTRYINDEX, self.headers_ref)
+            return
+        self.pushlstring(co, PyBytes_AS_STRING(headers), PyBytes_GET_SIZE(headers))
+        if headers is self.headers_seen:  # the same object twice: keep it as a string
+            if self.headers_ref != LUA_NOREF:
+                self.unref(self.L, LUA_REGISTRYINDEX, self.headers_ref)
+            self.headers_ref = self._keep(co)
+            self.headers_cached = headers
+            self.headers_seen = None
+        else:
+            self.headers_seen = headers
 
     cdef str _message(self, void *L):
         # the error at the top of L

@@ -449,7 +449,8 @@ class Worker:
         # the entry script may have cleared the routes: put the endpoint back each time
         if self.live is not None:
             self.runtime.execute(b'aio:http_get("' + LIVE_PATH + b'", function(fd) '
-                                 b'require("eightys.host").live_subscribe(fd.fd, fd.seq) end)')
+                                 b'require("eightys.host").live_subscribe(fd.fd, '
+                                 b'fd[require("eightys.http").SEQ]) end)')
 
     def live_subscribe(self, fd: Any, seq: Any) -> bool:
         """The live-reload endpoint: request ``seq`` on ``fd`` becomes an event stream."""

@@ -20,6 +20,7 @@ cdef class HttpProtocol:
     cdef list hooks
     cdef HttpStats stats
     cdef object parked
+    cdef bint backlog
     cdef bint in_batch
     cdef object switch_to
     cdef public object upgrade
@@ -32,5 +33,6 @@ cdef class HttpProtocol:
     cdef void _dispatch_events(self, list events, Py_ssize_t start)
     cdef void _schedule_parked(self)
     cdef void _flush(self)
+    cdef void _pause_backlog(self)
     cdef void _wake_progress(self)
     cdef void _hand_over(self)

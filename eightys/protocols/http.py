@@ -87,6 +87,7 @@ class HttpProtocol:
         self.writer = None
         self.flow = None  # type: ignore[assignment]  # set by connection_made
         self.parked = None  # deque of parsed requests beyond the in-flight window
+        self.backlog = False  # reading is paused: too many requests in flight (PAUSE_BACKLOG)
         self.closed = False
         self.in_batch = False  # inside data_received: output waits for its one write
         self.switch_to = None  # the protocol to hand the transport to
@@ -184,7 +185,7 @@ class HttpProtocol:
             seq = request[0]
             if seq >= limit:  # beyond the window: park the rest until responses go out
                 self.parked = deque(events[i:])
-                self.flow.pause(PAUSE_BACKLOG)
+                self._pause_backlog()
                 return
             if core.state == SWITCHING and seq == core.upgrade_seq:
                 self.upgrade = request
@@ -217,7 +218,7 @@ class HttpProtocol:
             if stats is not None:
                 stats.end()
         if core.seq_in - core.seq_out >= window:
-            self.flow.pause(PAUSE_BACKLOG)
+            self._pause_backlog()
 
     def _schedule_parked(self) -> None:
         if not self._run_scheduled:
@@ -264,14 +265,20 @@ class HttpProtocol:
             elif state == SWITCHED:
                 self._hand_over()
             return
-        flow = self.flow
-        if flow.reasons & PAUSE_BACKLOG:
+        if self.backlog:
             parked = self.parked
             if parked:
                 if parked[0][0] < core.seq_out + MAX_IN_FLIGHT:
                     self._schedule_parked()  # the window moved: dispatch more
             elif core.seq_in - core.seq_out < MAX_IN_FLIGHT:
-                flow.resume(PAUSE_BACKLOG)
+                self.backlog = False
+                self.flow.resume(PAUSE_BACKLOG)
+
+    def _pause_backlog(self) -> None:
+        # kept here too: _flush reads it on every response (the FlowControl's
+        # attribute is a Python lookup)
+        self.backlog = True
+        self.flow.pause(PAUSE_BACKLOG)
 
     def send(self, seq: int, data: bytes, final: bool, close: Any = None) -> bool:
         """Part (or, with ``final``, the end) of the response to request ``seq``, from
@@ -368,6 +375,7 @@ class HttpProtocol:
         self.host.forget(self.fd)
         if self.stats is not None:
             self.stats.lost(self)  # its HTTP part ended (the next protocol counts on)
+        self.backlog = False
         self.flow.resume(self.flow.reasons)  # the new protocol starts with reading on
         self.flow.wake(False)
         transport.set_protocol(protocol)

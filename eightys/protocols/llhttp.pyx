@@ -25,7 +25,7 @@ requests before the core uses it. Otherwise the core uses httptools' parser.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint64_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 
 from eightys.protocols.http_core cimport HttpConnection
 from eightys.protocols.http_core import _Reject
@@ -124,6 +124,11 @@ KNOWN_HTTPTOOLS = ("0.9.",)
 cdef llhttp_settings_t SETTINGS
 cdef tuple METHOD_NAMES = ()  # method number -> bytes, made once
 cdef object _checked = None  # None: not yet; then True/False
+# The last header block made into bytes, by any connection of this process: a
+# keep-alive client sends the same block again and again (so do many clients of
+# one kind), and the same bytes object for it lets eightys/lua_call.pyx push it
+# to Lua from a registry reference instead of interning it again.
+cdef bytes _last_fields = b""
 
 
 cdef bint _load() except -1:
@@ -301,7 +306,12 @@ cdef class RequestParser:
         return 0
 
     cdef bytes _fields(self):
-        return PyBytes_FromStringAndSize(self.block, self.block_len)
+        global _last_fields
+        if <size_t>PyBytes_GET_SIZE(_last_fields) == self.block_len \
+                and memcmp(PyBytes_AS_STRING(_last_fields), self.block, self.block_len) == 0:
+            return _last_fields
+        _last_fields = PyBytes_FromStringAndSize(self.block, self.block_len)
+        return _last_fields
 
     def feed_data(self, bytes data) -> None:
         """Parse ``data``; raises what a callback raised, ``HttpParserUpgrade(offset)``

@@ -105,14 +105,13 @@ cdef class Poller:
         self.retired = []
         loop.add_reader(self.epfd, self._ready)
 
-    cdef int watch(self, TcpTransport transport, unsigned int old,
-                   unsigned int new) except -1:
+    cdef int watch(self, TcpTransport transport, unsigned int old, unsigned int new) noexcept:
         # old -> new events of the transport's socket (0: not in the set; level-
         # triggered, and out of it when nothing is wanted: a socket that hung up is
-        # always "ready")
+        # always "ready"). 0, or the errno of a failed change (a failed removal is
+        # not one: the descriptor may be gone already, which removed it)
         cdef epoll_event event
         cdef int op
-        cdef int fd = transport.fd
         event.events = new
         event.data.ptr = <void *>transport  # held by self.transports while in the set
         if new == 0:
@@ -121,8 +120,8 @@ cdef class Poller:
             op = EPOLL_CTL_ADD
         else:
             op = EPOLL_CTL_MOD
-        if epoll_ctl(self.epfd, op, fd, &event) < 0:
-            raise _os_error(errno)
+        if epoll_ctl(self.epfd, op, transport.fd, &event) < 0 and op != EPOLL_CTL_DEL:
+            return errno
         return 0
 
     def _ready(self) -> None:
@@ -203,13 +202,17 @@ cdef class TcpTransport(ByteWriter):
         # the set watches for reading while the protocol reads, for writing while
         # output is queued, and not at all otherwise
         cdef unsigned int want = 0
+        cdef int failed
         if not self.closed:
             if self.reading and not self.closing:
                 want = EPOLLIN
             if self.pending_size:
                 want |= EPOLLOUT
         if want != self.events:
-            self.poller.watch(self, self.events, want)
+            failed = self.poller.watch(self, self.events, want)
+            if failed:
+                self._fatal(_os_error(failed))  # (out of the set then: want is 0)
+                return
             self.events = want
 
     cdef void _event(self, unsigned int events) except *:

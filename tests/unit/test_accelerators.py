@@ -146,6 +146,15 @@ aio:http_get("/close", function(fd)
     fd:http_response(200, { ["Connection"] = "close", ["Content-Type"] = "text/plain" }, "bye")
 end)
 aio:http_get("/fail", function(fd) error("handler failed") end)
+for _, method in ipairs({ "GET", "POST", "PUT", "DELETE", "PATCH" }) do
+    aio:http_any(method, "/seen", function(fd, query, headers)
+        local names = {}
+        for name in pairs(headers) do names[#names + 1] = name .. "=" .. headers[name] end
+        table.sort(names)
+        fd:http_response(200, "text/plain", fd.method .. " " .. fd.path .. " ?" .. query
+            .. " " .. table.concat(names, ","))
+    end)
+end
 aio:http_get("/wait", function(fd)
     aio:await(function(resolve) WAITING[#WAITING + 1] = resolve end)
     fd:http_response(200, "text/plain", "waited")
@@ -209,6 +218,26 @@ def test_the_direct_call_returns_what_lupas_call_returns(runtime: LuaRuntime) ->
     direct, lupa = _both(runtime, 1, 3, b"GET", b"/fail", None, 1, headers)
     assert direct.startswith(b"HTTP/1.1 500") and lupa.startswith(b"HTTP/1.1 500")
     assert b"app.lua:" in host.errors[0] and b"handler failed" in host.errors[0]
+
+
+def test_methods_urls_and_header_blocks_reach_lua_as_sent(runtime: LuaRuntime) -> None:
+    # The C call pushes methods and a repeated header block from registry references
+    # (kept from their second time on, by object) and splits the URL at its first
+    # "?": whatever the order, Lua must see what each request carried.
+    call = runtime.direct_dispatch_http
+    methods = [b"GET", b"POST", b"PUT", b"DELETE", b"PATCH"]
+    blocks = [b"host\0a", b"host\0b\0x-k\0v", b""]
+    urls = [(b"/seen", b"/seen ?"), (b"/seen?", b"/seen ?"), (b"/seen?a=1?b", b"/seen ?a=1?b")]
+    for i in range(600):
+        method = methods[(i * 7) % 5] if i % 11 else bytes(methods[i % 5])  # new objects too
+        block = blocks[i % 3] if i % 13 else bytes(bytearray(blocks[(i + 1) % 3]))
+        url, seen = urls[(i // 3) % 3]
+        out = call(1, i, method, url, b"" if method != b"GET" else None, 1, block)
+        fields = sorted(
+            f"{k.decode().lower()}={v.decode()}"
+            for k, v in zip(block.split(b"\0")[::2], block.split(b"\0")[1::2]))
+        assert out.endswith(b"\r\n\r\n" + method + b" " + seen + b" " + ",".join(fields).encode()), \
+            (i, method, url, block, out)
 
 
 def test_an_error_of_dispatch_itself_is_raised_with_luas_message(runtime: LuaRuntime) -> None:

@@ -76,7 +76,7 @@ function _M.guard(handler, id)
         if not acl_permits(id, fd.fd, headers and headers["x-forwarded-for"]) then
             return forbidden(fd)
         end
-        fd.handler = handler -- the handler-timeout report names the app's function
+        fd[http.HANDLER] = handler -- the handler-timeout report names the app's function
         return handler(fd, query, headers, body)
     end
 end

@@ -226,18 +226,19 @@ end
 -- The HTTP route of a stream route: the request (already a pending upgrade in the
 -- HTTP core) becomes a raw stream read by the handler.
 local function stream_route(handler)
+    local http = require("eightys.http")
     return function(fd, query, headers)
-        if not host.stream_ready(fd.fd, fd.seq) then -- e.g. HEAD on a GET stream route
+        if not host.stream_ready(fd.fd, fd[http.SEQ]) then -- e.g. HEAD on a GET stream route
             return fd:http_response(400, "text/plain", "this path takes a stream request")
         end
-        fd.started, fd.finished = true, true -- answered: no HTTP response follows
+        fd[http.STARTED], fd[http.FINISHED] = true, true -- answered: no HTTP response follows
         local sock = aiosocket:new(ELFD, fd.fd, true)
         -- the socket exists before the switch: the bytes after the head go to it
         aio:buffered_cor(sock, function()
             local result = handler(sock, query, headers, "")
             if type(result) == "thread" then drive(result) end
         end)
-        if not host.stream_switch(fd.fd, fd.seq) then
+        if not host.stream_switch(fd.fd, fd[http.SEQ]) then
             sock:close()
         end
     end

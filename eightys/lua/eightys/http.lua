@@ -183,6 +183,17 @@ end
 --- @field params table path parameters (`/users/:id` -> params.id)
 local Request = {}
 Request.__index = Request
+
+-- A request's own state, in the array part of its table (req[SEQ]...): its hash
+-- part then holds only the fields handlers read (fd, method, path, flags, scheme,
+-- headers, params, body), 8 slots instead of 16, and the table takes 320 bytes
+-- instead of 448, which LuaJIT's collector sweeps after every request.
+--   SEQ: its number on the connection; SYNC: the handler has not returned or
+--   waited yet; OUT: the response it produced meanwhile (returned by dispatch);
+--   STARTED/FINISHED: a response began/ended; HANDLER: the route's function (for
+--   the handler-timeout report); CO: the thread it waits on (weak), or false.
+local SEQ, SYNC, OUT, STARTED, FINISHED, HANDLER, CO = 1, 2, 3, 4, 5, 6, 7
+_M.SEQ, _M.STARTED, _M.FINISHED, _M.HANDLER = SEQ, STARTED, FINISHED, HANDLER
 -- set on few requests (a close asked for, a client gone): defaults here keep them
 -- out of every request table (see _M.dispatch)
 Request.closing = false
@@ -195,21 +206,21 @@ local waiting -- fd -> {seq -> request} for handlers still working (defined belo
 local function send(req, data, final)
     if req.gone then return false end -- timed out or the client left: nobody to tell
     if final then
-        req.finished = true
-        if req.sync then
-            if not req.out then
-                req.out = data -- returned by dispatch: saves a call into Python
+        req[FINISHED] = true
+        if req[SYNC] then
+            if not req[OUT] then
+                req[OUT] = data -- returned by dispatch: saves a call into Python
                 return true
             end
         else
             local by_fd = waiting[req.fd]
             if by_fd then
-                by_fd[req.seq] = nil
+                by_fd[req[SEQ]] = nil
                 if next(by_fd) == nil then waiting[req.fd] = nil end
             end
         end
     end
-    return host.http_send(req.fd, req.seq, data, final, req.closing or draining)
+    return host.http_send(req.fd, req[SEQ], data, final, req.closing or draining)
 end
 
 --- Send a complete response.
@@ -217,7 +228,7 @@ end
 --- @param headers? table|string header table, or just the Content-Type
 --- @param body? string|table a table is sent as JSON
 function Request:http_response(status, headers, body)
-    if self.started then error("a response was already sent for this request", 2) end
+    if self[STARTED] then error("a response was already sent for this request", 2) end
     local lines, has_type
     if type(headers) == "string" then -- the common case: just a content type
         lines, has_type = type_lines[headers], true
@@ -249,7 +260,7 @@ function Request:http_response(status, headers, body)
     local status_line = status_lines[status]
     -- Only now: if anything above raised (bad status, header or body), nothing
     -- was sent and the error handler can still answer 500.
-    self.started = true
+    self[STARTED] = true
     if code == 204 or code == 304 or code < 200 then
         return send(self, status_line .. server_date_headers() .. lines
             .. CONNECTION[flags] .. "\r\n", true)
@@ -269,7 +280,7 @@ Stream.__index = Stream
 --- closes at the end instead).
 --- @return httpstream
 function Request:http_stream(status, headers)
-    if self.started then error("a response was already sent for this request", 2) end
+    if self[STARTED] then error("a response was already sent for this request", 2) end
     local lines, has_type, close = render_headers(headers)
     if not has_type then lines = lines .. "Content-Type: " .. DEFAULT_TYPE .. "\r\n" end
     local http10 = self.flags % (2 * FLAG_HTTP10) >= FLAG_HTTP10
@@ -279,7 +290,7 @@ function Request:http_stream(status, headers)
         .. CONNECTION[(self.closing or draining) and 0 or self.flags] .. "\r\n"
     local stream = setmetatable({ req = self, chunked = not http10,
                                   head_only = self.method == "HEAD" }, Stream)
-    self.started = true -- not before: a bad status or header above still gets a 500
+    self[STARTED] = true -- not before: a bad status or header above still gets a 500
     send(self, head, false)
     return stream
 end
@@ -364,9 +375,9 @@ end
 
 -- Called when the handler raised: answer 500 if nothing was sent, else cut the connection.
 local function fail(req, err)
-    if req.finished then return end
-    if not req.started then
-        req.started = true
+    if req[FINISHED] then return end
+    if not req[STARTED] then
+        req[STARTED] = true
         local mime, body = DEFAULT_TYPE, "Internal Server Error"
         local page = aio.http_error_page
         if page then
@@ -529,7 +540,7 @@ function aio:route(fd, method, path, query, headers, body)
         end
         if handler then
             if params then fd.params = params[method] end
-            fd.handler = handler -- for the handler-timeout report
+            fd[HANDLER] = handler -- for the handler-timeout report
             -- not a tail call: returning into a Lua frame keeps the handler's
             -- compiled trace (a return into xpcall's C frame is NYI in LuaJIT)
             handler(fd, query, headers, body)
@@ -752,12 +763,7 @@ _M.header_cache_sizes = header_cache_sizes
 waiting = {}
 
 -- The request table a handler gets as `fd`, and the handler's arguments.
-local function new_request(fd, seq, method, url, body, flags, raw_headers)
-    local path, query = url, ""
-    local q = str_find(url, "?", 1, true)
-    if q then
-        path, query = str_sub(url, 1, q - 1), str_sub(url, q + 1)
-    end
+local function new_request(fd, seq, method, path, query, body, flags, raw_headers)
     local headers = parse_headers(raw_headers)
     local body_file
     if body == nil then
@@ -767,14 +773,13 @@ local function new_request(fd, seq, method, url, body, flags, raw_headers)
     end
     -- every field a usual request gets is set here: adding keys later would
     -- grow (rehash) the table, which costs more than the rest of a small request.
-    -- Sixteen keys at most (LuaJIT sizes the hash part in powers of two: a 17th
-    -- doubles it); the rarely set `closing` and `gone` default to false in Request.
-    local req = setmetatable({ fd = fd, seq = seq, method = method, path = path,
-                               flags = flags, scheme = SCHEME[flags],
-                               headers = headers, params = EMPTY,
-                               sync = true, out = false, started = false,
-                               finished = false, handler = false,
-                               co = false, body = body }, Request)
+    -- The hash part has the eight fields handlers read (LuaJIT sizes it in powers
+    -- of two: a ninth doubles it), the request's own state is in the array part
+    -- (see SEQ); the rarely set `closing` and `gone` default to false in Request.
+    local req = setmetatable({ seq, true, false, false, false, false, false,
+                               fd = fd, method = method, path = path, flags = flags,
+                               scheme = SCHEME[flags], headers = headers, params = EMPTY,
+                               body = body }, Request)
     if body_file then req.body_file = body_file end
     return req, method, path, query, headers, body
 end
@@ -782,24 +787,24 @@ end
 -- The handler returned or began to wait (its coroutine yielded): what the caller
 -- of dispatch/serve gets. From now on its answer goes through host.http_send.
 local function settle(req)
-    req.sync = false
-    local out = req.out
+    req[SYNC] = false
+    local out = req[OUT]
     if out then
-        req.out = false
+        req[OUT] = false
         if req.closing or draining then
-            host.http_send(req.fd, req.seq, out, true, true)
+            host.http_send(req.fd, req[SEQ], out, true, true)
             return false
         end
         return out
     end
-    if req.finished then return false end
+    if req[FINISHED] then return false end
     local fd = req.fd
-    local by_fd = waiting[fd] -- where it waits (req.co), should it never answer
+    local by_fd = waiting[fd] -- where it waits (req[CO]), should it never answer
     if by_fd == nil then
         by_fd = {}
         waiting[fd] = by_fd
     end
-    by_fd[req.seq] = req
+    by_fd[req[SEQ]] = req
     return nil
 end
 
@@ -809,10 +814,15 @@ end
 --- Otherwise false if the handler answered through http_send, nil if it is still
 --- working.
 function _M.dispatch(fd, seq, method, url, body, flags, raw_headers)
-    local req, path, query, headers
-    req, method, path, query, headers, body = new_request(fd, seq, method, url, body,
+    local path, query = url, ""
+    local q = str_find(url, "?", 1, true)
+    if q then
+        path, query = str_sub(url, 1, q - 1), str_sub(url, q + 1)
+    end
+    local req, headers
+    req, method, path, query, headers, body = new_request(fd, seq, method, path, query, body,
                                                           flags, raw_headers)
-    req.co = start_request(req, method, path, query, headers, body)
+    req[CO] = start_request(req, method, path, query, headers, body)
     return settle(req)
 end
 
@@ -820,30 +830,31 @@ end
 -- (a handler can serve another request inside it, through Python).
 local serving, serving_depth = {}, 0
 
-local function serve_request(fd, seq, method, url, body, flags, raw_headers)
-    local req, path, query, headers
-    req, method, path, query, headers, body = new_request(fd, seq, method, url, body,
+local function serve_request(fd, seq, method, path, query, body, flags, raw_headers)
+    local req, headers
+    req, method, path, query, headers, body = new_request(fd, seq, method, path, query, body,
                                                           flags, raw_headers)
     local depth = serving_depth + 1
     serving_depth = depth
     serving[depth] = req
     aio.on_http(aio, req, method, path, query, headers, body)
-    if req.sync then -- it did not wait: its result goes to Python now
+    if req[SYNC] then -- it did not wait: its result goes to Python now
         serving[depth] = nil
         serving_depth = depth - 1
         return settle(req)
     end
-    aio._catch(req.co[1], nil) -- it finished after waiting: nothing more to catch
+    aio._catch(req[CO][1], nil) -- it finished after waiting: nothing more to catch
 end
 
---- The same as dispatch, as the body of a Lua thread that Python resumes through
---- the C API (eightys/lua_call.pyx), as OpenResty runs a request: no coroutine
+--- The same as dispatch (with the URL split into path and query), as the body of
+--- a Lua thread that Python resumes through the C API (eightys/lua_call.pyx), as
+--- OpenResty runs a request: no coroutine
 --- switch in Lua, no xpcall. If the handler waits, the thread yields to Python,
 --- which then calls _M.suspended with it (aio resumes it later); if it raises, the
 --- thread is dead and Python calls _M.failed. (This wrapper is not compiled by
 --- LuaJIT, its return into C is NYI; serve_request, which does the work, is.)
-function _M.serve(fd, seq, method, url, body, flags, raw_headers)
-    local out = serve_request(fd, seq, method, url, body, flags, raw_headers)
+function _M.serve(fd, seq, method, path, query, body, flags, raw_headers)
+    local out = serve_request(fd, seq, method, path, query, body, flags, raw_headers)
     return out
 end
 
@@ -871,7 +882,7 @@ function _M.suspended(co)
     local req = unserve()
     -- held weakly: what the handler waits on keeps the thread alive; if that is
     -- dropped, the thread goes (the request still gets its 504 or is gone)
-    req.co = setmetatable({ co }, WEAK_VALUES)
+    req[CO] = setmetatable({ co }, WEAK_VALUES)
     aio._catch(co, catch_http_error, req)
     return settle(req)
 end
@@ -914,8 +925,8 @@ function _M.timeout(fd, seq)
     by_fd[seq] = nil
     if next(by_fd) == nil then waiting[fd] = nil end
     local err = str_format("handler timeout after %s s: %s %s (handler at %s), waiting on: %s",
-        tostring(host.handler_timeout or "?"), req.method, req.path, where(req.handler),
-        req.waiting_on or waiting_at(type(req.co) == "table" and req.co[1] or req.co))
+        tostring(host.handler_timeout or "?"), req.method, req.path, where(req[HANDLER]),
+        req.waiting_on or waiting_at(type(req[CO]) == "table" and req[CO][1] or req[CO]))
     host.log_error(err)
     local mime, body = DEFAULT_TYPE, "Gateway Timeout"
     local page = aio.http_error_page

@@ -691,7 +691,7 @@ local function page_handler(entry, render)
     -- the page (file:1), not this closure in httpd.lua
     local named = load("return function() end", "@" .. chunkname(entry.file), "t")()
     return function(fd, qs, headers, body)
-        fd.handler = named
+        fd[http_module.HANDLER] = named
         local ctx, status, reason = context(fd, entry, qs, headers, body)
         if not ctx then return fail_page(fd, status, reason) end
         run_hook("on_before_http", ctx)
@@ -740,7 +740,7 @@ end
 
 local function static_handler(entry)
     return function(fd)
-        if not host.static_serve(fd.fd, fd.seq, entry.path, fd.method, fd.flags, fd.headers) then
+        if not host.static_serve(fd.fd, fd[http_module.SEQ], entry.path, fd.method, fd.flags, fd.headers) then
             fail_page(fd, 404) -- it left the site root since the scan
         end
     end

@@ -306,22 +306,22 @@ local UPGRADE_BODY = "This is a WebSocket endpoint: connect with a WebSocket cli
 -- Switch request `fd` to a WebSocket with the handlers of `route`.
 local function upgrade(fd, route)
     local id = fd.fd
-    if fd.started then error("fd:websocket: a response was already sent for this request", 3) end
+    if fd[http.STARTED] then error("fd:websocket: a response was already sent for this request", 3) end
     local ws = setmetatable({ id = id, params = fd.params, path = fd.path, route = route,
                               scheme = fd.scheme == "https" and "wss" or "ws",
                               closed = false }, WebSocket)
     pending[id] = { ws = ws, headers = fd.headers }
-    local protocol, err = ws_accept(id, fd.seq, route.options)
+    local protocol, err = ws_accept(id, fd[http.SEQ], route.options)
     if protocol == nil then
         pending[id] = nil
         if err == "upgrade required" then
             fd:http_response(426, UPGRADE_HEADERS, UPGRADE_BODY)
         else
-            fd.started, fd.finished = true, true -- answered (400/403) or gone
+            fd[http.STARTED], fd[http.FINISHED] = true, true -- answered (400/403) or gone
         end
         return nil, err
     end
-    fd.started, fd.finished = true, true -- the 101 was the answer
+    fd[http.STARTED], fd[http.FINISHED] = true, true -- the 101 was the answer
     return ws
 end
 
