@@ -18,9 +18,10 @@ and its number may name another connection by then.
 
 Only for uvloop's plain TCP transport (:func:`for_transport` gives ``None`` for
 anything else: TLS, whose socket carries records, not these bytes; asyncio's own
-loop), and only when eightys does not read and write the socket itself
-(eightys.protocols.tcp_socket, the default: its transport is its own writer). Only
-built when Cython compiles eightys (``setup.py``).
+loop). Where eightys reads and writes the socket itself (eightys.protocols.tcp_socket,
+the default, and tls_socket), the transport is its own writer: both derive from
+:class:`SocketTransport`, a :class:`ByteWriter` with the parts of asyncio's transport
+interface they share. Only built when Cython compiles eightys (``setup.py``).
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
@@ -48,6 +49,55 @@ cdef class ByteWriter:
     cpdef void write(self, object data) except *:
         """Send ``data`` (in order after what was written before)."""
         raise NotImplementedError
+
+
+cdef class SocketTransport(ByteWriter):
+    """What eightys' own transports share (eightys.protocols.tcp_socket.TcpTransport,
+    eightys.protocols.tls_socket.TlsTransport): the parts of asyncio's transport
+    interface that do not depend on how the socket is read and written."""
+
+    cdef void _fatal(self, object exc) except *:
+        # end the connection at once (connection_lost(exc) follows): each transport's own
+        raise NotImplementedError
+
+    cdef void _protocol_failed(self, object exc, str what) except *:
+        # as uvloop does: report the protocol's exception, end the connection
+        self.loop.call_exception_handler({
+            "message": f"{what} of {type(self.protocol).__name__} raised",
+            "exception": exc, "transport": self, "protocol": self.protocol})
+        self._fatal(exc)
+
+    def writelines(self, list_of_data: object) -> None:
+        """Write the items of ``list_of_data`` as one."""
+        self.write(b"".join(list_of_data))
+
+    def is_closing(self) -> bool:
+        """Whether close() or abort() was called, or the connection ended."""
+        return self.closing
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """High- and low-water marks of the write buffer (asyncio's defaults: 64 KiB
+        and a quarter of high)."""
+        if high is None:
+            high = 65536 if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self.high = high
+        self.low = low
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        """(low, high), as asyncio's transports give them."""
+        return (self.low, self.high)
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes given to write() that the socket has not taken yet."""
+        return self.pending_size
+
+    def get_protocol(self) -> object:
+        """The protocol the connection's data goes to."""
+        return self.protocol
 
 
 cdef class SocketWriter(ByteWriter):

@@ -36,7 +36,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.errno cimport EAGAIN, EINTR, errno
 
 from eightys.protocols.listener import Listener
-from eightys.protocols.sockwrite cimport ByteWriter
+from eightys.protocols.sockwrite cimport SocketTransport
 
 cdef extern from "sys/epoll.h" nogil:
     ctypedef union epoll_data_t:
@@ -154,30 +154,21 @@ cdef class Poller:
             self.epfd = -1
 
 
-cdef class TcpTransport(ByteWriter):
+cdef class TcpTransport(SocketTransport):
     """One accepted connection on ``poller``'s set: an asyncio transport whose
     ``write`` is also a C call (a :class:`~eightys.protocols.sockwrite.ByteWriter`)."""
 
     cdef object __weakref__
     cdef Poller poller
-    cdef object loop
-    cdef object sock
-    cdef object protocol
     cdef object data_received  # the protocol's, bound once
-    cdef object peername
-    cdef object sockname
     cdef int fd
     cdef unsigned int events  # what the set watches for (0: not in it)
-    cdef bint closing
     cdef bint closed
     cdef bint reading
     cdef bint protocol_paused
     cdef bint eof_after_write  # write_eof() with output queued: shutdown once it left
     cdef bint eof_written
     cdef object pending  # a deque of bytes not sent yet
-    cdef Py_ssize_t pending_size
-    cdef Py_ssize_t high
-    cdef Py_ssize_t low
 
     def __init__(self, Poller poller not None, sock: socket.socket, protocol_factory: object) -> None:
         self.poller = poller
@@ -255,12 +246,6 @@ cdef class TcpTransport(ByteWriter):
         if not keep_open:
             self.close()
 
-    cdef void _protocol_failed(self, object exc, str what) except *:
-        self.loop.call_exception_handler({
-            "message": f"{what} of {type(self.protocol).__name__} raised",
-            "exception": exc, "transport": self, "protocol": self.protocol})
-        self._fatal(exc)
-
     # -- writing ------------------------------------------------------------------------
 
     cpdef void write(self, object data) except *:
@@ -296,10 +281,6 @@ cdef class TcpTransport(ByteWriter):
                 self.protocol.pause_writing()
             except Exception as exc:
                 self._protocol_failed(exc, "pause_writing")
-
-    def writelines(self, list_of_data: object) -> None:
-        """Write the items of ``list_of_data`` as one."""
-        self.write(b"".join(list_of_data))
 
     cdef void _flush_pending(self) except *:
         cdef bytes head
@@ -391,10 +372,6 @@ cdef class TcpTransport(ByteWriter):
 
     # -- the rest of asyncio's transport --------------------------------------------------
 
-    def is_closing(self) -> bool:
-        """Whether close() or abort() was called, or the connection ended."""
-        return self.closing
-
     def is_reading(self) -> bool:
         """Whether the protocol is being given what arrives."""
         return self.reading and not self.closing
@@ -412,34 +389,10 @@ cdef class TcpTransport(ByteWriter):
         self.reading = True
         self._sync()
 
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        """High- and low-water marks of the write buffer (asyncio's defaults: 64 KiB
-        and a quarter of high)."""
-        if high is None:
-            high = 65536 if low is None else 4 * low
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        self.high = high
-        self.low = low
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        """(low, high), as asyncio's transports give them."""
-        return (self.low, self.high)
-
-    def get_write_buffer_size(self) -> int:
-        """Bytes given to write() that the socket has not taken yet."""
-        return self.pending_size
-
     def set_protocol(self, protocol: object) -> None:
         """Hand the connection to another protocol (the WebSocket switch)."""
         self.protocol = protocol
         self.data_received = protocol.data_received
-
-    def get_protocol(self) -> object:
-        """The protocol the connection's data goes to."""
-        return self.protocol
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         """``peername``, ``sockname`` and ``socket``, as asyncio's transports have them."""

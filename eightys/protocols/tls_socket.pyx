@@ -42,6 +42,7 @@ from cpython.object cimport PyObject
 
 from eightys.dlfcn cimport RTLD_NOLOAD, RTLD_NOW, dlopen, dlsym
 from eightys.protocols.listener import Listener
+from eightys.protocols.sockwrite cimport SocketTransport
 
 cdef extern from *:
     """
@@ -161,7 +162,7 @@ def available(context: ssl.SSLContext) -> bool:
         b.close()
 
 
-cdef class TlsTransport:
+cdef class TlsTransport(SocketTransport):
     """One accepted connection, TLS on its socket by libssl: an asyncio transport.
 
     ``protocol_factory()`` is called once the handshake is done; a handshake that
@@ -169,18 +170,12 @@ cdef class TlsTransport:
     protocol (a scanner or a plain-HTTP client costs no Lua)."""
 
     cdef object __weakref__  # _ssl holds its owner weakly
-    cdef object loop
-    cdef object sock
     cdef object sslobj
-    cdef object protocol
     cdef object factory
     cdef object timer
-    cdef object peername
-    cdef object sockname
     cdef SSL *ssl
     cdef int fd
     cdef bint handshaking
-    cdef bint closing
     cdef bint closed
     cdef bint reading
     cdef bint reader_on
@@ -188,9 +183,6 @@ cdef class TlsTransport:
     cdef bint write_wants_read  # a queued write needs the peer's data first (WANT_READ)
     cdef bint protocol_paused
     cdef object pending  # a deque of bytes not sent yet, the first maybe in part
-    cdef Py_ssize_t pending_size
-    cdef Py_ssize_t high
-    cdef Py_ssize_t low
 
     def __init__(self, loop: object, sock: socket.socket, context: ssl.SSLContext,
                  protocol_factory: object, handshake_timeout: float) -> None:
@@ -320,12 +312,6 @@ cdef class TlsTransport:
                 self._fatal(ssl.SSLError(err, "TLS error while reading"))
             return
 
-    cdef void _protocol_failed(self, object exc, str what) except *:
-        self.loop.call_exception_handler({
-            "message": f"{what} of {type(self.protocol).__name__} raised",
-            "exception": exc, "transport": self, "protocol": self.protocol})
-        self._fatal(exc)
-
     cdef void _eof(self) except *:
         self.reading = False
         self._sync_reader()
@@ -352,10 +338,6 @@ cdef class TlsTransport:
         if self.pending_size > self.high and not self.protocol_paused and not self.closed:
             self.protocol_paused = True
             self.protocol.pause_writing()
-
-    def writelines(self, list_of_data: object) -> None:
-        """Write the items of ``list_of_data`` as one."""
-        self.write(b"".join(list_of_data))
 
     cdef bint _send(self, bytes data) except -1:
         # True if all of it went out; False: retry this same buffer when the socket
@@ -467,10 +449,6 @@ cdef class TlsTransport:
 
     # -- the rest of asyncio's transport --------------------------------------------------
 
-    def is_closing(self) -> bool:
-        """Whether close() or abort() was called, or the connection ended."""
-        return self.closing
-
     def is_reading(self) -> bool:
         """Whether the protocol is being given what arrives."""
         return self.reading and not self.closing
@@ -491,33 +469,9 @@ cdef class TlsTransport:
             if SSL_has_pending(self.ssl):
                 self.loop.call_soon(self._readable)  # epoll does not know about those
 
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        """High- and low-water marks of the write buffer (asyncio's defaults: 64 KiB
-        and a quarter of high)."""
-        if high is None:
-            high = 65536 if low is None else 4 * low
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        self.high = high
-        self.low = low
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        """(low, high), as asyncio's transports give them."""
-        return (self.low, self.high)
-
-    def get_write_buffer_size(self) -> int:
-        """Bytes given to write() that the socket has not taken yet."""
-        return self.pending_size
-
     def set_protocol(self, protocol: object) -> None:
         """Hand the connection to another protocol (the WebSocket switch)."""
         self.protocol = protocol
-
-    def get_protocol(self) -> object:
-        """The protocol the connection's data goes to."""
-        return self.protocol
 
     def can_write_eof(self) -> bool:
         """False: TLS has no half-close of our side but close_notify (close())."""

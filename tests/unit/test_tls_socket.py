@@ -94,9 +94,12 @@ def test_records_both_ways_and_what_the_transport_tells(certs) -> None:
         assert answer == b"echo:hello"
         protocol = await server.first()
         transport = protocol.transport
+        from eightys.protocols.sockwrite import for_transport
+        assert for_transport(transport) is transport  # HttpProtocol writes through it in C
         assert transport.get_extra_info("peername")[0] == "127.0.0.1"
         assert transport.get_extra_info("sockname")[1] == server.port
         assert transport.get_extra_info("sslcontext") is server.context
+        assert transport.get_write_buffer_limits() == (16384, 65536)
         await asyncio.wait_for(protocol.lost, 5)
         assert protocol.events == ["made", "eof", "lost"]  # the client's close_notify
         assert version in ("TLSv1.2", "TLSv1.3")
