@@ -4,6 +4,7 @@ a protocol that records what happens, and a uvloop loop to run a test's coroutin
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any, Callable
 
 import uvloop
@@ -47,6 +48,38 @@ class Recorder(asyncio.Protocol):
         self.events.append("lost")
         if not self.lost.done():
             self.lost.set_result(exc)
+
+
+class RecordingServer:
+    """A listening socket on 127.0.0.1 and the :class:`Recorder` of each connection
+    it serves; a subclass starts its listener with :meth:`factory`."""
+
+    def __init__(self, on_data: Any = None, keep_open_on_eof: bool = False) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.protocols: list[Recorder] = []
+        self.on_data = on_data
+        self.keep_open_on_eof = keep_open_on_eof
+
+    def factory(self) -> Recorder:
+        """The protocol factory: a new Recorder, kept in ``protocols``."""
+        protocol = Recorder(self.on_data)
+        protocol.keep_open_on_eof = self.keep_open_on_eof
+        self.protocols.append(protocol)
+        return protocol
+
+    async def nth(self, n: int) -> Recorder:
+        """The protocol of the n-th connection (from 0), once it is made."""
+        while len(self.protocols) <= n:
+            await asyncio.sleep(0.005)
+        return self.protocols[n]
+
+    def close(self) -> None:
+        """Close the listener, which closes the listening socket (as uvloop's server)."""
+        self.listener.close()  # type: ignore[attr-defined]
+        assert self.sock.fileno() == -1
 
 
 async def in_thread(fn: Callable[[], Any]) -> Any:

@@ -10,11 +10,16 @@ cdef class SocketTransport(ByteWriter):
     cdef object peername
     cdef object sockname
     cdef bint closing
+    cdef bint closed
+    cdef bint reading
+    cdef object pending
     cdef Py_ssize_t pending_size
     cdef Py_ssize_t high
     cdef Py_ssize_t low
 
     cdef void _fatal(self, object exc) except *
+    cdef void _lost(self, object exc) except *
+    cdef void _release(self) except *
     cdef void _protocol_failed(self, object exc, str what) except *
 
 cdef class SocketWriter(ByteWriter):

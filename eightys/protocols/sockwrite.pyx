@@ -56,8 +56,31 @@ cdef class SocketTransport(ByteWriter):
     eightys.protocols.tls_socket.TlsTransport): the parts of asyncio's transport
     interface that do not depend on how the socket is read and written."""
 
+    # closing: close() or abort() was called, or the connection ended; closed: the
+    # socket is closed; reading: the protocol is given what arrives; pending: a
+    # deque of bytes not sent yet, pending_size their length
+
+    def abort(self) -> None:
+        """Close at once: what is queued is dropped (over TLS, no close_notify)."""
+        self._fatal(None)
+
     cdef void _fatal(self, object exc) except *:
-        # end the connection at once (connection_lost(exc) follows): each transport's own
+        # end the connection at once: connection_lost(exc) follows
+        self.closing = True
+        self.pending.clear()
+        self.pending_size = 0
+        self._lost(exc)
+
+    cdef void _lost(self, object exc) except *:
+        if self.closed:
+            return
+        protocol = self.protocol
+        self._release()
+        if protocol is not None:
+            self.loop.call_soon(protocol.connection_lost, exc)
+
+    cdef void _release(self) except *:
+        # stop watching the socket and close it (each transport's own); sets closed
         raise NotImplementedError
 
     cdef void _protocol_failed(self, object exc, str what) except *:
@@ -74,6 +97,10 @@ cdef class SocketTransport(ByteWriter):
     def is_closing(self) -> bool:
         """Whether close() or abort() was called, or the connection ended."""
         return self.closing
+
+    def is_reading(self) -> bool:
+        """Whether the protocol is being given what arrives."""
+        return self.reading and not self.closing
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         """High- and low-water marks of the write buffer (asyncio's defaults: 64 KiB

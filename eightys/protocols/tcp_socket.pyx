@@ -163,12 +163,9 @@ cdef class TcpTransport(SocketTransport):
     cdef object data_received  # the protocol's, bound once
     cdef int fd
     cdef unsigned int events  # what the set watches for (0: not in it)
-    cdef bint closed
-    cdef bint reading
     cdef bint protocol_paused
     cdef bint eof_after_write  # write_eof() with output queued: shutdown once it left
     cdef bint eof_written
-    cdef object pending  # a deque of bytes not sent yet
 
     def __init__(self, Poller poller not None, sock: socket.socket, protocol_factory: object) -> None:
         self.poller = poller
@@ -330,27 +327,12 @@ cdef class TcpTransport(SocketTransport):
         else:
             self._sync()
 
-    def abort(self) -> None:
-        """Close at once: what is queued is dropped."""
-        self._fatal(None)
-
-    cdef void _fatal(self, object exc) except *:
-        self.closing = True
-        self.pending.clear()
-        self.pending_size = 0
-        self._lost(exc)
-
-    cdef void _lost(self, object exc) except *:
-        if self.closed:
-            return
-        protocol = self.protocol
+    cdef void _release(self) except *:
         self.closed = True
         self.reading = False
         self._sync()  # out of the set before the descriptor goes
         self.poller.forget(self)
         self.sock.close()
-        if protocol is not None:
-            self.loop.call_soon(protocol.connection_lost, exc)
 
     def can_write_eof(self) -> bool:
         """True: the write side can be shut down alone (write_eof)."""
@@ -371,10 +353,6 @@ cdef class TcpTransport(SocketTransport):
         shutdown(self.fd, SHUT_WR)
 
     # -- the rest of asyncio's transport --------------------------------------------------
-
-    def is_reading(self) -> bool:
-        """Whether the protocol is being given what arrives."""
-        return self.reading and not self.closing
 
     def pause_reading(self) -> None:
         """Stop reading the socket until resume_reading()."""

@@ -176,13 +176,10 @@ cdef class TlsTransport(SocketTransport):
     cdef SSL *ssl
     cdef int fd
     cdef bint handshaking
-    cdef bint closed
-    cdef bint reading
     cdef bint reader_on
     cdef bint writer_on
     cdef bint write_wants_read  # a queued write needs the peer's data first (WANT_READ)
     cdef bint protocol_paused
-    cdef object pending  # a deque of bytes not sent yet, the first maybe in part
 
     def __init__(self, loop: object, sock: socket.socket, context: ssl.SSLContext,
                  protocol_factory: object, handshake_timeout: float) -> None:
@@ -418,24 +415,6 @@ cdef class TlsTransport(SocketTransport):
         ERR_clear_error()
         self._lost(None)
 
-    def abort(self) -> None:
-        """Close at once: what is queued is dropped, no close_notify."""
-        self._fatal(None)
-
-    cdef void _fatal(self, object exc) except *:
-        self.closing = True
-        self.pending.clear()
-        self.pending_size = 0
-        self._lost(exc)
-
-    cdef void _lost(self, object exc) except *:
-        if self.closed:
-            return
-        protocol = self.protocol
-        self._release()
-        if protocol is not None:
-            self.loop.call_soon(protocol.connection_lost, exc)
-
     cdef void _release(self) except *:
         self.closed = True
         self.reading = False
@@ -448,10 +427,6 @@ cdef class TlsTransport(SocketTransport):
         self.sock.close()
 
     # -- the rest of asyncio's transport --------------------------------------------------
-
-    def is_reading(self) -> bool:
-        """Whether the protocol is being given what arrives."""
-        return self.reading and not self.closing
 
     def pause_reading(self) -> None:
         """Stop reading the socket until resume_reading()."""

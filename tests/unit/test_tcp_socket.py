@@ -19,39 +19,22 @@ import threading
 from typing import Any
 
 import pytest
-from transports import Recorder, in_thread, run
+from transports import Recorder, RecordingServer, in_thread, run
 
 import eightys.protocols.http_core as http_core
 
 pytestmark = pytest.mark.skipif(not http_core.COMPILED, reason="eightys runs as plain Python here")
 
 
-class Server:
+class Server(RecordingServer):
     def __init__(self, on_data: Any = None, keep_open_on_eof: bool = False) -> None:
         from eightys.protocols.tcp_socket import TcpListener
 
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.protocols: list[Recorder] = []
-
-        def factory() -> Recorder:
-            protocol = Recorder(on_data)
-            protocol.keep_open_on_eof = keep_open_on_eof
-            self.protocols.append(protocol)
-            return protocol
-
-        self.listener = TcpListener(asyncio.get_running_loop(), self.sock, factory)
-
-    async def nth(self, n: int) -> Recorder:
-        while len(self.protocols) <= n:
-            await asyncio.sleep(0.005)
-        return self.protocols[n]
+        super().__init__(on_data, keep_open_on_eof)
+        self.listener = TcpListener(asyncio.get_running_loop(), self.sock, self.factory)
 
     def close(self) -> None:
-        self.listener.close()
-        assert self.sock.fileno() == -1  # closed by the listener, as uvloop's server does
+        super().close()
         self.listener.poller.close()
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from certs import self_signed
-from transports import Recorder, in_thread, run
+from transports import Recorder, RecordingServer, in_thread, run
 
 import eightys.protocols.http_core as http_core
 from eightys import tls
@@ -34,35 +34,19 @@ def certs(tmp_path_factory: Any) -> tuple[Path, Path]:
     return self_signed(tmp_path_factory.mktemp("tls"))
 
 
-class Server:
+class Server(RecordingServer):
     def __init__(self, certs: tuple[Path, Path], on_data: Any = None,
                  handshake_timeout: float = 5.0) -> None:
         from eightys.protocols.tls_socket import TlsListener, available
 
+        super().__init__(on_data)
         self.context = tls.server_context(str(certs[0]), str(certs[1]))
         assert available(self.context)
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.protocols: list[Recorder] = []
-
-        def factory() -> Recorder:
-            protocol = Recorder(on_data)
-            self.protocols.append(protocol)
-            return protocol
-
         self.listener = TlsListener(asyncio.get_running_loop(), self.sock, self.context,
-                                    factory, handshake_timeout)
+                                    self.factory, handshake_timeout)
 
     async def first(self) -> Recorder:
-        while not self.protocols:
-            await asyncio.sleep(0.005)
-        return self.protocols[0]
-
-    def close(self) -> None:
-        self.listener.close()
-        assert self.sock.fileno() == -1  # closed by the listener, as uvloop's server does
+        return await self.nth(0)
 
 
 def _client(port: int, cert: Path) -> ssl.SSLSocket:
